@@ -1,0 +1,46 @@
+"""streamctl: stream AI-agent runs to browsers and programs over Server-Sent Events, stoppable
+and resumable."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .agents import Agent, AgentContext, Message, ScriptedAgent, demo_agent
+from .api import create_app
+from .errors import (
+    CursorOutOfRange,
+    InvalidCursor,
+    RunNotFound,
+    StreamctlError,
+    ThreadBusy,
+    ThreadNotFound,
+)
+from .events import Done, ErrorEvent, MessageChunk, RunStarted, ToolEnd, ToolStart
+from .settings import Settings
+from .store import Store
+from .supervisor import Supervisor
+
+__all__ = [
+    "Agent",
+    "AgentContext",
+    "CursorOutOfRange",
+    "Done",
+    "ErrorEvent",
+    "InvalidCursor",
+    "Message",
+    "MessageChunk",
+    "RunNotFound",
+    "RunStarted",
+    "ScriptedAgent",
+    "Settings",
+    "Store",
+    "StreamctlError",
+    "Supervisor",
+    "ThreadBusy",
+    "ThreadNotFound",
+    "ToolEnd",
+    "ToolStart",
+    "__version__",
+    "create_app",
+    "demo_agent",
+]

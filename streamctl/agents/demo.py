@@ -1,0 +1,106 @@
+"""The demo agent: a weather assistant that streams text word by word, calls a simulated
+``get_weather`` tool, and streams an answer, paced like a real model.
+
+Per-run knobs (demo only) come from the request's ``config.demo``; see ``DemoOptions``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from itertools import chain, cycle, islice
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import StreamctlError
+from ..events import AgentEvent, MessageChunk, ToolEnd, ToolStart
+from .base import AgentContext
+
+_WEATHER = {
+    "tokyo": "Sunny, 22°C",
+    "london": "Light rain, 12°C",
+    "paris": "Cloudy, 16°C",
+    "new york": "Clear, 18°C",
+}
+_ANSWER = (
+    "The forecast says it stays like this for the rest of the day, with a light breeze in "
+    "the afternoon and a slightly cooler evening, so a thin jacket will do if you go out late."
+).split()
+
+
+class DemoOptions(BaseModel):
+    """``config.demo`` of a request. Demo agent only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int = Field(40, ge=0, le=1_000_000, description="Words in the streamed answer.")
+    delay_ms: float = Field(30.0, ge=0, le=60_000, description="Pause before each word (ms).")
+    tool: bool = Field(True, description="Whether to call the simulated get_weather tool.")
+    tool_ms: float = Field(400.0, ge=0, le=600_000, description="How long the tool call takes.")
+    fail_at: int | None = Field(
+        None, ge=1, description="Raise an error before yielding the k-th event (1-based)."
+    )
+
+
+class DemoFailure(RuntimeError):
+    """The failure a run asked for with ``config.demo.fail_at``."""
+
+
+class InvalidDemoOptions(StreamctlError):
+    code = "invalid_request"
+
+
+def demo_options(config: dict[str, object]) -> DemoOptions:
+    try:
+        return DemoOptions.model_validate(config.get("demo") or {})
+    except ValidationError as exc:
+        raise InvalidDemoOptions(f"invalid config.demo: {exc.errors()[0]['msg']}") from exc
+
+
+def _location(ctx: AgentContext) -> str:
+    text = next((m.content for m in reversed(ctx.messages) if m.role == "user"), "")
+    match = re.search(r"\bin ([A-Za-z][A-Za-z ]{0,40}?)[?.!,]*$", text.strip())
+    return match.group(1).strip().title() if match else "Tokyo"
+
+
+async def demo_agent(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
+    """Stream a weather answer for the city named in the last user message."""
+    opts = demo_options(ctx.config)
+    city = _location(ctx)
+    asked_before = sum(1 for m in ctx.history if m.role == "user")
+    delay = opts.delay_ms / 1000
+
+    def events() -> list[AgentEvent | float]:
+        # The plan, as events and pauses; the loop below paces and yields it.
+        first = uuid.uuid4().hex[:12]
+        plan: list[AgentEvent | float] = []
+        intro = f"Looking up the weather in {city}." if opts.tool else f"About {city}:"
+        for word in intro.split():
+            plan += [delay, MessageChunk(content=word + " ", message_id=first)]
+        weather = _WEATHER.get(city.lower(), "Mild, 20°C")
+        if opts.tool:
+            call_id = "call_" + uuid.uuid4().hex[:12]
+            plan.append(ToolStart(name="get_weather", args={"location": city}, call_id=call_id))
+            plan.append(opts.tool_ms / 1000)
+            plan.append(ToolEnd(name="get_weather", output=weather, call_id=call_id))
+        answer = uuid.uuid4().hex[:12] if opts.tool else first
+        condition, temperature = weather.split(", ")
+        lead = f"It is {condition.lower()} and {temperature} in {city}."
+        if asked_before:
+            lead += f" (Question {asked_before + 1} in this conversation.)"
+        for word in islice(chain(lead.split(), cycle(_ANSWER)), opts.tokens):
+            plan += [delay, MessageChunk(content=word + " ", message_id=answer)]
+        return plan
+
+    emitted = 0
+    for item in events():
+        if isinstance(item, float):
+            if item > 0:
+                await anyio.sleep(item)
+            continue
+        emitted += 1
+        if opts.fail_at is not None and emitted == opts.fail_at:
+            raise DemoFailure(f"demo failure requested at event {opts.fail_at}")
+        yield item

@@ -1,0 +1,71 @@
+"""The command line: ``streamctl serve`` and ``streamctl migrate``.
+
+Every flag has a ``STREAMCTL_*`` environment variable; a flag wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from . import __version__
+from .errors import StreamctlError
+from .settings import Settings
+from .store import migrate_file
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamctl", description="Stream AI-agent runs over SSE: stoppable, resumable."
+    )
+    parser.add_argument("--version", action="version", version=f"streamctl {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default 8000)")
+    serve.add_argument("--db", help="SQLite file (default ./streamctl.db)")
+    serve.add_argument("--agent", help="'demo' (default) or MODULE:ATTR")
+    serve.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the SQLite schema")
+    migrate.add_argument("--db", help="SQLite file (default ./streamctl.db)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = Settings.from_env(**overrides)
+        if args.command == "migrate":
+            applied = anyio.run(migrate_file, settings.db)
+            done = ", ".join(applied) if applied else "nothing (up to date)"
+            print(f"{settings.db}: applied {done}")
+            return 0
+        return serve(settings)
+    except StreamctlError as exc:
+        print(f"streamctl: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from .api import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_grace) or None,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

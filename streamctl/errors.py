@@ -1,0 +1,86 @@
+"""Errors raised by streamctl, named after the state of a run or thread.
+
+    StreamctlError
+    ├── RunNotFound            no such run (or it belongs to another principal)
+    ├── ThreadNotFound         no such thread (or it belongs to another principal)
+    ├── ThreadBusy             the thread has an active run and the request said multitask="reject"
+    ├── InvalidCursor          a Last-Event-ID / ?after= value that is not a sequence number
+    ├── CursorOutOfRange       a cursor beyond the run's committed log
+    ├── InvalidInput           the run's input breaks a limit (too many or too long messages)
+    ├── Unavailable            the supervisor is not accepting runs (starting up or draining)
+    ├── AgentNotFound          --agent MODULE:ATTR does not name an agent
+    └── StoreError             the SQLite store failed (raised from the sqlite3 error)
+
+HTTP status codes are chosen in one place, ``api.py``; the domain code never knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class StreamctlError(Exception):
+    """Base class of every error streamctl raises on purpose."""
+
+    code = "streamctl_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RunNotFound(StreamctlError):
+    code = "run_not_found"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r}")
+        self.run_id = run_id
+
+
+class ThreadNotFound(StreamctlError):
+    code = "thread_not_found"
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(f"no thread {thread_id!r}")
+        self.thread_id = thread_id
+
+
+class ThreadBusy(StreamctlError):
+    code = "thread_busy"
+
+    def __init__(self, thread_id: str, active_run_id: str) -> None:
+        super().__init__(
+            f"thread {thread_id!r} already has an active run {active_run_id!r}; "
+            'stop it, or start the run with "multitask": "interrupt"'
+        )
+        self.thread_id = thread_id
+        self.active_run_id = active_run_id
+
+
+class InvalidCursor(StreamctlError):
+    code = "invalid_cursor"
+
+
+class CursorOutOfRange(StreamctlError):
+    code = "cursor_out_of_range"
+
+    def __init__(self, run_id: str, cursor: int, last_seq: int) -> None:
+        super().__init__(
+            f"cursor {cursor} is beyond the log of run {run_id!r}, which ends at {last_seq}"
+        )
+        self.cursor = cursor
+        self.last_seq = last_seq
+
+
+class InvalidInput(StreamctlError):
+    code = "invalid_input"
+
+
+class Unavailable(StreamctlError):
+    code = "unavailable"
+
+
+class AgentNotFound(StreamctlError):
+    code = "agent_not_found"
+
+
+class StoreError(StreamctlError):
+    code = "store_error"

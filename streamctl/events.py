@@ -1,0 +1,128 @@
+"""The events of a run, and their one-time encoding into SSE frames.
+
+An agent yields ``MessageChunk``, ``ToolStart`` and ``ToolEnd``; the run itself adds ``RunStarted``
+first, and ``ErrorEvent`` / ``Done`` last. Each event is encoded exactly once, when it is appended:
+its JSON payload (stored in SQLite) and its SSE frame (sent to every subscriber) are bytes shared by
+everyone, so live bytes and replayed bytes are the same bytes (DESIGN.md invariant 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+TERMINAL_STATUSES = ("completed", "cancelled", "failed", "timed_out", "interrupted")
+TerminalStatus = Literal["completed", "cancelled", "failed", "timed_out", "interrupted"]
+RunStatus = Literal[
+    "pending", "running", "completed", "cancelled", "failed", "timed_out", "interrupted"
+]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def payload(self) -> dict[str, Any]:
+        """The event's ``data`` on the wire: every field but the ``type`` discriminator."""
+        data = dict(self.__dict__)
+        del data["type"]
+        return data
+
+
+class RunStarted(_Event):
+    """First event of every run."""
+
+    type: Literal["run"] = "run"
+    run_id: str
+    thread_id: str
+    status: RunStatus = "running"
+
+
+class MessageChunk(_Event):
+    """A piece of the assistant's text; chunks with one ``message_id`` form one message."""
+
+    type: Literal["message_chunk"] = "message_chunk"
+    role: Literal["assistant"] = "assistant"
+    content: str
+    message_id: str
+
+
+class ToolStart(_Event):
+    """The agent started a tool call."""
+
+    type: Literal["tool_start"] = "tool_start"
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    call_id: str
+
+
+class ToolEnd(_Event):
+    """A tool call returned; ``call_id`` matches its ``tool_start``."""
+
+    type: Literal["tool_end"] = "tool_end"
+    name: str
+    output: Any = None
+    call_id: str
+
+
+class ErrorEvent(_Event):
+    """The run failed; always followed by ``done`` with status ``failed`` (or ``timed_out``)."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+class Done(_Event):
+    """Last event of every run, exactly once. After it the run's streams close."""
+
+    type: Literal["done"] = "done"
+    run_id: str
+    thread_id: str
+    status: TerminalStatus
+    reason: str
+    tokens: int = 0
+
+
+AgentEvent = MessageChunk | ToolStart | ToolEnd
+"""What an agent may yield. The run owns ``run``, ``error`` and ``done``."""
+
+Event = Annotated[
+    RunStarted | MessageChunk | ToolStart | ToolEnd | ErrorEvent | Done,
+    Field(discriminator="type"),
+]
+event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema of every event (``type`` is the discriminator), for generating typed clients."""
+    return event_adapter.json_schema()
+
+
+@dataclass(slots=True, frozen=True)
+class Frame:
+    """One committed-or-about-to-be-committed event of a run, encoded once."""
+
+    seq: int
+    type: str
+    data: bytes
+    """The JSON payload, as stored in the ``events`` table."""
+    created_at: float
+    sse: bytes
+    """The complete SSE block: ``id``, ``event``, ``data`` and the blank line."""
+
+    @classmethod
+    def build(cls, seq: int, type: str, data: bytes, created_at: float) -> Frame:
+        # orjson escapes every control character, so `data` is one line: neither user text nor
+        # tool output can start a new SSE field or event.
+        sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, type.encode("ascii"), data)
+        return cls(seq, type, data, created_at, sse)
+
+    @classmethod
+    def encode(cls, seq: int, event: _Event, created_at: float) -> Frame:
+        return cls.build(seq, event.type, orjson.dumps(event.payload()), created_at)  # type: ignore[attr-defined]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "type": self.type, "data": orjson.loads(self.data)}

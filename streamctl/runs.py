@@ -1,0 +1,224 @@
+"""A run: one agent invocation on a thread, its numbered events, and its output so far.
+
+A ``Run`` is the single owner of its sequence numbers: ``emit`` numbers, encodes and queues an
+event synchronously, so seqs are dense (1..N) whatever the agent does. The run's *output*
+(``RunOutput``) is folded from events only as they are committed, so a snapshot always describes
+exactly the events up to its ``last_seq``: render it, stream ``after=last_seq``, and you have what a
+client that never disconnected saw.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import orjson
+
+from .broadcast import RunLog
+from .events import Frame, RunStatus, TerminalStatus, _Event
+from .store import Store
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as an ISO 8601 UTC string."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+class RunOutput:
+    """What a run has produced, folded from its events in seq order."""
+
+    __slots__ = (
+        "_messages",
+        "_parts",
+        "error",
+        "last_seq",
+        "reason",
+        "status",
+        "tokens",
+        "tool_calls",
+    )
+
+    def __init__(self, status: RunStatus = "running") -> None:
+        self._parts: list[str] = []
+        self._messages: dict[str, list[str]] = {}
+        self.tool_calls: dict[str, dict[str, Any]] = {}
+        self.status: RunStatus = status
+        self.reason: str | None = None
+        self.error: dict[str, Any] | None = None
+        self.tokens = 0
+        self.last_seq = 0
+
+    def apply(self, seq: int, type: str, data: Mapping[str, Any]) -> None:
+        self.last_seq = seq
+        if type == "message_chunk":
+            content = data["content"]
+            self._parts.append(content)
+            self._messages.setdefault(data["message_id"], []).append(content)
+            self.tokens += 1
+        elif type == "tool_start":
+            call_id = data["call_id"]
+            self.tool_calls[call_id] = {
+                "call_id": call_id,
+                "name": data["name"],
+                "args": data["args"],
+                "output": None,
+            }
+        elif type == "tool_end":
+            call = self.tool_calls.setdefault(
+                data["call_id"], {"call_id": data["call_id"], "name": data["name"], "args": {}}
+            )
+            call["output"] = data["output"]
+        elif type == "error":
+            self.error = {"code": data["code"], "message": data["message"]}
+        elif type == "done":
+            self.status = data["status"]
+            self.reason = data["reason"]
+        elif type == "run":
+            self.status = data["status"]
+
+    @classmethod
+    def fold(cls, frames: list[Frame]) -> RunOutput:
+        output = cls()
+        for frame in frames:
+            output.apply(frame.seq, frame.type, orjson.loads(frame.data))
+        return output
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "messages": [
+                {"message_id": mid, "role": "assistant", "content": "".join(parts)}
+                for mid, parts in self._messages.items()
+            ],
+            "tool_calls": list(self.tool_calls.values()),
+        }
+
+
+@dataclass(eq=False)
+class Run:
+    """A live run. Lives in the supervisor from its start until its task has exited."""
+
+    run_id: str
+    thread_id: str
+    owner: str
+    input: dict[str, Any]
+    config: dict[str, Any]
+    store: Store
+    tail_events: int
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    last_seq: int = 0
+    """Last seq emitted (committed or not). ``output.last_seq`` is the last committed one."""
+    scope: anyio.CancelScope | None = None
+    stop_status: TerminalStatus | None = None
+    stop_reason: str = ""
+    finished: anyio.Event = field(default_factory=anyio.Event)
+    """Set when the run's task has exited: its terminal event is committed and its agent is gone."""
+
+    def __post_init__(self) -> None:
+        self.log = RunLog(self.run_id, self.tail_events)
+        self.output = RunOutput()
+
+    # -- writing (the run's task only) -----------------------------------------------------------
+
+    def emit(self, event: _Event) -> int:
+        """Number, encode and queue one event. Synchronous; returns its seq."""
+        self.last_seq += 1
+        frame = Frame.encode(self.last_seq, event, time.time())
+        self.store.append(self.run_id, frame, event, self)
+        return self.last_seq
+
+    # -- CommitSink: called by the store's writer after each commit ------------------------------
+
+    def committed(self, frame: Frame, event: object) -> None:
+        self.log.add(frame)
+        self.output.apply(frame.seq, frame.type, event.__dict__)
+
+    def publish(self) -> None:
+        self.log.publish()
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def request_stop(self, status: TerminalStatus, reason: str) -> None:
+        """Ask the run to end with ``status``. The first request wins; later ones change nothing."""
+        if self.stop_status is not None or self.finished.is_set():
+            return
+        self.stop_status = status
+        self.stop_reason = reason
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The run as of its last committed event."""
+        out = self.output
+        return run_json(
+            run_id=self.run_id,
+            thread_id=self.thread_id,
+            status=out.status,
+            reason=out.reason,
+            last_seq=out.last_seq,
+            output=out.as_json(),
+            error=out.error,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            ended_at=self.ended_at if out.status != "running" else None,
+            tokens=out.tokens,
+        )
+
+
+def run_json(
+    *,
+    run_id: str,
+    thread_id: str,
+    status: str,
+    reason: str | None,
+    last_seq: int,
+    output: dict[str, Any],
+    error: dict[str, Any] | None,
+    created_at: float,
+    started_at: float | None,
+    ended_at: float | None,
+    tokens: int,
+) -> dict[str, Any]:
+    """The run resource as the HTTP API shows it (DESIGN.md §3, "Run")."""
+    return {
+        "run_id": run_id,
+        "thread_id": thread_id,
+        "status": status,
+        "reason": reason,
+        "last_seq": last_seq,
+        "output": output,
+        "error": error,
+        "created_at": iso(created_at),
+        "started_at": iso(started_at),
+        "ended_at": iso(ended_at),
+        "usage": {"tokens": tokens},
+    }
+
+
+def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished (or recovered) run from its ``runs`` row."""
+    snapshot = orjson.loads(row["snapshot"]) if row["snapshot"] else {}
+    usage = orjson.loads(row["usage"]) if row["usage"] else {}
+    return run_json(
+        run_id=row["run_id"],
+        thread_id=row["thread_id"],
+        status=row["status"],
+        reason=snapshot.get("reason"),
+        last_seq=row["last_seq"],
+        output=snapshot.get("output", {"text": "", "messages": [], "tool_calls": []}),
+        error=orjson.loads(row["error"]) if row["error"] else None,
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        tokens=usage.get("tokens", 0),
+    )

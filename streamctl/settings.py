@@ -1,0 +1,78 @@
+"""Settings: defaults, overridden by ``STREAMCTL_*`` environment variables, overridden by CLI flags.
+
+Every field here is documented in ``docs/settings.md``; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import StreamctlError
+
+ENV_PREFIX = "STREAMCTL_"
+
+
+class SettingsError(StreamctlError):
+    code = "invalid_settings"
+
+
+class Settings(BaseModel):
+    """How one streamctl server behaves. Immutable once built."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface the server listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    db: Path = Field(Path("streamctl.db"), description="SQLite file holding threads, runs, events.")
+    agent: str = Field(
+        "demo",
+        description="The agent: `demo`, or `MODULE:ATTR` naming an agent callable.",
+    )
+    log_level: str = Field("info", description="Log level of the server (uvicorn's names).")
+    recursion_limit: int = Field(
+        25, ge=1, le=10_000, description="Server cap on agent steps; a client may only lower it."
+    )
+    ping_interval: float = Field(
+        15.0, gt=0, description="Seconds of silence on a stream before a `: ping` comment."
+    )
+    retry_ms: int = Field(
+        2000, ge=0, description="Reconnection delay sent to clients as `retry:` (milliseconds)."
+    )
+    tail_events: int = Field(
+        10_000,
+        ge=16,
+        description="Events of a live run kept in memory; older ones come from SQLite.",
+    )
+    max_message_chars: int = Field(
+        100_000, ge=1, description="Longest accepted input message (characters)."
+    )
+    max_messages: int = Field(100, ge=1, description="Most input messages accepted in one run.")
+    drain_grace: float = Field(
+        10.0, ge=0, description="Seconds open streams get to finish when the server shuts down."
+    )
+    stop_timeout: float = Field(
+        10.0, gt=0, description="Seconds `stop` waits for a run's task to exit before answering."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``STREAMCTL_*`` variables, then ``overrides`` (None values skipped)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{err['loc'][0]}".upper() + f": {err['msg']}" for err in exc.errors()
+            )
+            raise SettingsError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,95 @@
+"""The SSE wire: cursors in, an event stream out.
+
+``EventStream`` is a small raw ASGI response: it sends the headers and a first ``retry:`` line at
+once (so proxies and clients see a live stream immediately), then whatever the subscriber yields,
+one socket write per wake. It watches for the client's disconnect itself, so an abandoned stream
+ends at once and never keeps the run (or anything else) alive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .errors import InvalidCursor
+
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_MAX_CURSOR_DIGITS = 18
+
+
+def parse_cursor(last_event_id: str | None, after: str | None) -> int:
+    """The cursor of a run stream: ``Last-Event-ID`` if sent (it wins), else ``?after=``.
+
+    An empty value means "from the start". Anything but ASCII digits is an ``InvalidCursor``.
+    """
+    raw = last_event_id if last_event_id is not None else after
+    source = "Last-Event-ID" if last_event_id is not None else "after"
+    if raw is None or raw == "":
+        return 0
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > _MAX_CURSOR_DIGITS:
+        shown = raw[:40].encode("unicode_escape").decode("ascii")
+        raise InvalidCursor(f"{source} must be a sequence number (ASCII digits), got {shown!r}")
+    return int(raw)
+
+
+class EventStream(Response):
+    """A ``text/event-stream`` response fed by an async iterator of ready-made SSE bytes."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        retry_ms: int,
+        headers: dict[str, str] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self.status_code = 200
+        self.body_iter = body
+        self.retry_ms = retry_ms
+        self.on_disconnect = on_disconnect
+        self.raw_headers = HEADERS + [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
+        ]
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        disconnected = False
+
+        async def watch_disconnect() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+            tg.cancel_scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch_disconnect)
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"retry: %d\n\n" % self.retry_ms,
+                        "more_body": True,
+                    }
+                )
+                async for chunk in self.body_iter:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                tg.cancel_scope.cancel()
+        except OSError:
+            disconnected = True  # the server reports a write to a closed socket
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iter.aclose()  # type: ignore[attr-defined]
+        if disconnected and self.on_disconnect is not None:
+            self.on_disconnect()
