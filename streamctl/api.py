@@ -53,6 +53,7 @@ _STATUS: dict[type[StreamctlError], int] = {
     StoreError: 503,
 }
 
+
 def _supervisor(request: Request) -> Supervisor:
     sup: Supervisor = request.app.state.supervisor
     return sup
