@@ -53,7 +53,10 @@ class Settings(BaseModel):
     )
     max_messages: int = Field(100, ge=1, description="Most input messages accepted in one run.")
     drain_grace: float = Field(
-        10.0, ge=0, description="Seconds open streams get to finish when the server shuts down."
+        10.0,
+        ge=0,
+        description="Seconds open connections get at shutdown before they are closed; runs still"
+        " active then end as `interrupted`.",
     )
     stop_timeout: float = Field(
         10.0, gt=0, description="Seconds `stop` waits for a run's task to exit before answering."

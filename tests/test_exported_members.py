@@ -1,0 +1,44 @@
+"""The public API is what ``streamctl.__all__`` says, nothing more, nothing less."""
+
+from __future__ import annotations
+
+import streamctl
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {name for name in vars(streamctl) if not name.startswith("_")}
+    submodules = {
+        "agents", "api", "auth", "broadcast", "cli", "errors", "events", "inputs", "runs",
+        "settings", "sse", "store", "supervisor",
+    }  # fmt: skip
+    future = {"annotations"}  # from __future__ import annotations
+    assert set(streamctl.__all__) == (public - submodules - future) | {"__version__"}
+    for name in streamctl.__all__:
+        assert hasattr(streamctl, name), name
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(streamctl.__all__) == [
+        "Agent",
+        "AgentContext",
+        "CursorOutOfRange",
+        "Done",
+        "ErrorEvent",
+        "InvalidCursor",
+        "Message",
+        "MessageChunk",
+        "RunNotFound",
+        "RunStarted",
+        "ScriptedAgent",
+        "Settings",
+        "Store",
+        "StreamctlError",
+        "Supervisor",
+        "ThreadBusy",
+        "ThreadNotFound",
+        "ToolEnd",
+        "ToolStart",
+        "__version__",
+        "create_app",
+        "demo_agent",
+    ]
