@@ -27,7 +27,10 @@ def test_wheel_ships_migrations_and_runs_from_them(tmp_path: Path) -> None:
         archive.extractall(site)
     # Run the unpacked wheel, far from the checkout: it must find its schema inside itself.
     env = {**os.environ, "PYTHONPATH": str(site)}
-    code = "import streamctl, sys; print(streamctl.__file__); sys.exit(__import__('streamctl.cli').cli.main(sys.argv[1:]))"
+    code = (
+        "import sys, streamctl, streamctl.cli; print(streamctl.__file__);"
+        " sys.exit(streamctl.cli.main(sys.argv[1:]))"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code, "migrate", "--db", str(tmp_path / "w.db")],
         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
