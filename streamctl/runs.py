@@ -132,10 +132,11 @@ class Run:
 
     def emit(self, event: _Event) -> int:
         """Number, encode and queue one event. Synchronous; returns its seq."""
-        self.last_seq += 1
-        frame = Frame.encode(self.last_seq, event, time.time())
+        seq = self.last_seq + 1
+        frame = Frame.encode(seq, event, time.time())  # may raise: then no seq is used up
+        self.last_seq = seq
         self.store.append(self.run_id, frame, event, self)
-        return self.last_seq
+        return seq
 
     # -- CommitSink: called by the store's writer after each commit ------------------------------
 

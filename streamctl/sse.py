@@ -42,6 +42,8 @@ def parse_cursor(last_event_id: str | None, after: str | None) -> int:
 class EventStream(Response):
     """A ``text/event-stream`` response fed by an async iterator of ready-made SSE bytes."""
 
+    media_type = "text/event-stream"
+
     def __init__(
         self,
         body: AsyncIterator[bytes],

@@ -88,9 +88,12 @@ class Store:
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await migrate(self._writer)
             self._reader = await _connect(self.path)
-        except sqlite3.Error as exc:
-            await self._close_connections()
-            raise StoreError(f"cannot open store {str(self.path)!r}: {exc}") from exc
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._close_connections()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open store {str(self.path)!r}: {exc}") from exc
+            raise
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._write_loop, name="streamctl store writer")
@@ -136,15 +139,14 @@ class Store:
 
     async def flush(self) -> None:
         """Return once everything queued so far is committed; raise ``StoreError`` if it failed."""
+        batches = [] if self._inflight is None else [self._inflight]
         if self._events or self._statements:
-            batch = self._pending
-        elif self._inflight is not None:
-            batch = self._inflight
-        else:
-            return
-        await batch.done.wait()
-        if batch.error is not None:
-            raise StoreError(f"commit failed: {batch.error}") from batch.error
+            batches.append(self._pending)
+        for batch in batches:
+            await batch.done.wait()
+        for batch in batches:
+            if batch.error is not None:
+                raise StoreError(f"commit failed: {batch.error}") from batch.error
 
     async def _write_loop(self) -> None:
         conn = self._writer
@@ -220,11 +222,17 @@ class Store:
 
 def _deliver(events: list[tuple[str, Frame, object, CommitSink]]) -> None:
     sinks: dict[int, CommitSink] = {}
-    for _, frame, event, sink in events:
-        sink.committed(frame, event)
+    for run_id, frame, event, sink in events:
+        try:
+            sink.committed(frame, event)
+        except Exception:  # a broken sink must not take the writer (and every run) down
+            logger.exception("run %s: delivering committed event %d failed", run_id, frame.seq)
         sinks[id(sink)] = sink
     for sink in sinks.values():
-        sink.publish()
+        try:
+            sink.publish()
+        except Exception:
+            logger.exception("waking subscribers failed")
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
@@ -253,7 +261,7 @@ async def migrate(conn: aiosqlite.Connection) -> list[str]:
             continue
         # One script, one transaction: the schema change and its record land together or not at all.
         script = (
-            f"BEGIN;\n{path.read_text(encoding='utf-8')}\n"
+            f"BEGIN;\n{path.read_text(encoding='utf-8')}\n;\n"
             f"INSERT INTO schema_migrations VALUES ({version}, '{path.name}', {time.time()});\n"
             "COMMIT;"
         )

@@ -112,7 +112,9 @@ class Supervisor:
         for run in list(self._runs.values()):
             run.request_stop("interrupted", "the server is shutting down")
         assert self._tg is not None
-        await self._tg.__aexit__(exc_type, exc, tb)
+        # The runs' tasks end with the stop requests above; an exception of the body propagates
+        # as itself, not wrapped in the task group's ExceptionGroup.
+        await self._tg.__aexit__(None, None, None)
 
     async def _recover(self) -> int:
         """Finalise runs the store still shows as active (the process died under them)."""
@@ -165,6 +167,8 @@ class Supervisor:
             if row is not None and row["owner"] != owner:
                 raise ThreadNotFound(thread_id)
         while (active := self._active.get(thread_id)) is not None:
+            if active.owner != owner:  # a thread another principal is creating right now
+                raise ThreadNotFound(thread_id)
             if request.multitask == "reject":
                 raise ThreadBusy(thread_id, active.run_id)
             await self._stop(active, "cancelled", "interrupted by a newer run on the thread")
@@ -183,7 +187,10 @@ class Supervisor:
         self._runs[run.run_id] = run
         self._active[thread_id] = run
         try:
-            await self._tg.start(self._run_task, run, request, int(limit))
+            # Shielded: once the run's row may be committed, the run must reach its `done`,
+            # even if the request that started it is cancelled meanwhile.
+            with anyio.CancelScope(shield=True):
+                await self._tg.start(self._run_task, run, request, int(limit))
         except BaseException:
             self._forget(run)
             raise

@@ -1,0 +1,430 @@
+"""The supervisor, below HTTP: numbering, failure containment, stop, limits, threads, recovery."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from streamctl.agents import Agent, AgentContext, Fail, Message, ScriptedAgent, Wait
+from streamctl.errors import RunNotFound, ThreadBusy, ThreadNotFound, Unavailable
+from streamctl.events import AgentEvent, Done, Frame, MessageChunk, RunStarted, ToolEnd
+from streamctl.inputs import RunCreate
+from streamctl.runs import Run
+from streamctl.settings import Settings
+from streamctl.store import Store
+from streamctl.supervisor import Supervisor
+
+from .conftest import chunks, tool_call
+
+pytestmark = pytest.mark.anyio
+
+USER = "user-1"
+CHUNK = "message_chunk"
+
+
+def request(content: str = "hi", **fields: Any) -> RunCreate:
+    body = {"input": {"messages": [{"role": "user", "content": content}]}, **fields}
+    return RunCreate.model_validate(body)
+
+
+@asynccontextmanager
+async def supervisor(db_path: Path, agent: Agent, **settings: Any) -> AsyncIterator[Supervisor]:
+    async with (
+        Store(db_path) as store,
+        Supervisor(store, agent, Settings.from_env({}, db=db_path, **settings)) as sup,
+    ):
+        yield sup
+
+
+async def events(sup: Supervisor, run_id: str) -> list[tuple[int, str, dict[str, Any]]]:
+    frames = await sup.store.read_frames(run_id, 0)
+    return [(f.seq, f.type, orjson.loads(f.data)) for f in frames]
+
+
+async def finish(run: Run) -> None:
+    with anyio.fail_after(5):
+        await run.finished.wait()
+
+
+async def row(sup: Supervisor, run_id: str) -> dict[str, Any]:
+    found = await sup.store.fetch_one("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+    assert found is not None
+    return found
+
+
+def types(log: list[tuple[int, str, dict[str, Any]]]) -> list[str]:
+    return [type_ for _, type_, _ in log]
+
+
+def assert_one_terminal_done(log: list[tuple[int, str, dict[str, Any]]], status: str) -> None:
+    assert [seq for seq, _, _ in log] == list(range(1, len(log) + 1))  # dense
+    assert types(log).count("done") == 1
+    assert log[0][1] == "run" and log[-1][1] == "done"
+    assert log[-1][2]["status"] == status
+
+
+async def test_events_are_numbered_densely_and_the_snapshot_matches_the_row(db_path: Path) -> None:
+    agent = ScriptedAgent([*chunks(5), *tool_call(), *chunks(3, "m2")])
+    async with supervisor(db_path, agent) as sup:
+        run = await sup.start(request(), USER)
+        await finish(run)
+        log = await events(sup, run.run_id)
+        assert types(log) == ["run", *[CHUNK] * 5, "tool_start", "tool_end", *[CHUNK] * 3, "done"]
+        assert_one_terminal_done(log, "completed")
+        assert log[-1][2]["tokens"] == 8
+        stored = await row(sup, run.run_id)
+        assert (stored["status"], stored["last_seq"]) == ("completed", 12)
+        live = run.snapshot()
+        assert live["output"]["text"] == "w0 w1 w2 w3 w4 w0 w1 w2 "
+        assert live["output"]["tool_calls"][0]["output"] == "Sunny, 22°C"
+        assert await sup.get_run(run.run_id, USER) == live
+        assert sup.active_runs == 0
+
+
+async def test_agent_failure_fails_only_its_run(db_path: Path) -> None:
+    gate = anyio.Event()
+    good = ScriptedAgent([*chunks(2), Wait(gate), *chunks(2, "m2")])
+    bad = ScriptedAgent([*chunks(1), Fail(RuntimeError("boom"))])
+
+    def agent(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
+        return (bad if ctx.config.get("fail") else good)(ctx)
+
+    async with supervisor(db_path, agent) as sup:
+        healthy = await sup.start(request(), USER)
+        failing = await sup.start(request(config={"fail": True}), USER)
+        await finish(failing)
+        log = await events(sup, failing.run_id)
+        assert types(log) == ["run", CHUNK, "error", "done"]
+        assert_one_terminal_done(log, "failed")
+        error = {"code": "agent_error", "message": "RuntimeError: boom"}
+        assert log[2][2] == error
+        snapshot = await sup.get_run(failing.run_id, USER)
+        assert (snapshot["status"], snapshot["error"]) == ("failed", error)
+        assert snapshot["output"]["text"] == "w0 "
+
+        assert not healthy.finished.is_set()
+        assert healthy.snapshot()["status"] == "running"
+        gate.set()
+        await finish(healthy)
+        assert_one_terminal_done(await events(sup, healthy.run_id), "completed")
+        assert healthy.snapshot()["output"]["text"] == "w0 w1 w0 w1 "
+
+
+async def test_agent_yielding_a_run_owned_event_fails_the_run(db_path: Path) -> None:
+    async def agent(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
+        yield MessageChunk(content="a", message_id="m")
+        yield Done(run_id=ctx.run_id, thread_id="t", status="completed", reason="x")  # type: ignore[misc]
+
+    async with supervisor(db_path, agent) as sup:
+        run = await sup.start(request(), USER)
+        await finish(run)
+        log = await events(sup, run.run_id)
+        assert_one_terminal_done(log, "failed")
+        assert log[-2][2]["message"].startswith("AgentProtocolError: agent yielded Done")
+
+
+async def test_stop_returns_after_the_task_exited_and_keeps_partial_output(db_path: Path) -> None:
+    never = anyio.Event()
+    agent = ScriptedAgent([*chunks(3), Wait(never), *chunks(2, "late", word="late")])
+    async with supervisor(db_path, agent) as sup:
+        run = await sup.start(request(), USER)
+        await anyio.wait_all_tasks_blocked()  # parked on the Wait
+        with pytest.raises(RunNotFound):
+            await sup.stop("no-such-run", USER)
+        with pytest.raises(RunNotFound):  # another principal's run does not exist for them
+            await sup.stop(run.run_id, "someone-else")
+        assert not run.finished.is_set()
+        with anyio.fail_after(5):
+            snapshot, exited = await sup.stop(run.run_id, USER)
+        assert exited and run.finished.is_set()
+        assert snapshot["status"] == "cancelled"
+        assert snapshot["reason"] == "stopped by request"
+        assert snapshot["output"]["text"] == "w0 w1 w2 "
+        log = await events(sup, run.run_id)
+        assert types(log) == ["run"] + [CHUNK] * 3 + ["done"]
+        assert_one_terminal_done(log, "cancelled")
+        assert (await row(sup, run.run_id))["status"] == "cancelled"
+
+        again, exited_again = await sup.stop(run.run_id, USER)
+        assert exited_again
+        assert again == snapshot  # idempotent: the same final state, now from the store
+        assert_one_terminal_done(await events(sup, run.run_id), "cancelled")
+
+
+async def test_stop_waits_for_an_agent_that_is_slow_to_exit(db_path: Path) -> None:
+    release, exited = anyio.Event(), anyio.Event()
+
+    async def agent(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
+        try:
+            yield MessageChunk(content="partial", message_id="m")
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await release.wait()  # e.g. closing an upstream connection
+            exited.set()
+
+    async with supervisor(db_path, agent) as sup:
+        run = await sup.start(request(), USER)
+        await anyio.wait_all_tasks_blocked()
+        stopping, done = await sup.stop(run.run_id, USER, wait=False)
+        assert not done and stopping["status"] == "running"  # never "cancelled" while it runs
+        results: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as tg:
+
+            async def stop() -> None:
+                results.append((await sup.stop(run.run_id, USER))[0])
+
+            tg.start_soon(stop)
+            await anyio.wait_all_tasks_blocked()
+            assert results == [] and run.snapshot()["status"] == "running"
+            release.set()
+        assert exited.is_set() and run.finished.is_set()
+        assert results[0]["status"] == "cancelled"
+        assert results[0]["output"]["text"] == "partial"
+
+
+@pytest.mark.parametrize("wait_first", [True, False])
+async def test_stop_right_after_start_gives_exactly_one_done(
+    db_path: Path, wait_first: bool
+) -> None:
+    agent = ScriptedAgent([Wait(anyio.Event()), *chunks(3)])
+    async with supervisor(db_path, agent) as sup:
+        run = await sup.start(request(), USER)
+        with anyio.fail_after(5):
+            await sup.stop(run.run_id, USER, wait=wait_first)
+            snapshot, exited = await sup.stop(run.run_id, USER)
+        assert exited and snapshot["status"] == "cancelled"
+        log = await events(sup, run.run_id)
+        assert types(log) == ["run", "done"]
+        assert_one_terminal_done(log, "cancelled")
+
+
+async def test_stop_racing_the_end_of_the_run_gives_its_final_state(db_path: Path) -> None:
+    async with supervisor(db_path, ScriptedAgent(chunks(2))) as sup:
+        run = await sup.start(request(), USER)  # the agent is done; its `done` may be in flight
+        with anyio.fail_after(5):
+            snapshot, exited = await sup.stop(run.run_id, USER)
+        log = await events(sup, run.run_id)
+        assert exited and snapshot["status"] == log[-1][2]["status"]
+        assert_one_terminal_done(log, snapshot["status"])
+
+
+async def test_recursion_limit_from_the_request_fails_the_run(db_path: Path) -> None:
+    agent = ScriptedAgent([*chunks(1, "m1"), *chunks(1, "m2"), *chunks(1, "m3")])
+    async with supervisor(db_path, agent) as sup:
+        run = await sup.start(request(config={"recursion_limit": 2}), USER)
+        await finish(run)
+        assert agent.runs[0].recursion_limit == 2
+        log = await events(sup, run.run_id)
+        assert types(log) == ["run", CHUNK, CHUNK, "error", "done"]
+        assert_one_terminal_done(log, "failed")
+        assert log[3][2]["code"] == "recursion_limit"
+        assert run.snapshot()["error"]["code"] == "recursion_limit"
+
+
+async def test_client_cannot_raise_the_recursion_cap(db_path: Path) -> None:
+    agent = ScriptedAgent([*tool_call("c1"), *tool_call("c2"), *tool_call("c3"), *chunks(1)])
+    async with supervisor(db_path, agent, recursion_limit=3) as sup:
+        run = await sup.start(request(config={"recursion_limit": 100}), USER)
+        await finish(run)
+        assert agent.runs[0].recursion_limit == 3
+        log = await events(sup, run.run_id)
+        error = {"code": "recursion_limit", "message": "the run took more than 3 steps"}
+        assert log[-2][2] == error
+        assert types(log).count("tool_start") == 3
+        run = await sup.start(request(), USER)
+        await finish(run)
+        assert agent.runs[1].recursion_limit == 3
+
+
+async def test_multitask_reject_and_interrupt(db_path: Path) -> None:
+    gate = anyio.Event()
+    agent = ScriptedAgent([*chunks(1), Wait(gate), *chunks(1, "m2")])
+    async with supervisor(db_path, agent) as sup:
+        first = await sup.start(request(thread_id="t1"), USER)
+        with pytest.raises(ThreadBusy) as busy:
+            await sup.start(request(thread_id="t1"), USER)
+        assert busy.value.active_run_id == first.run_id
+        assert not first.finished.is_set()
+
+        with anyio.fail_after(5):
+            second = await sup.start(request(thread_id="t1", multitask="interrupt"), USER)
+        assert first.finished.is_set()
+        assert first.snapshot()["status"] == "cancelled"
+        assert first.snapshot()["reason"] == "interrupted by a newer run on the thread"
+        assert_one_terminal_done(await events(sup, first.run_id), "cancelled")
+        assert not second.finished.is_set()
+        assert (await sup.get_thread("t1", USER))["active_run"]["run_id"] == second.run_id
+        gate.set()
+        await finish(second)
+        assert second.snapshot()["status"] == "completed"
+
+
+async def test_thread_history_reaches_the_next_run(db_path: Path) -> None:
+    agent = ScriptedAgent(chunks(2))
+    async with supervisor(db_path, agent) as sup:
+        await finish(await sup.start(request("first question", thread_id="t1"), USER))
+        await finish(await sup.start(request("second question", thread_id="t1"), USER))
+        await finish(await sup.start(request("elsewhere", thread_id="t2"), USER))
+    assert [ctx.history for ctx in agent.runs] == [
+        [],
+        [
+            Message(role="user", content="first question"),
+            Message(role="assistant", content="w0 w1 "),
+        ],
+        [],
+    ]
+    assert agent.runs[1].messages == [Message(role="user", content="second question")]
+
+
+async def test_crash_recovery_interrupts_runs_left_active(db_path: Path, tmp_path: Path) -> None:
+    crashed = tmp_path / "crashed.db"
+    gate = anyio.Event()
+    agent = ScriptedAgent([*chunks(3), Wait(gate)])
+    async with supervisor(db_path, agent) as sup:
+        run = await sup.start(request(thread_id="t1"), USER)
+        await anyio.wait_all_tasks_blocked()
+        await sup.store.flush()
+        assert run.snapshot()["last_seq"] == 4
+        # What a kill -9 now would leave on disk: a consistent copy of everything committed.
+        with closing(sqlite3.connect(db_path)) as src, closing(sqlite3.connect(crashed)) as dst:
+            src.backup(dst)
+        gate.set()
+        await finish(run)
+
+    async with supervisor(crashed, agent) as sup:
+        assert sup.recovered_runs == 1
+        log = await events(sup, run.run_id)
+        assert types(log) == ["run"] + [CHUNK] * 3 + ["done"]
+        assert_one_terminal_done(log, "interrupted")
+        assert log[-1][2]["tokens"] == 3
+        state = await sup.get_run(run.run_id, USER)
+        assert (state["status"], state["last_seq"]) == ("interrupted", 5)
+        assert state["output"]["text"] == "w0 w1 w2 "
+        assert state["ended_at"] is not None
+    async with supervisor(crashed, agent) as sup:
+        assert sup.recovered_runs == 0  # finalised once, not again on every start
+
+
+async def test_crash_recovery_of_hand_written_rows(db_path: Path) -> None:
+    async with Store(db_path):
+        pass  # schema only
+    started = RunStarted(run_id="r1", thread_id="t1")
+    chunk = MessageChunk(content="half", message_id="m")
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("INSERT INTO threads VALUES ('t1', ?, 0)", (USER,))
+        for run_id, status in (("r1", "running"), ("r2", "pending"), ("r3", "completed")):
+            conn.execute(
+                "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at)"
+                " VALUES (?, 't1', ?, ?, ?, '{}', 0)",
+                (run_id, USER, status, b'{"messages": []}'),
+            )
+        for frame in (Frame.encode(1, started, 0.0), Frame.encode(2, chunk, 0.0)):
+            conn.execute(
+                "INSERT INTO events VALUES ('r1', ?, ?, ?, ?)",
+                (frame.seq, frame.type, frame.data, frame.created_at),
+            )
+        conn.commit()
+
+    async with supervisor(db_path, ScriptedAgent([])) as sup:
+        assert sup.recovered_runs == 2
+        r1, r2 = await events(sup, "r1"), await events(sup, "r2")
+        assert [(s, t) for s, t, _ in r1] == [(1, "run"), (2, CHUNK), (3, "done")]
+        assert r1[-1][2]["status"] == "interrupted"
+        assert [(s, t) for s, t, _ in r2] == [(1, "done")]
+        assert await events(sup, "r3") == []  # a finished run is left alone
+        assert (await sup.get_run("r1", USER))["output"]["text"] == "half"
+        assert [(await row(sup, r))["last_seq"] for r in ("r1", "r2", "r3")] == [3, 1, 0]
+
+
+async def test_shutdown_interrupts_parked_runs_with_a_done_event(db_path: Path) -> None:
+    agent = ScriptedAgent([*chunks(2), Wait(anyio.Event())])
+    async with Store(db_path) as store:
+        with anyio.fail_after(5):
+            async with Supervisor(store, agent, Settings.from_env({}, db=db_path)) as sup:
+                run = await sup.start(request(), USER)
+                await anyio.wait_all_tasks_blocked()
+        assert run.finished.is_set() and sup.active_runs == 0
+        with pytest.raises(Unavailable):
+            await sup.start(request(), USER)
+        log = [(f.type, orjson.loads(f.data)) for f in await store.read_frames(run.run_id, 0)]
+        assert [t for t, _ in log] == ["run", CHUNK, CHUNK, "done"]
+        assert log[-1][1]["status"] == "interrupted"
+        assert log[-1][1]["reason"] == "the server is shutting down"
+        stored = await store.fetch_one("SELECT * FROM runs WHERE run_id = ?", (run.run_id,))
+        assert stored is not None
+        assert (stored["status"], stored["last_seq"]) == ("interrupted", 4)
+
+
+async def test_unencodable_agent_event_fails_the_run_without_a_seq_gap(db_path: Path) -> None:
+    agent = ScriptedAgent([*chunks(1), ToolEnd(name="t", output={1, 2}, call_id="c")])
+    async with supervisor(db_path, agent) as sup:
+        run = await sup.start(request(), USER)
+        await finish(run)
+        log = await events(sup, run.run_id)
+    assert types(log) == ["run", CHUNK, "error", "done"]
+    assert log[-1][2]["status"] == "failed"  # contained: it failed only this run
+    assert_one_terminal_done(log, "failed")  # BUG: seqs are 1, 2, 4, 5
+
+
+async def test_cancelled_start_leaves_no_run_without_done(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        settings = Settings.from_env({}, db=db_path)
+        async with Supervisor(store, ScriptedAgent(chunks(1)), settings) as sup:
+            with closing(sqlite3.connect(db_path)) as blocker:
+                blocker.execute("BEGIN IMMEDIATE")  # the run row's commit now waits on us
+                async with anyio.create_task_group() as tg:
+                    caller = anyio.CancelScope()  # e.g. the HTTP client went away
+
+                    async def start() -> None:
+                        with caller:
+                            await sup.start(request(), USER)
+
+                    tg.start_soon(start)
+                    with anyio.fail_after(5):
+                        while store._inflight is None:  # until the writer has the run row
+                            await anyio.wait_all_tasks_blocked()
+                    caller.cancel()
+                    await anyio.wait_all_tasks_blocked()
+                    blocker.rollback()
+        await store.flush()
+        rows = await store.fetch_all("SELECT run_id, status FROM runs")
+        dones = await store.fetch_all("SELECT run_id FROM events WHERE type = 'done'")
+    # Either the start never happened, or the run (a resource, not a connection) ends properly.
+    assert [r["status"] for r in rows] in ([], ["completed"], ["cancelled"], ["interrupted"])
+    assert [d["run_id"] for d in dones] == [r["run_id"] for r in rows]
+
+
+async def test_another_principal_cannot_touch_a_run_on_a_thread_being_created(
+    db_path: Path,
+) -> None:
+    agent = ScriptedAgent([Wait(anyio.Event())])
+    outcomes: dict[str, Run | Exception] = {}
+    async with supervisor(db_path, agent) as sup:
+
+        async def start(owner: str) -> None:
+            try:
+                outcomes[owner] = await sup.start(
+                    request(thread_id="shared", multitask="interrupt"), owner
+                )
+            except ThreadNotFound as exc:
+                outcomes[owner] = exc
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(start, "alice")
+                tg.start_soon(start, "mallory")
+        seen = {
+            owner: o.snapshot()["status"] if isinstance(o, Run) else type(o).__name__
+            for owner, o in outcomes.items()
+        }
+    # One of them owns the thread; the other gets ThreadNotFound (a 404), never a 409, and
+    # certainly cannot stop the owner's run. The bug: {'alice': 'cancelled', 'mallory': 'running'}
+    assert sorted(seen.values()) == ["ThreadNotFound", "running"], seen
