@@ -35,7 +35,7 @@ from .events import event_json_schema
 from .inputs import GraphStreamRequest, RunCreate, StopTarget
 from .runs import Run
 from .settings import Settings
-from .sse import EventStream, parse_cursor
+from .sse import EventStream, parse_cursor, parse_thread_cursor
 from .store import Store
 from .supervisor import Supervisor
 
@@ -192,7 +192,8 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         thread_id: str, sup: Sup, owner: Owner, last_event_id: LastEventId = None
     ) -> Response:
         """Join the thread's active run. Event ids are ``run_id:seq``."""
-        return stream_or_204(await sup.subscribe_thread(thread_id, owner, last_event_id))
+        cursor = parse_thread_cursor(last_event_id)
+        return stream_or_204(await sup.subscribe_thread(thread_id, owner, cursor))
 
     @app.post("/v1/threads/{thread_id}/stop", tags=["threads"])
     async def stop_thread(thread_id: str, sup: Sup, owner: Owner) -> JSONResponse:

@@ -39,6 +39,17 @@ def parse_cursor(last_event_id: str | None, after: str | None) -> int:
     return int(raw)
 
 
+def parse_thread_cursor(last_event_id: str | None) -> tuple[str, int] | None:
+    """The cursor of a thread stream: ``Last-Event-ID: run_id:seq`` (absent or empty: none)."""
+    if not last_event_id:
+        return None
+    run_id, sep, seq = last_event_id.rpartition(":")
+    if not sep or not run_id or not seq or len(last_event_id) > 128:
+        shown = last_event_id[:40].encode("unicode_escape").decode("ascii")
+        raise InvalidCursor(f"Last-Event-ID of a thread stream is run_id:seq, got {shown!r}")
+    return run_id, parse_cursor(seq, None)
+
+
 class EventStream(Response):
     """A ``text/event-stream`` response fed by an async iterator of ready-made SSE bytes."""
 

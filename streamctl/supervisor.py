@@ -27,7 +27,6 @@ from .agents.base import Agent, AgentContext, Message
 from .broadcast import follow
 from .errors import (
     CursorOutOfRange,
-    InvalidCursor,
     InvalidInput,
     RunNotFound,
     StreamctlError,
@@ -197,6 +196,11 @@ class Supervisor:
         return run
 
     def _check_input(self, request: RunCreate) -> None:
+        # An agent may check its own options up front (the demo agent does), so a bad option
+        # is a 422 for the request, not a failed run.
+        validate = getattr(self.agent, "validate_config", None)
+        if validate is not None:
+            validate(request.agent_config())
         messages = request.input.messages
         if len(messages) > self.settings.max_messages:
             raise InvalidInput(
@@ -538,24 +542,35 @@ class Supervisor:
         }
 
     async def subscribe_thread(
-        self, thread_id: str, owner: str, last_event_id: str | None
+        self, thread_id: str, owner: str, cursor: tuple[str, int] | None
     ) -> AsyncIterator[bytes] | None:
-        """Join the thread's active run; ids are ``run_id:seq``. None when nothing is left."""
+        """Follow the thread: after ``cursor`` (``(run_id, seq)``) in its run, then the thread's
+        next run; without a cursor, its active run. Ids are ``run_id:seq``. None: nothing left."""
         await self._thread_row(thread_id, owner)
-        if last_event_id:
-            run_id, sep, seq = last_event_id.rpartition(":")
-            if not sep or not run_id or not seq.isdigit() or len(last_event_id) > 128:
-                raise InvalidCursor(
-                    f"Last-Event-ID {last_event_id[:40]!r} is not of the form run_id:seq"
-                )
-            row = await self._run_row(run_id, owner)
-            if row["thread_id"] != thread_id:
-                raise RunNotFound(run_id)
-            stream = await self.subscribe(run_id, owner, int(seq), id_prefix=f"{run_id}:".encode())
+        if cursor is None:
             active = self._active.get(thread_id)
-            if stream is not None or active is None or active.run_id == run_id:
-                return stream
-        active = self._active.get(thread_id)
-        if active is None:
+            if active is None:
+                return None
+            return await self.subscribe(active.run_id, owner, 0, id_prefix=_prefix(active.run_id))
+        run_id, seq = cursor
+        row = await self._run_row(run_id, owner)
+        if row["thread_id"] != thread_id:
+            raise RunNotFound(run_id)
+        stream = await self.subscribe(run_id, owner, seq, id_prefix=_prefix(run_id))
+        if stream is not None:
+            return stream
+        # That run is over and fully read: go on with the thread's next run, if there is one.
+        following = await self.store.fetch_one(
+            "SELECT run_id FROM runs WHERE thread_id = ?"
+            " AND rowid > (SELECT rowid FROM runs WHERE run_id = ?) ORDER BY rowid LIMIT 1",
+            (thread_id, run_id),
+        )
+        if following is None:
             return None
-        return await self.subscribe(active.run_id, owner, 0, id_prefix=f"{active.run_id}:".encode())
+        return await self.subscribe(
+            following["run_id"], owner, 0, id_prefix=_prefix(following["run_id"])
+        )
+
+
+def _prefix(run_id: str) -> bytes:
+    return f"{run_id}:".encode()

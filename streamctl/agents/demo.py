@@ -56,7 +56,9 @@ def demo_options(config: dict[str, object]) -> DemoOptions:
     try:
         return DemoOptions.model_validate(config.get("demo") or {})
     except ValidationError as exc:
-        raise InvalidDemoOptions(f"invalid config.demo: {exc.errors()[0]['msg']}") from exc
+        first = exc.errors()[0]
+        where = ".".join(["config", "demo", *(str(p) for p in first["loc"])])
+        raise InvalidDemoOptions(f"{where}: {first['msg']}") from exc
 
 
 def _location(ctx: AgentContext) -> str:
@@ -65,8 +67,21 @@ def _location(ctx: AgentContext) -> str:
     return match.group(1).strip().title() if match else "Tokyo"
 
 
-async def demo_agent(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
-    """Stream a weather answer for the city named in the last user message."""
+class DemoAgent:
+    """Streams a weather answer for the city named in the last user message."""
+
+    def validate_config(self, config: dict[str, object]) -> None:
+        """Reject bad ``config.demo`` before the run starts (a 422, not a failed run)."""
+        demo_options(config)
+
+    def __call__(self, ctx: AgentContext) -> AsyncIterator[AgentEvent]:
+        return _demo(ctx)
+
+
+demo_agent = DemoAgent()
+
+
+async def _demo(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
     opts = demo_options(ctx.config)
     city = _location(ctx)
     asked_before = sum(1 for m in ctx.history if m.role == "user")
