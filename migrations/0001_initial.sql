@@ -11,7 +11,7 @@ CREATE TABLE runs (
     run_id      TEXT PRIMARY KEY,
     thread_id   TEXT NOT NULL REFERENCES threads (thread_id),
     owner       TEXT NOT NULL,
-    status      TEXT NOT NULL,          -- pending, running, completed, cancelled, failed, timed_out, interrupted
+    status      TEXT NOT NULL,          -- queued, running, completed, cancelled, failed, timed_out, interrupted
     input       BLOB NOT NULL,          -- JSON: {"messages": [...]}
     config      BLOB NOT NULL,          -- JSON: the run's options (recursion_limit, multitask, demo knobs, ...)
     created_at  REAL NOT NULL,
@@ -25,7 +25,7 @@ CREATE TABLE runs (
 
 CREATE INDEX runs_by_thread ON runs (thread_id, created_at);
 CREATE INDEX runs_by_owner ON runs (owner, created_at);
-CREATE INDEX runs_active ON runs (status) WHERE status IN ('pending', 'running');
+CREATE INDEX runs_active ON runs (status) WHERE status IN ('queued', 'running');
 
 CREATE TABLE events (
     run_id      TEXT NOT NULL,

@@ -25,14 +25,17 @@ from .errors import (
     InvalidCursor,
     InvalidInput,
     RunNotFound,
+    RunPurged,
     StoreError,
     StreamctlError,
     ThreadBusy,
     ThreadNotFound,
+    TooManyRuns,
     Unavailable,
 )
 from .events import event_json_schema
 from .inputs import GraphStreamRequest, RunCreate, StopTarget
+from .limits import BodyLimit
 from .runs import Run
 from .settings import Settings
 from .sse import EventStream, parse_cursor, parse_thread_cursor
@@ -48,6 +51,8 @@ _STATUS: dict[type[StreamctlError], int] = {
     InvalidCursor: 400,
     CursorOutOfRange: 400,
     InvalidInput: 422,
+    RunPurged: 410,
+    TooManyRuns: 429,
     InvalidDemoOptions: 422,
     Unavailable: 503,
     StoreError: 503,
@@ -86,6 +91,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
 
     async def stream_run(sup: Supervisor, run: Run, on_disconnect: str) -> Response:
@@ -229,7 +235,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
         if status >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = None
+        if isinstance(exc, TooManyRuns):
+            headers = {"Retry-After": str(exc.retry_after)}
+        elif status == 503:
+            headers = {"Retry-After": "1"}
         return JSONResponse(error_body(exc.code, exc.message), status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -12,6 +12,7 @@ transparently, so memory does not grow with the length of a run.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import anyio
 
@@ -21,6 +22,17 @@ from .store import Store
 PING = b": ping\n\n"
 _MAX_FRAMES_PER_WRITE = 1024
 _DB_PAGE = 1000
+
+
+@dataclass(slots=True)
+class Counters:
+    """Process-wide fan-out counters, owned by the supervisor (for tests, readiness, metrics)."""
+
+    subscribers: int = 0
+    """Streams open right now."""
+    writes: int = 0
+    """Socket writes handed to the server (one per wake with something to send)."""
+    pings: int = 0
 
 
 class RunLog:
@@ -87,39 +99,45 @@ async def follow(
     *,
     ping_interval: float,
     id_prefix: bytes = b"",
+    counters: Counters | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the SSE bytes of every committed event after ``cursor``, then the live tail.
 
     Ends after the terminal event. With ``log=None`` the run is finished and fully in SQLite.
     While nothing happens for ``ping_interval`` seconds, yields a ``: ping`` comment.
     """
-    if log is None:
-        while True:
-            frames = await store.read_frames(run_id, cursor, cursor + _DB_PAGE)
-            if not frames:
-                return
-            yield b"".join(reframe(f, id_prefix) for f in frames)
-            cursor = frames[-1].seq
-    log.subscribers += 1
+    counters = counters if counters is not None else Counters()
+    counters.subscribers += 1
+    if log is not None:
+        log.subscribers += 1
     try:
         while True:
-            changed = log.changed
-            held = log.frames_after(cursor)
-            if held is None:
-                # Behind the in-memory tail: everything before it is committed, so read SQLite.
-                held = await store.read_frames(
-                    run_id, cursor, min(log.first_seq - 1, cursor + _DB_PAGE)
-                )
-            frames = held
-            if frames:
-                yield b"".join(reframe(f, id_prefix) for f in frames)
-                cursor = frames[-1].seq
-                continue
-            if log.closed:
-                return
-            with anyio.move_on_after(ping_interval):
-                await changed.wait()
-            if not changed.is_set():
-                yield PING
+            if log is None:
+                frames = await store.read_frames(run_id, cursor, cursor + _DB_PAGE)
+                if not frames:
+                    return
+            else:
+                changed = log.changed
+                held = log.frames_after(cursor)
+                if held is None:
+                    # Behind the in-memory tail: all of that is committed, so read SQLite.
+                    held = await store.read_frames(
+                        run_id, cursor, min(log.first_seq - 1, cursor + _DB_PAGE)
+                    )
+                frames = held
+                if not frames:
+                    if log.closed:
+                        return
+                    with anyio.move_on_after(ping_interval):
+                        await changed.wait()
+                    if not changed.is_set():
+                        counters.pings += 1
+                        yield PING
+                    continue
+            counters.writes += 1
+            yield b"".join(reframe(f, id_prefix) for f in frames)
+            cursor = frames[-1].seq
     finally:
-        log.subscribers -= 1
+        counters.subscribers -= 1
+        if log is not None:
+            log.subscribers -= 1

@@ -46,26 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             done = ", ".join(applied) if applied else "nothing (up to date)"
             print(f"{settings.db}: applied {done}")
             return 0
+        from .server import serve
+
         return serve(settings)
     except StreamctlError as exc:
         print(f"streamctl: {exc.message}", file=sys.stderr)
         return 2
-
-
-def serve(settings: Settings) -> int:
-    import uvicorn
-
-    from .api import create_app
-
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_grace) or None,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 1

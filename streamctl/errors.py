@@ -6,6 +6,8 @@
     ├── ThreadBusy             the thread has an active run and the request said multitask="reject"
     ├── InvalidCursor          a Last-Event-ID / ?after= value that is not a sequence number
     ├── CursorOutOfRange       a cursor beyond the run's committed log
+    ├── RunPurged              the run's events were deleted by retention (its snapshot remains)
+    ├── TooManyRuns            a cap on concurrent runs (global or per principal) is reached
     ├── InvalidInput           the run's input breaks a limit (too many or too long messages)
     ├── Unavailable            the supervisor is not accepting runs (starting up or draining)
     ├── AgentNotFound          --agent MODULE:ATTR does not name an agent
@@ -46,10 +48,12 @@ class ThreadNotFound(StreamctlError):
 class ThreadBusy(StreamctlError):
     code = "thread_busy"
 
-    def __init__(self, thread_id: str, active_run_id: str) -> None:
+    def __init__(self, thread_id: str, active_run_id: str, why: str | None = None) -> None:
         super().__init__(
-            f"thread {thread_id!r} already has an active run {active_run_id!r}; "
-            'stop it, or start the run with "multitask": "interrupt"'
+            f"thread {thread_id!r} has an active run {active_run_id!r}: {why}"
+            if why
+            else f"thread {thread_id!r} already has an active run {active_run_id!r}; stop it, or"
+            ' start the run with "multitask": "interrupt" or "enqueue"'
         )
         self.thread_id = thread_id
         self.active_run_id = active_run_id
@@ -68,6 +72,25 @@ class CursorOutOfRange(StreamctlError):
         )
         self.cursor = cursor
         self.last_seq = last_seq
+
+
+class RunPurged(StreamctlError):
+    code = "run_purged"
+
+    def __init__(self, run_id: str, purged_at: str) -> None:
+        super().__init__(
+            f"the events of run {run_id!r} were deleted on {purged_at} (retention period);"
+            f" its final state is still at GET /v1/runs/{run_id}"
+        )
+        self.run_id = run_id
+
+
+class TooManyRuns(StreamctlError):
+    code = "too_many_runs"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InvalidInput(StreamctlError):

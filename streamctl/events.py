@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 TERMINAL_STATUSES = ("completed", "cancelled", "failed", "timed_out", "interrupted")
 TerminalStatus = Literal["completed", "cancelled", "failed", "timed_out", "interrupted"]
 RunStatus = Literal[
-    "pending", "running", "completed", "cancelled", "failed", "timed_out", "interrupted"
+    "queued", "running", "completed", "cancelled", "failed", "timed_out", "interrupted"
 ]
 
 
@@ -32,7 +32,8 @@ class _Event(BaseModel):
 
 
 class RunStarted(_Event):
-    """First event of every run."""
+    """First event of every run (status ``running``, or ``queued`` when it waits for the thread's
+    active run; then a second ``run`` event with status ``running`` when it starts)."""
 
     type: Literal["run"] = "run"
     run_id: str

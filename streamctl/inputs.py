@@ -43,7 +43,7 @@ class RunCreate(BaseModel):
     thread_id: ThreadId | None = Field(None, description="A new thread when absent.")
     input: RunInput
     config: RunConfig = Field(default_factory=RunConfig)
-    multitask: Literal["reject", "interrupt"] = Field(
+    multitask: Literal["reject", "interrupt", "enqueue"] = Field(
         "reject", description="What to do when the thread already has an active run."
     )
     on_disconnect: Literal["continue", "cancel"] = Field(

@@ -113,11 +113,16 @@ class Run:
     config: dict[str, Any]
     store: Store
     tail_events: int
+    recursion_limit: int = 25
+    agent_config: dict[str, Any] = field(default_factory=dict)
+    """The request's ``config`` keys meant for the agent (e.g. ``demo``)."""
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     ended_at: float | None = None
     last_seq: int = 0
     """Last seq emitted (committed or not). ``output.last_seq`` is the last committed one."""
+    last_event_at: float = 0.0
+    """When the last event was emitted (the watchdog's stall clock)."""
     scope: anyio.CancelScope | None = None
     stop_status: TerminalStatus | None = None
     stop_reason: str = ""
@@ -133,8 +138,10 @@ class Run:
     def emit(self, event: _Event) -> int:
         """Number, encode and queue one event. Synchronous; returns its seq."""
         seq = self.last_seq + 1
-        frame = Frame.encode(seq, event, time.time())  # may raise: then no seq is used up
+        now = time.time()
+        frame = Frame.encode(seq, event, now)  # may raise: then no seq is used up
         self.last_seq = seq
+        self.last_event_at = now
         self.store.append(self.run_id, frame, event, self)
         return seq
 
@@ -189,6 +196,7 @@ def run_json(
     started_at: float | None,
     ended_at: float | None,
     tokens: int,
+    purged_at: float | None = None,
 ) -> dict[str, Any]:
     """The run resource as the HTTP API shows it (DESIGN.md §3, "Run")."""
     return {
@@ -203,6 +211,7 @@ def run_json(
         "started_at": iso(started_at),
         "ended_at": iso(ended_at),
         "usage": {"tokens": tokens},
+        "events_purged_at": iso(purged_at),
     }
 
 
@@ -222,4 +231,5 @@ def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
         started_at=row["started_at"],
         ended_at=row["ended_at"],
         tokens=usage.get("tokens", 0),
+        purged_at=row["purged_at"],
     )

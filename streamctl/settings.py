@@ -52,6 +52,25 @@ class Settings(BaseModel):
         100_000, ge=1, description="Longest accepted input message (characters)."
     )
     max_messages: int = Field(100, ge=1, description="Most input messages accepted in one run.")
+    max_run_seconds: float = Field(
+        180.0, gt=0, description="Longest a run may take once its agent starts (then `timed_out`)."
+    )
+    stall_seconds: float = Field(
+        60.0, gt=0, description="Longest an agent may go without an event (then `timed_out`)."
+    )
+    max_runs: int = Field(1000, ge=1, description="Runs running or queued at once, in all.")
+    max_runs_per_owner: int = Field(
+        100, ge=1, description="Runs running or queued at once for one principal."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest accepted request body (bytes); larger is 413."
+    )
+    retention_days: float = Field(
+        7.0, ge=0, description="Days the events of a finished run are kept; 0 keeps them forever."
+    )
+    purge_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two purges of events past the retention."
+    )
     drain_grace: float = Field(
         10.0,
         ge=0,

@@ -1,12 +1,13 @@
 """The supervisor: owns every run as a task in one long-lived task group.
 
 A run is a resource, not a connection: it lives here, not in the request that started it, so a
-client that disconnects never ends it (DESIGN.md invariant 1). Each run's task has its own cancel
-scope; ``stop`` cancels that scope and returns only after the task has exited, by which time the
-run's terminal ``done`` event is committed (invariants 6 and 7). An agent's exception is caught at
-the per-run boundary and fails that run alone (invariant 9).
+client that disconnects never ends it (DESIGN.md invariant 1). ``stop`` cancels a run's scope and
+returns only after its task has exited (invariant 7); ``drain`` stops taking runs, gives the active
+ones a grace period and interrupts the rest (invariant 8). Every cap on concurrent runs is checked
+and claimed in one synchronous step, so a burst of requests cannot slip past it (invariant 10).
 
 Enter it in the application's lifespan (``async with Supervisor(...)``), never in a request.
+The read side (snapshots, event pages, streams, threads) lives in ``queries.RunQueries``.
 """
 
 from __future__ import annotations
@@ -15,89 +16,80 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import anyio
-import orjson
 from anyio.abc import TaskGroup, TaskStatus
 
-from .agents.base import Agent, AgentContext, Message
-from .broadcast import follow
+from .agents.base import Agent
+from .broadcast import Counters
 from .errors import (
-    CursorOutOfRange,
     InvalidInput,
-    RunNotFound,
     StreamctlError,
     ThreadBusy,
     ThreadNotFound,
+    TooManyRuns,
     Unavailable,
 )
-from .events import (
-    Done,
-    ErrorEvent,
-    Frame,
-    MessageChunk,
-    RunStarted,
-    TerminalStatus,
-    ToolEnd,
-    ToolStart,
-)
+from .events import TerminalStatus
 from .inputs import RunCreate
-from .runs import Run, RunOutput, iso, row_json
+from .queries import RunQueries
+from .runner import Runner, recover
+from .runs import Run, row_json
 from .settings import Settings
 from .store import Store
 
 logger = logging.getLogger("streamctl.supervisor")
-
-_FINISH_TIMEOUT = 30.0
-"""Upper bound on the shielded clean-up of one run (flush, terminal event, final row)."""
-
-_FINAL_UPDATE = (
-    "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?, usage = ?, snapshot = ?"
-    " WHERE run_id = ?"
-)
-
-Outcome = tuple[TerminalStatus, str, dict[str, str] | None]
-
-
-class RecursionLimitExceeded(Exception):
-    """The agent took more steps than the run's recursion limit allows."""
-
-
-class AgentProtocolError(Exception):
-    """The agent yielded something that is not an ``AgentEvent``."""
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class Supervisor:
-    """Starts, tracks and stops runs; answers every question about them."""
+@dataclass
+class RunStats:
+    """Counters of the supervisor's work since it started (tests, readiness, metrics)."""
+
+    started: int = 0
+    stop_requests: int = 0
+    ended: dict[str, int] = field(default_factory=dict)
+    """Runs by terminal status."""
+    purged: int = 0
+
+
+class Supervisor(RunQueries):
+    """Starts, queues, stops and drains runs; answers every question about them."""
 
     def __init__(self, store: Store, agent: Agent, settings: Settings) -> None:
         self.store = store
         self.agent = agent
         self.settings = settings
         self._runs: dict[str, Run] = {}
-        self._active: dict[str, Run] = {}
-        """The active run of each busy thread."""
+        self._threads: dict[str, list[Run]] = {}
+        self._per_owner: dict[str, int] = {}
         self._tg: TaskGroup | None = None
+        self._runner: Runner | None = None
         self.accepting = False
         self.recovered_runs = 0
+        self.counters = Counters()
+        self.stats = RunStats()
 
     @property
     def active_runs(self) -> int:
+        """Runs running or queued right now."""
         return len(self._runs)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
-        self.recovered_runs = await self._recover()
+        self.recovered_runs = await recover(self.store)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._runner = Runner(self.store, self.agent, self.settings, self._tg)
+        if self.settings.retention_days > 0:
+            self._tg.start_soon(self._purge_loop, name="streamctl retention")
         self.accepting = True
         return self
 
@@ -107,55 +99,37 @@ class Supervisor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.accepting = False
-        for run in list(self._runs.values()):
-            run.request_stop("interrupted", "the server is shutting down")
         assert self._tg is not None
-        # The runs' tasks end with the stop requests above; an exception of the body propagates
-        # as itself, not wrapped in the task group's ExceptionGroup.
+        with anyio.CancelScope(shield=True):
+            await self.drain(0)
+        self._tg.cancel_scope.cancel()  # the retention loop; runs have ended in drain
+        # An exception of the body propagates as itself, not wrapped in an ExceptionGroup.
         await self._tg.__aexit__(None, None, None)
 
-    async def _recover(self) -> int:
-        """Finalise runs the store still shows as active (the process died under them)."""
-        rows = await self.store.fetch_all(
-            "SELECT run_id, thread_id FROM runs WHERE status IN ('pending', 'running')"
-        )
-        now = time.time()
-        for row in rows:
-            frames = await self.store.read_frames(row["run_id"], 0)
-            output = RunOutput.fold(frames)
-            seq = output.last_seq + 1
-            done = Done(
-                run_id=row["run_id"],
-                thread_id=row["thread_id"],
-                status="interrupted",
-                reason="the server stopped while the run was active",
-                tokens=output.tokens,
-            )
-            frame = Frame.encode(seq, done, now)
-            self.store.execute_later(
-                "INSERT INTO events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
-                (row["run_id"], seq, frame.type, frame.data, now),
-            )
-            self._write_final_row(
-                row["run_id"],
-                status=done.status,
-                reason=done.reason,
-                error=output.error,
-                tokens=output.tokens,
-                last_seq=seq,
-                output=output.as_json(),
-                ended_at=now,
-            )
-            logger.warning("run %s was active at the last shutdown: interrupted", row["run_id"])
-        await self.store.flush()
-        return len(rows)
+    async def drain(self, grace: float) -> None:
+        """Stop accepting runs; give active ones ``grace`` seconds; interrupt the rest.
+
+        Every run then ends with its terminal event, so every open stream receives it and closes.
+        """
+        self.accepting = False
+        with anyio.move_on_after(grace):
+            await self._until_idle()
+        for run in list(self._runs.values()):
+            run.request_stop("interrupted", "the server is shutting down")
+        with anyio.move_on_after(self.settings.stop_timeout):
+            await self._until_idle()
+        if self._runs:
+            logger.error("%d runs did not stop within stop_timeout", len(self._runs))
+
+    async def _until_idle(self) -> None:
+        while self._runs:
+            await next(iter(self._runs.values())).finished.wait()
 
     # -- starting --------------------------------------------------------------------------------
 
     async def start(self, request: RunCreate, owner: str) -> Run:
-        """Start a run; return once its row and its first event are committed."""
-        if not self.accepting or self._tg is None:
+        """Start (or queue) a run; return once its row and its first event are committed."""
+        if not self.accepting or self._tg is None or self._runner is None:
             raise Unavailable("the server is not accepting new runs (starting up or shutting down)")
         self._check_input(request)
         thread_id = request.thread_id or new_id()
@@ -165,13 +139,8 @@ class Supervisor:
             )
             if row is not None and row["owner"] != owner:
                 raise ThreadNotFound(thread_id)
-        while (active := self._active.get(thread_id)) is not None:
-            if active.owner != owner:  # a thread another principal is creating right now
-                raise ThreadNotFound(thread_id)
-            if request.multitask == "reject":
-                raise ThreadBusy(thread_id, active.run_id)
-            await self._stop(active, "cancelled", "interrupted by a newer run on the thread")
-        limit = min(self.settings.recursion_limit, request.config.recursion_limit or math.inf)
+        predecessor = await self._make_room(thread_id, owner, request.multitask)
+        self._check_capacity(owner)
         run = Run(
             run_id=new_id(),
             thread_id=thread_id,
@@ -181,19 +150,62 @@ class Supervisor:
             | {"multitask": request.multitask, "on_disconnect": request.on_disconnect},
             store=self.store,
             tail_events=self.settings.tail_events,
+            recursion_limit=int(
+                min(self.settings.recursion_limit, request.config.recursion_limit or math.inf)
+            ),
+            agent_config=request.agent_config(),
         )
-        # Registered before the first await, so a concurrent start on this thread sees it.
+        # Registered with no await since the checks above, so no concurrent start slips between.
         self._runs[run.run_id] = run
-        self._active[thread_id] = run
+        self._threads.setdefault(thread_id, []).append(run)
+        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         try:
             # Shielded: once the run's row may be committed, the run must reach its `done`,
             # even if the request that started it is cancelled meanwhile.
             with anyio.CancelScope(shield=True):
-                await self._tg.start(self._run_task, run, request, int(limit))
+                await self._tg.start(self._run_task, run, predecessor)
         except BaseException:
             self._forget(run)
             raise
+        self.stats.started += 1
         return run
+
+    async def _make_room(self, thread_id: str, owner: str, multitask: str) -> Run | None:
+        """Apply ``multitask`` to a busy thread. Returns the run to queue behind, if any."""
+        queue = self._threads.get(thread_id)
+        if not queue:
+            return None
+        if queue[0].owner != owner:  # a thread another principal is creating right now
+            raise ThreadNotFound(thread_id)
+        if multitask == "enqueue":
+            return queue[-1]
+        if multitask == "interrupt":
+            for run in reversed(queue):  # newest first, so no queued run starts meanwhile
+                run.request_stop("cancelled", "interrupted by a newer run on the thread")
+            with anyio.move_on_after(self.settings.stop_timeout):
+                for run in list(queue):
+                    await run.finished.wait()
+            queue = self._threads.get(thread_id)
+            if not queue:
+                return None
+            raise ThreadBusy(
+                thread_id,
+                queue[0].run_id,
+                "its runs did not stop within stop_timeout, or another run started meanwhile",
+            )
+        raise ThreadBusy(thread_id, queue[0].run_id)
+
+    def _check_capacity(self, owner: str) -> None:
+        settings = self.settings
+        if len(self._runs) >= settings.max_runs:
+            raise TooManyRuns(
+                f"the server is running its maximum of {settings.max_runs} runs; retry shortly"
+            )
+        if self._per_owner.get(owner, 0) >= settings.max_runs_per_owner:
+            raise TooManyRuns(
+                f"you have {settings.max_runs_per_owner} active runs, the most allowed at once;"
+                " stop one or wait for one to finish"
+            )
 
     def _check_input(self, request: RunCreate) -> None:
         # An agent may check its own options up front (the demo agent does), so a bad option
@@ -213,181 +225,35 @@ class Supervisor:
                     f"at most {self.settings.max_message_chars} are accepted"
                 )
 
-    async def _history(self, thread_id: str, run_id: str) -> list[Message]:
-        rows = await self.store.fetch_all(
-            "SELECT input, snapshot FROM runs WHERE thread_id = ? AND run_id != ?"
-            " ORDER BY created_at, rowid",
-            (thread_id, run_id),
-        )
-        history: list[Message] = []
-        for row in rows:
-            history += [Message(**m) for m in orjson.loads(row["input"])["messages"]]
-            text = orjson.loads(row["snapshot"])["output"]["text"] if row["snapshot"] else ""
-            history.append(Message(role="assistant", content=text))
-        return history
-
     async def _run_task(
         self,
         run: Run,
-        request: RunCreate,
-        limit: int,
+        predecessor: Run | None,
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        store = self.store
-        history = await self._history(run.thread_id, run.run_id)
-        run.started_at = time.time()
-        store.execute_later(
-            "INSERT OR IGNORE INTO threads (thread_id, owner, created_at) VALUES (?, ?, ?)",
-            (run.thread_id, run.owner, run.created_at),
-        )
-        store.execute_later(
-            "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at,"
-            " started_at) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
-            (
-                run.run_id,
-                run.thread_id,
-                run.owner,
-                orjson.dumps(run.input),
-                orjson.dumps(run.config),
-                run.created_at,
-                run.started_at,
-            ),
-        )
-        run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id))
-        await store.flush()
-        task_status.started()
-
-        ctx = AgentContext(
-            run_id=run.run_id,
-            thread_id=run.thread_id,
-            messages=list(request.input.messages),
-            history=history,
-            recursion_limit=limit,
-            config=request.agent_config(),
-        )
-        # If the supervisor itself is cancelled (it should not be: shutdown stops runs first),
-        # the run still ends with a terminal event.
-        outcome: Outcome = ("interrupted", "the server stopped the run", None)
+        assert self._runner is not None
         try:
-            outcome = await self._drive(run, ctx)
+            await self._runner.run(run, predecessor, task_status=task_status)
         finally:
-            with anyio.move_on_after(_FINISH_TIMEOUT, shield=True):
-                await self._finish(run, outcome)
             self._forget(run)
+            status = run.output.status
+            self.stats.ended[status] = self.stats.ended.get(status, 0) + 1
             run.finished.set()
 
-    async def _drive(self, run: Run, ctx: AgentContext) -> Outcome:
-        """Iterate the agent inside the run's own cancel scope; say how the run ended."""
-        try:
-            with anyio.CancelScope() as scope:
-                run.scope = scope
-                if run.stop_status is not None:
-                    scope.cancel()
-                await self._iterate(run, ctx)
-        except RecursionLimitExceeded as exc:
-            return "failed", str(exc), {"code": "recursion_limit", "message": str(exc)}
-        except Exception as exc:  # the per-run boundary: one agent's failure is its run's alone
-            logger.warning("run %s: agent failed", run.run_id, exc_info=True)
-            message = f"{type(exc).__name__}: {exc}"
-            return (
-                "failed",
-                "the agent raised an error",
-                {"code": "agent_error", "message": message},
-            )
-        if scope.cancelled_caught and run.stop_status is not None:
-            return run.stop_status, run.stop_reason, None
-        return "completed", "the agent finished", None
-
-    async def _iterate(self, run: Run, ctx: AgentContext) -> None:
-        """Emit what the agent yields; count steps (new messages, tool calls) against the limit."""
-        steps = 0
-        message_id: str | None = None
-        events = self.agent(ctx)
-        try:
-            async for event in events:
-                if isinstance(event, MessageChunk):
-                    if event.message_id != message_id:
-                        message_id = event.message_id
-                        steps += 1
-                elif isinstance(event, ToolStart):
-                    steps += 1
-                elif not isinstance(event, ToolEnd):
-                    raise AgentProtocolError(
-                        f"agent yielded {type(event).__name__}; "
-                        "expected MessageChunk, ToolStart or ToolEnd"
-                    )
-                if steps > ctx.recursion_limit:
-                    raise RecursionLimitExceeded(
-                        f"the run took more than {ctx.recursion_limit} steps"
-                    )
-                run.emit(event)
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    async def _finish(self, run: Run, outcome: Outcome) -> None:
-        """Write the terminal events and the final row. Runs shielded, after the agent is gone."""
-        status, reason, error = outcome
-        store = self.store
-        try:
-            await store.flush()  # every agent event committed, so run.output is complete
-        except StreamctlError:
-            logger.exception("run %s: events lost before the terminal event", run.run_id)
-        if error is not None:
-            run.emit(ErrorEvent(code=error["code"], message=error["message"]))
-        run.ended_at = time.time()
-        run.emit(
-            Done(
-                run_id=run.run_id,
-                thread_id=run.thread_id,
-                status=status,
-                reason=reason,
-                tokens=run.output.tokens,
-            )
-        )
-        self._write_final_row(
-            run.run_id,
-            status=status,
-            reason=reason,
-            error=error,
-            tokens=run.output.tokens,
-            last_seq=run.last_seq,
-            output=run.output.as_json(),
-            ended_at=run.ended_at,
-        )
-        await store.flush()
-
-    def _write_final_row(
-        self,
-        run_id: str,
-        *,
-        status: str,
-        reason: str | None,
-        error: dict[str, Any] | None,
-        tokens: int,
-        last_seq: int,
-        output: dict[str, Any],
-        ended_at: float,
-    ) -> None:
-        self.store.execute_later(
-            _FINAL_UPDATE,
-            (
-                status,
-                ended_at,
-                last_seq,
-                orjson.dumps(error) if error else None,
-                orjson.dumps({"tokens": tokens}),
-                orjson.dumps({"reason": reason, "output": output}),
-                run_id,
-            ),
-        )
-
     def _forget(self, run: Run) -> None:
-        self._runs.pop(run.run_id, None)
-        if self._active.get(run.thread_id) is run:
-            del self._active[run.thread_id]
+        if self._runs.pop(run.run_id, None) is None:
+            return
+        queue = self._threads.get(run.thread_id, [])
+        if run in queue:
+            queue.remove(run)
+        if not queue:
+            self._threads.pop(run.thread_id, None)
+        left = self._per_owner.get(run.owner, 1) - 1
+        if left:
+            self._per_owner[run.owner] = left
+        else:
+            self._per_owner.pop(run.owner, None)
 
     # -- stopping --------------------------------------------------------------------------------
 
@@ -398,20 +264,19 @@ class Supervisor:
         run = self._live(run_id, owner)
         if run is None:
             return await self.get_run(run_id, owner), True
+        self.stats.stop_requests += 1
+        run.request_stop("cancelled", "stopped by request")
         if wait:
-            await self._stop(run, "cancelled", "stopped by request")
-        else:
-            run.request_stop("cancelled", "stopped by request")
+            await self._wait_stopped(run)
         return run.snapshot(), run.finished.is_set()
 
-    async def _stop(self, run: Run, status: TerminalStatus, reason: str) -> None:
-        run.request_stop(status, reason)
+    async def _wait_stopped(self, run: Run) -> None:
         with anyio.move_on_after(self.settings.stop_timeout):
             await run.finished.wait()
 
     async def stop_thread(self, thread_id: str, owner: str) -> tuple[dict[str, Any], bool]:
         """Stop the thread's active run; with none active, return its last run's final state."""
-        active = self._active.get(thread_id)
+        active = self._active(thread_id)
         if active is not None and active.owner == owner:
             return await self.stop(active.run_id, owner)
         await self._thread_row(thread_id, owner)
@@ -423,154 +288,42 @@ class Supervisor:
             raise ThreadNotFound(thread_id)
         return row_json(row), True
 
-    def request_stop(self, run_id: str) -> None:
+    def request_stop(self, run_id: str, status: TerminalStatus = "cancelled") -> None:
         """Ask a run to stop without waiting (a streaming client with on_disconnect=cancel left)."""
         run = self._runs.get(run_id)
         if run is not None:
-            run.request_stop("cancelled", "the client disconnected")
+            self.stats.stop_requests += 1
+            run.request_stop(status, "the client disconnected")
 
-    # -- reading ---------------------------------------------------------------------------------
+    # -- retention -------------------------------------------------------------------------------
 
-    def _live(self, run_id: str, owner: str) -> Run | None:
-        run = self._runs.get(run_id)
-        return run if run is not None and run.owner == owner else None
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except StreamctlError:
+                logger.exception("purging old events failed; will retry")
+            await anyio.sleep(self.settings.purge_interval)
 
-    async def _run_row(self, run_id: str, owner: str) -> dict[str, Any]:
-        row = await self.store.fetch_one(
-            "SELECT * FROM runs WHERE run_id = ? AND owner = ?", (run_id, owner)
-        )
-        if row is None:
-            raise RunNotFound(run_id)
-        return row
+    async def purge(self, now: float | None = None) -> int:
+        """Delete the events of runs that ended more than ``retention_days`` ago.
 
-    async def get_run(self, run_id: str, owner: str) -> dict[str, Any]:
-        """The run as of its last committed event."""
-        run = self._live(run_id, owner)
-        if run is not None:
-            return run.snapshot()
-        return row_json(await self._run_row(run_id, owner))
-
-    async def list_runs(
-        self, owner: str, thread_id: str | None = None, limit: int = 50
-    ) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM runs WHERE owner = ?", [owner]
-        if thread_id is not None:
-            sql += " AND thread_id = ?"
-            params.append(thread_id)
+        Their rows (status, output snapshot) and their threads' messages stay.
+        """
+        now = time.time() if now is None else now
+        cutoff = now - self.settings.retention_days * 86400
         rows = await self.store.fetch_all(
-            sql + " ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit)
+            "SELECT run_id FROM runs WHERE purged_at IS NULL AND ended_at < ?"
+            " AND status NOT IN ('queued', 'running') ORDER BY ended_at LIMIT 500",
+            (cutoff,),
         )
-        return [
-            run.snapshot() if (run := self._live(row["run_id"], owner)) else row_json(row)
-            for row in rows
-        ]
-
-    async def events_page(self, run_id: str, owner: str, after: int, limit: int) -> dict[str, Any]:
-        """Committed events with seq > after, at most ``limit``, as JSON."""
-        run = self._live(run_id, owner)
-        if run is not None:
-            last_seq, status = run.output.last_seq, run.output.status
-        else:
-            row = await self._run_row(run_id, owner)
-            last_seq, status = row["last_seq"], row["status"]
-        if after > last_seq:
-            raise CursorOutOfRange(run_id, after, last_seq)
-        frames = await self.store.read_frames(run_id, after, min(after + limit, last_seq))
-        return {
-            "events": [f.as_json() for f in frames],
-            "last_seq": last_seq,
-            "status": status,
-        }
-
-    async def subscribe(
-        self, run_id: str, owner: str, cursor: int, *, id_prefix: bytes = b""
-    ) -> AsyncIterator[bytes] | None:
-        """SSE bytes of the run after ``cursor``, then its live tail; None if nothing is left."""
-        run = self._live(run_id, owner)
-        ping = self.settings.ping_interval
-        if run is not None:
-            log = run.log
-            if cursor > log.committed_seq:
-                raise CursorOutOfRange(run_id, cursor, log.committed_seq)
-            if log.closed and cursor == log.committed_seq:
-                return None
-            return follow(self.store, run_id, log, cursor, ping_interval=ping, id_prefix=id_prefix)
-        row = await self._run_row(run_id, owner)
-        if cursor > row["last_seq"]:
-            raise CursorOutOfRange(run_id, cursor, row["last_seq"])
-        if cursor == row["last_seq"]:
-            return None
-        return follow(self.store, run_id, None, cursor, ping_interval=ping, id_prefix=id_prefix)
-
-    async def _thread_row(self, thread_id: str, owner: str) -> dict[str, Any]:
-        row = await self.store.fetch_one(
-            "SELECT * FROM threads WHERE thread_id = ? AND owner = ?", (thread_id, owner)
-        )
-        if row is None:
-            raise ThreadNotFound(thread_id)
-        return row
-
-    async def get_thread(self, thread_id: str, owner: str) -> dict[str, Any]:
-        """The thread's checkpoint: every run's input and assistant output, and its active run."""
-        thread = await self._thread_row(thread_id, owner)
-        rows = await self.store.fetch_all(
-            "SELECT * FROM runs WHERE thread_id = ? ORDER BY created_at, rowid", (thread_id,)
-        )
-        messages: list[dict[str, Any]] = []
-        runs = []
         for row in rows:
-            live = self._live(row["run_id"], owner)
-            run = live.snapshot() if live is not None else row_json(row)
-            runs.append(run)
-            for message in orjson.loads(row["input"])["messages"]:
-                messages.append({**message, "run_id": run["run_id"]})
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": run["output"]["text"],
-                    "run_id": run["run_id"],
-                    "status": run["status"],
-                }
+            self.store.execute_later("DELETE FROM events WHERE run_id = ?", (row["run_id"],))
+            self.store.execute_later(
+                "UPDATE runs SET purged_at = ? WHERE run_id = ?", (now, row["run_id"])
             )
-        active = self._active.get(thread_id)
-        return {
-            "thread_id": thread_id,
-            "created_at": iso(thread["created_at"]),
-            "messages": messages,
-            "active_run": active.snapshot() if active is not None else None,
-            "last_run": runs[-1] if runs else None,
-        }
-
-    async def subscribe_thread(
-        self, thread_id: str, owner: str, cursor: tuple[str, int] | None
-    ) -> AsyncIterator[bytes] | None:
-        """Follow the thread: after ``cursor`` (``(run_id, seq)``) in its run, then the thread's
-        next run; without a cursor, its active run. Ids are ``run_id:seq``. None: nothing left."""
-        await self._thread_row(thread_id, owner)
-        if cursor is None:
-            active = self._active.get(thread_id)
-            if active is None:
-                return None
-            return await self.subscribe(active.run_id, owner, 0, id_prefix=_prefix(active.run_id))
-        run_id, seq = cursor
-        row = await self._run_row(run_id, owner)
-        if row["thread_id"] != thread_id:
-            raise RunNotFound(run_id)
-        stream = await self.subscribe(run_id, owner, seq, id_prefix=_prefix(run_id))
-        if stream is not None:
-            return stream
-        # That run is over and fully read: go on with the thread's next run, if there is one.
-        following = await self.store.fetch_one(
-            "SELECT run_id FROM runs WHERE thread_id = ?"
-            " AND rowid > (SELECT rowid FROM runs WHERE run_id = ?) ORDER BY rowid LIMIT 1",
-            (thread_id, run_id),
-        )
-        if following is None:
-            return None
-        return await self.subscribe(
-            following["run_id"], owner, 0, id_prefix=_prefix(following["run_id"])
-        )
-
-
-def _prefix(run_id: str) -> bytes:
-    return f"{run_id}:".encode()
+        await self.store.flush()
+        self.stats.purged += len(rows)
+        if rows:
+            logger.info("purged the events of %d runs that ended before the retention", len(rows))
+        return len(rows)

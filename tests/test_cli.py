@@ -31,12 +31,12 @@ def streamctl(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def test_migrate_applies_once(db_path: Path) -> None:
     first = streamctl("migrate", "--db", str(db_path))
     assert first.returncode == 0, first.stderr
-    assert "applied 0001_initial.sql" in first.stdout
+    assert "applied 0001_initial.sql, 0002_retention.sql" in first.stdout
     second = streamctl("migrate", "--db", str(db_path))
     assert second.returncode == 0, second.stderr
     assert "nothing (up to date)" in second.stdout
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 

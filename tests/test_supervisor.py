@@ -320,7 +320,7 @@ async def test_crash_recovery_of_hand_written_rows(db_path: Path) -> None:
     chunk = MessageChunk(content="half", message_id="m")
     with closing(sqlite3.connect(db_path)) as conn:
         conn.execute("INSERT INTO threads VALUES ('t1', ?, 0)", (USER,))
-        for run_id, status in (("r1", "running"), ("r2", "pending"), ("r3", "completed")):
+        for run_id, status in (("r1", "running"), ("r2", "queued"), ("r3", "completed")):
             conn.execute(
                 "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at)"
                 " VALUES (?, 't1', ?, ?, ?, '{}', 0)",

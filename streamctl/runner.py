@@ -1,0 +1,319 @@
+"""How one run executes, from its first row to its final row.
+
+``Runner.run`` is the body of a run's task: it writes the run's row and first event, waits for its
+predecessor when queued, iterates the agent inside the run's own cancel scope, and always ends with
+the terminal events and the final row, written in shielded clean-up after the agent's code is gone
+(DESIGN.md invariants 6 and 7). An agent's exception is caught here, at the per-run boundary, and
+fails that run alone (invariant 9).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import TaskGroup, TaskStatus
+
+from .agents.base import Agent, AgentContext, Message
+from .errors import StreamctlError
+from .events import (
+    Done,
+    ErrorEvent,
+    Frame,
+    MessageChunk,
+    RunStarted,
+    TerminalStatus,
+    ToolEnd,
+    ToolStart,
+)
+from .runs import Run, RunOutput
+from .settings import Settings
+from .store import Store
+
+logger = logging.getLogger("streamctl.runner")
+
+_FINISH_TIMEOUT = 30.0
+"""Upper bound on the shielded clean-up of one run (flush, terminal event, final row)."""
+
+_FINAL_UPDATE = (
+    "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?, usage = ?, snapshot = ?"
+    " WHERE run_id = ?"
+)
+
+Outcome = tuple[TerminalStatus, str, dict[str, str] | None]
+
+
+class RecursionLimitExceeded(Exception):
+    """The agent took more steps than the run's recursion limit allows."""
+
+
+class AgentProtocolError(Exception):
+    """The agent yielded something that is not an ``AgentEvent``."""
+
+
+class Runner:
+    """Executes runs for the supervisor (one ``run`` call per run task)."""
+
+    def __init__(self, store: Store, agent: Agent, settings: Settings, tg: TaskGroup) -> None:
+        self.store = store
+        self.agent = agent
+        self.settings = settings
+        self._tg = tg
+        """The supervisor's task group: each run's watchdog runs there."""
+
+    async def run(
+        self,
+        run: Run,
+        predecessor: Run | None,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The run's task. Reports started once its row and first event are committed."""
+        store = self.store
+        status = "queued" if predecessor is not None else "running"
+        history = None
+        if predecessor is None:
+            # Read before the start is reported, so the agent starts at once; a queued run reads
+            # it once its predecessor (whose output belongs in it) has ended.
+            history = await self._history(run.thread_id, run.run_id)
+            run.started_at = time.time()
+        store.execute_later(
+            "INSERT OR IGNORE INTO threads (thread_id, owner, created_at) VALUES (?, ?, ?)",
+            (run.thread_id, run.owner, run.created_at),
+        )
+        store.execute_later(
+            "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at,"
+            " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run.run_id,
+                run.thread_id,
+                run.owner,
+                status,
+                orjson.dumps(run.input),
+                orjson.dumps(run.config),
+                run.created_at,
+                run.started_at,
+            ),
+        )
+        run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id, status=status))
+        await store.flush()
+        task_status.started()
+
+        # If the supervisor itself is cancelled (it should not be: shutdown stops runs first),
+        # the run still ends with a terminal event.
+        outcome: Outcome = ("interrupted", "the server stopped the run", None)
+        try:
+            outcome = await self._drive(run, predecessor, history)
+        finally:
+            with anyio.move_on_after(_FINISH_TIMEOUT, shield=True):
+                await self._finish(run, outcome)
+
+    async def _drive(
+        self, run: Run, predecessor: Run | None, history: list[Message] | None
+    ) -> Outcome:
+        """Run the agent inside the run's own cancel scope; say how the run ended."""
+        try:
+            with anyio.CancelScope() as scope:
+                run.scope = scope
+                if run.stop_status is not None:
+                    scope.cancel()
+                if predecessor is not None:
+                    await predecessor.finished.wait()
+                    run.started_at = time.time()
+                    self.store.execute_later(
+                        "UPDATE runs SET status = 'running', started_at = ? WHERE run_id = ?",
+                        (run.started_at, run.run_id),
+                    )
+                    run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id))
+                    history = await self._history(run.thread_id, run.run_id)
+                assert history is not None
+                run.last_event_at = time.time()
+                self._tg.start_soon(self._watch, run)
+                await self._iterate(run, history)
+        except RecursionLimitExceeded as exc:
+            return "failed", str(exc), {"code": "recursion_limit", "message": str(exc)}
+        except StreamctlError as exc:
+            logger.error("run %s failed: %s", run.run_id, exc)
+            return "failed", exc.message, {"code": exc.code, "message": exc.message}
+        except Exception as exc:  # the per-run boundary: one agent's failure is its run's alone
+            logger.warning("run %s: agent failed", run.run_id, exc_info=True)
+            message = f"{type(exc).__name__}: {exc}"
+            return (
+                "failed",
+                "the agent raised an error",
+                {"code": "agent_error", "message": message},
+            )
+        if scope.cancelled_caught and run.stop_status is not None:
+            return run.stop_status, run.stop_reason, None
+        return "completed", "the agent finished", None
+
+    async def _history(self, thread_id: str, run_id: str) -> list[Message]:
+        rows = await self.store.fetch_all(
+            "SELECT input, snapshot FROM runs WHERE thread_id = ? AND run_id != ?"
+            " AND status NOT IN ('queued', 'running') ORDER BY created_at, rowid",
+            (thread_id, run_id),
+        )
+        history: list[Message] = []
+        for row in rows:
+            history += [Message(**m) for m in orjson.loads(row["input"])["messages"]]
+            text = orjson.loads(row["snapshot"])["output"]["text"] if row["snapshot"] else ""
+            history.append(Message(role="assistant", content=text))
+        return history
+
+    async def _iterate(self, run: Run, history: list[Message]) -> None:
+        """Emit what the agent yields; count steps (new messages, tool calls) against the limit."""
+        limit = run.recursion_limit
+        ctx = AgentContext(
+            run_id=run.run_id,
+            thread_id=run.thread_id,
+            messages=[Message(**m) for m in run.input["messages"]],
+            history=history,
+            recursion_limit=limit,
+            config=run.agent_config,
+        )
+        steps = 0
+        message_id: str | None = None
+        events = self.agent(ctx)
+        try:
+            async for event in events:
+                if isinstance(event, MessageChunk):
+                    if event.message_id != message_id:
+                        message_id = event.message_id
+                        steps += 1
+                elif isinstance(event, ToolStart):
+                    steps += 1
+                elif not isinstance(event, ToolEnd):
+                    raise AgentProtocolError(
+                        f"agent yielded {type(event).__name__}; "
+                        "expected MessageChunk, ToolStart or ToolEnd"
+                    )
+                if steps > limit:
+                    raise RecursionLimitExceeded(f"the run took more than {limit} steps")
+                run.emit(event)
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _finish(self, run: Run, outcome: Outcome) -> None:
+        """Write the terminal events and the final row. Runs shielded, after the agent is gone."""
+        status, reason, error = outcome
+        store = self.store
+        try:
+            await store.flush()  # every agent event committed, so run.output is complete
+        except StreamctlError:
+            logger.exception("run %s: events lost before the terminal event", run.run_id)
+        if error is not None:
+            run.emit(ErrorEvent(code=error["code"], message=error["message"]))
+        run.ended_at = time.time()
+        done = Done(
+            run_id=run.run_id,
+            thread_id=run.thread_id,
+            status=status,
+            reason=reason,
+            tokens=run.output.tokens,
+        )
+        run.emit(done)
+        write_final_row(
+            store,
+            run.run_id,
+            status=status,
+            reason=reason,
+            error=error,
+            tokens=run.output.tokens,
+            last_seq=run.last_seq,
+            output=run.output.as_json(),
+            ended_at=run.ended_at,
+        )
+        await store.flush()
+
+    async def _watch(self, run: Run) -> None:
+        """End the run as ``timed_out`` when it runs too long or its agent goes quiet too long.
+
+        Started when the agent starts; returns when the run finishes. A timer, not a poll: it
+        sleeps until the earlier of the two deadlines and re-arms when events have come since.
+        """
+        settings = self.settings
+        deadline = time.time() + settings.max_run_seconds
+        while not run.finished.is_set():
+            now = time.time()
+            stall_at = run.last_event_at + settings.stall_seconds
+            if now >= deadline:
+                reason = f"the run exceeded its time limit of {settings.max_run_seconds:g} s"
+                run.request_stop("timed_out", reason)
+                return
+            if now >= stall_at:
+                reason = f"the agent stalled: no event for {settings.stall_seconds:g} s"
+                run.request_stop("timed_out", reason)
+                return
+            with anyio.move_on_after(min(deadline, stall_at) - now):
+                await run.finished.wait()
+
+
+def write_final_row(
+    store: Store,
+    run_id: str,
+    *,
+    status: str,
+    reason: str | None,
+    error: dict[str, Any] | None,
+    tokens: int,
+    last_seq: int,
+    output: dict[str, Any],
+    ended_at: float,
+) -> None:
+    """Queue the run's final row: status, timings, error, usage, and the output snapshot."""
+    store.execute_later(
+        _FINAL_UPDATE,
+        (
+            status,
+            ended_at,
+            last_seq,
+            orjson.dumps(error) if error else None,
+            orjson.dumps({"tokens": tokens}),
+            orjson.dumps({"reason": reason, "output": output}),
+            run_id,
+        ),
+    )
+
+
+async def recover(store: Store) -> int:
+    """Finalise runs the store still shows as active (the process died under them): each gets a
+    ``done`` with status ``interrupted`` at its next seq, and its final row."""
+    rows = await store.fetch_all(
+        "SELECT run_id, thread_id FROM runs WHERE status IN ('queued', 'running')"
+    )
+    now = time.time()
+    for row in rows:
+        frames = await store.read_frames(row["run_id"], 0)
+        output = RunOutput.fold(frames)
+        seq = output.last_seq + 1
+        done = Done(
+            run_id=row["run_id"],
+            thread_id=row["thread_id"],
+            status="interrupted",
+            reason="the server stopped while the run was active",
+            tokens=output.tokens,
+        )
+        frame = Frame.encode(seq, done, now)
+        store.execute_later(
+            "INSERT INTO events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
+            (row["run_id"], seq, frame.type, frame.data, now),
+        )
+        write_final_row(
+            store,
+            row["run_id"],
+            status=done.status,
+            reason=done.reason,
+            error=output.error,
+            tokens=output.tokens,
+            last_seq=seq,
+            output=output.as_json(),
+            ended_at=now,
+        )
+        logger.warning("run %s was active at the last shutdown: interrupted", row["run_id"])
+    await store.flush()
+    return len(rows)

@@ -1,0 +1,50 @@
+"""The HTTP server ``streamctl serve`` runs: uvicorn, told about shutdown before it waits.
+
+Plain uvicorn, on SIGTERM, stops listening and then waits for open connections to close before
+it runs the application's lifespan shutdown. SSE streams of active runs do not close by
+themselves, so uvicorn would wait out its whole graceful timeout and then cut them without a
+terminal event. ``Server`` drains the supervisor first: ``/readyz`` fails and new runs get 503 at
+once, active runs get ``drain_grace`` seconds, the rest end as ``interrupted``; every open stream
+receives its ``done`` and closes; then uvicorn's own shutdown finds nothing left to wait for.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+from fastapi import FastAPI
+
+from .settings import Settings
+
+
+class Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings) -> None:
+        super().__init__(config)
+        self.app = app
+        self.settings = settings
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        supervisor = getattr(self.app.state, "supervisor", None)
+        if supervisor is not None:
+            await supervisor.drain(self.settings.drain_grace)
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings) -> int:
+    """Run streamctl until SIGINT/SIGTERM; return the process exit status."""
+    from .api import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # After the drain, streams have closed; this only bounds idle keep-alive stragglers.
+        timeout_graceful_shutdown=3,
+        lifespan="on",
+    )
+    server = Server(config, app, settings)
+    server.run()
+    return 0 if server.started else 1
