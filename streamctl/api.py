@@ -7,7 +7,7 @@ routes translate requests into supervisor calls and domain errors into JSON erro
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -38,6 +38,7 @@ from .inputs import GraphStreamRequest, RunCreate, StopTarget
 from .limits import BodyLimit
 from .runs import Run
 from .settings import Settings
+from .shaping import Granularity
 from .sse import EventStream, parse_cursor, parse_thread_cursor
 from .store import Store
 from .supervisor import Supervisor
@@ -94,22 +95,40 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _install_error_handlers(app)
 
-    async def stream_run(sup: Supervisor, run: Run, on_disconnect: str) -> Response:
-        stream = await sup.subscribe(run.run_id, run.owner, 0)
+    async def stream_run(sup: Supervisor, run: Run, body: RunCreate) -> Response:
+        stream = await sup.subscribe(run.run_id, run.owner, 0, granularity=body.granularity)
         if stream is None:  # cannot happen: a started run has committed its first event
             return Response(status_code=204)
-        cancel = on_disconnect == "cancel"
-        return EventStream(
+        cancel = body.on_disconnect == "cancel"
+        return event_stream(
+            sup,
             stream,
-            retry_ms=settings.retry_ms,
             headers={"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id},
             on_disconnect=(lambda: sup.request_stop(run.run_id)) if cancel else None,
         )
 
-    def stream_or_204(stream: AsyncIterator[bytes] | None) -> Response:
+    def event_stream(
+        sup: Supervisor,
+        stream: AsyncIterator[bytes],
+        headers: dict[str, str] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> EventStream:
+        def slow() -> None:
+            sup.counters.slow_closed += 1
+
+        return EventStream(
+            stream,
+            retry_ms=settings.retry_ms,
+            send_timeout=settings.send_timeout,
+            headers=headers,
+            on_disconnect=on_disconnect,
+            on_slow=slow,
+        )
+
+    def stream_or_204(sup: Supervisor, stream: AsyncIterator[bytes] | None) -> Response:
         if stream is None:
             return Response(status_code=204)
-        return EventStream(stream, retry_ms=settings.retry_ms)
+        return event_stream(sup, stream)
 
     def stopped(state: tuple[dict[str, Any], bool]) -> JSONResponse:
         snapshot, finished = state
@@ -127,13 +146,14 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     async def create_run_stream(body: RunCreate, sup: Sup, owner: Owner) -> Response:
         """Start a run and stream its events (SSE)."""
         run = await sup.start(body, owner)
-        return await stream_run(sup, run, body.on_disconnect)
+        return await stream_run(sup, run, body)
 
     @app.post("/v1/graph/stream", tags=["runs"], response_class=EventStream)
     async def graph_stream(body: GraphStreamRequest, sup: Sup, owner: Owner) -> Response:
         """Start a run from an AgentFlow-shaped body and stream it (SSE)."""
-        run = await sup.start(body.to_run_create(), owner)
-        return await stream_run(sup, run, "continue")
+        request = body.to_run_create()
+        run = await sup.start(request, owner)
+        return await stream_run(sup, run, request)
 
     @app.get("/v1/runs", tags=["runs"])
     async def list_runs(
@@ -157,10 +177,12 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         owner: Owner,
         last_event_id: LastEventId = None,
         after: str | None = None,
+        granularity: Granularity = "low",
     ) -> Response:
         """Replay after the cursor (``Last-Event-ID`` wins over ``?after=``), then the live tail."""
         cursor = parse_cursor(last_event_id, after)
-        return stream_or_204(await sup.subscribe(run_id, owner, cursor))
+        stream = await sup.subscribe(run_id, owner, cursor, granularity=granularity)
+        return stream_or_204(sup, stream)
 
     @app.get("/v1/runs/{run_id}/events", tags=["runs"])
     async def run_events(
@@ -195,11 +217,16 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
 
     @app.get("/v1/threads/{thread_id}/stream", tags=["threads"], response_class=EventStream)
     async def thread_stream(
-        thread_id: str, sup: Sup, owner: Owner, last_event_id: LastEventId = None
+        thread_id: str,
+        sup: Sup,
+        owner: Owner,
+        last_event_id: LastEventId = None,
+        granularity: Granularity = "low",
     ) -> Response:
         """Join the thread's active run. Event ids are ``run_id:seq``."""
         cursor = parse_thread_cursor(last_event_id)
-        return stream_or_204(await sup.subscribe_thread(thread_id, owner, cursor))
+        stream = await sup.subscribe_thread(thread_id, owner, cursor, granularity)
+        return stream_or_204(sup, stream)
 
     @app.post("/v1/threads/{thread_id}/stop", tags=["threads"])
     async def stop_thread(thread_id: str, sup: Sup, owner: Owner) -> JSONResponse:

@@ -5,8 +5,8 @@ every committed frame after its cursor and writes them in one go (DESIGN.md inva
 no per-subscriber queue: a slow subscriber simply finds more frames waiting on its next wake, and an
 idle one costs a suspended coroutine and a cursor.
 
-The in-memory tail is bounded (``tail_events``); a cursor older than the tail is served from SQLite
-transparently, so memory does not grow with the length of a run.
+The in-memory tail is bounded (``tail_events`` and ``tail_bytes``); a cursor older than the tail
+is served from SQLite transparently, so memory does not grow with the length of a run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import anyio
 
 from .events import Frame
+from .shaping import Granularity, Shaper
 from .store import Store
 
 PING = b": ping\n\n"
@@ -33,17 +34,38 @@ class Counters:
     writes: int = 0
     """Socket writes handed to the server (one per wake with something to send)."""
     pings: int = 0
+    slow_closed: int = 0
+    """Streams closed because their client accepted no write within ``send_timeout``."""
 
 
 class RunLog:
     """The committed frames of one live run, as its subscribers see them."""
 
-    __slots__ = ("_changed", "_frames", "_max", "closed", "committed_seq", "run_id", "subscribers")
+    __slots__ = (
+        "_changed",
+        "_frames",
+        "_max",
+        "_max_bytes",
+        "bytes",
+        "closed",
+        "committed_seq",
+        "run_id",
+        "subscribers",
+    )
 
-    def __init__(self, run_id: str, tail_events: int, committed_seq: int = 0) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        tail_events: int,
+        committed_seq: int = 0,
+        tail_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self.run_id = run_id
         self._max = tail_events
+        self._max_bytes = tail_bytes
         self._frames: list[Frame] = []
+        self.bytes = 0
+        """SSE bytes of the frames held in memory."""
         self.committed_seq = committed_seq
         self.closed = False
         """True once the terminal event is committed: nothing will follow it."""
@@ -63,12 +85,23 @@ class RunLog:
     def add(self, frame: Frame) -> None:
         """Record a committed frame. Subscribers learn of it at the next ``publish``."""
         self._frames.append(frame)
+        self.bytes += len(frame.sse)
         self.committed_seq = frame.seq
         if frame.type == "done":
             self.closed = True
-        if len(self._frames) > self._max:
-            # Drop the older half at once, so trimming costs O(1) per event amortised.
-            del self._frames[: len(self._frames) - self._max // 2]
+        if len(self._frames) > self._max or self.bytes > self._max_bytes:
+            self._trim()
+
+    def _trim(self) -> None:
+        # Drop older frames until both bounds are halved, so trimming costs O(1) per event
+        # amortised. The newest frame always stays.
+        frames, drop, size = self._frames, 0, self.bytes
+        keep_events, keep_bytes = self._max // 2, self._max_bytes // 2
+        while drop < len(frames) - 1 and (len(frames) - drop > keep_events or size > keep_bytes):
+            size -= len(frames[drop].sse)
+            drop += 1
+        del frames[:drop]
+        self.bytes = size
 
     def publish(self) -> None:
         """Wake every subscriber waiting on this log."""
@@ -100,24 +133,27 @@ async def follow(
     ping_interval: float,
     id_prefix: bytes = b"",
     counters: Counters | None = None,
+    granularity: Granularity = "low",
+    batch_ms: float = 50.0,
 ) -> AsyncIterator[bytes]:
     """Yield the SSE bytes of every committed event after ``cursor``, then the live tail.
 
     Ends after the terminal event. With ``log=None`` the run is finished and fully in SQLite.
-    While nothing happens for ``ping_interval`` seconds, yields a ``: ping`` comment.
+    While nothing happens for ``ping_interval`` seconds, yields a ``: ping`` comment. Events are
+    shaped by ``granularity`` (see ``shaping.py``).
     """
     counters = counters if counters is not None else Counters()
+    shaper = Shaper(granularity)
+    pause = batch_ms / 1000 if granularity == "batched" else 0.0
     counters.subscribers += 1
     if log is not None:
         log.subscribers += 1
     try:
         while True:
+            changed = log.changed if log is not None else None
             if log is None:
                 frames = await store.read_frames(run_id, cursor, cursor + _DB_PAGE)
-                if not frames:
-                    return
             else:
-                changed = log.changed
                 held = log.frames_after(cursor)
                 if held is None:
                     # Behind the in-memory tail: all of that is committed, so read SQLite.
@@ -125,18 +161,23 @@ async def follow(
                         run_id, cursor, min(log.first_seq - 1, cursor + _DB_PAGE)
                     )
                 frames = held
-                if not frames:
-                    if log.closed:
-                        return
-                    with anyio.move_on_after(ping_interval):
-                        await changed.wait()
-                    if not changed.is_set():
-                        counters.pings += 1
-                        yield PING
-                    continue
-            counters.writes += 1
-            yield b"".join(reframe(f, id_prefix) for f in frames)
-            cursor = frames[-1].seq
+            if frames:
+                cursor = frames[-1].seq
+                out = shaper.shape(frames)
+                if out:
+                    counters.writes += 1
+                    yield b"".join(reframe(f, id_prefix) for f in out)
+                    if pause:
+                        await anyio.sleep(pause)  # let the next chunks gather into one event
+                continue
+            if log is None or log.closed:
+                return
+            assert changed is not None
+            with anyio.move_on_after(ping_interval):
+                await changed.wait()
+            if not changed.is_set():
+                counters.pings += 1
+                yield PING
     finally:
         counters.subscribers -= 1
         if log is not None:

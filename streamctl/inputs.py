@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from .agents.base import Message
+from .shaping import Granularity
 
 ThreadId = Annotated[
     str,
@@ -49,7 +50,11 @@ class RunCreate(BaseModel):
     on_disconnect: Literal["continue", "cancel"] = Field(
         "continue", description="Whether the streaming client's disconnect cancels the run."
     )
-    granularity: Literal["low"] = Field("low", description="Every event as soon as committed.")
+    granularity: Granularity = Field(
+        "low",
+        description="low: every event as committed; batched: a message's chunks merged per"
+        " batch_ms window; message: text as whole messages.",
+    )
 
     def agent_config(self) -> dict[str, Any]:
         return dict(self.config.model_extra or {})
@@ -111,11 +116,19 @@ class GraphStreamRequest(BaseModel):
         extra = {k: v for k, v in (self.config.model_extra or {}).items()}
         return RunCreate(
             thread_id=self.config.thread_id,
+            granularity=_AGENTFLOW_GRANULARITY[self.response_granularity],
             input=RunInput(
                 messages=[Message(role=m.role, content=m.text()) for m in self.messages]
             ),
             config=RunConfig(recursion_limit=self.config.recursion_limit, **extra),
         )
+
+
+_AGENTFLOW_GRANULARITY: dict[str, Granularity] = {
+    "low": "low",
+    "partial": "batched",
+    "full": "message",
+}
 
 
 class StopTarget(BaseModel):

@@ -17,6 +17,7 @@ from .broadcast import Counters, follow
 from .errors import CursorOutOfRange, RunNotFound, RunPurged, ThreadNotFound
 from .runs import Run, iso, row_json
 from .settings import Settings
+from .shaping import Granularity
 from .store import Store
 
 
@@ -87,7 +88,13 @@ class RunQueries:
         }
 
     async def subscribe(
-        self, run_id: str, owner: str, cursor: int, *, id_prefix: bytes = b""
+        self,
+        run_id: str,
+        owner: str,
+        cursor: int,
+        *,
+        id_prefix: bytes = b"",
+        granularity: Granularity = "low",
     ) -> AsyncIterator[bytes] | None:
         """SSE bytes of the run after ``cursor``, then its live tail; None if nothing is left."""
         run = self._live(run_id, owner)
@@ -113,6 +120,8 @@ class RunQueries:
             ping_interval=self.settings.ping_interval,
             id_prefix=id_prefix,
             counters=self.counters,
+            granularity=granularity,
+            batch_ms=self.settings.batch_ms,
         )
 
     async def _thread_row(self, thread_id: str, owner: str) -> dict[str, Any]:
@@ -155,7 +164,11 @@ class RunQueries:
         }
 
     async def subscribe_thread(
-        self, thread_id: str, owner: str, cursor: tuple[str, int] | None
+        self,
+        thread_id: str,
+        owner: str,
+        cursor: tuple[str, int] | None,
+        granularity: Granularity = "low",
     ) -> AsyncIterator[bytes] | None:
         """Follow the thread: after ``cursor`` (``(run_id, seq)``) in its run, then the thread's
         next run; without a cursor, its active run. Ids are ``run_id:seq``. None: nothing left."""
@@ -164,12 +177,16 @@ class RunQueries:
             active = self._active(thread_id)
             if active is None:
                 return None
-            return await self.subscribe(active.run_id, owner, 0, id_prefix=_prefix(active.run_id))
+            return await self.subscribe(
+                active.run_id, owner, 0, id_prefix=_prefix(active.run_id), granularity=granularity
+            )
         run_id, seq = cursor
         row = await self._run_row(run_id, owner)
         if row["thread_id"] != thread_id:
             raise RunNotFound(run_id)
-        stream = await self.subscribe(run_id, owner, seq, id_prefix=_prefix(run_id))
+        stream = await self.subscribe(
+            run_id, owner, seq, id_prefix=_prefix(run_id), granularity=granularity
+        )
         if stream is not None:
             return stream
         # That run is over and fully read: go on with the thread's next run, if there is one.
@@ -181,7 +198,11 @@ class RunQueries:
         if following is None:
             return None
         return await self.subscribe(
-            following["run_id"], owner, 0, id_prefix=_prefix(following["run_id"])
+            following["run_id"],
+            owner,
+            0,
+            id_prefix=_prefix(following["run_id"]),
+            granularity=granularity,
         )
 
 

@@ -113,6 +113,7 @@ class Run:
     config: dict[str, Any]
     store: Store
     tail_events: int
+    tail_bytes: int = 8 * 1024 * 1024
     recursion_limit: int = 25
     agent_config: dict[str, Any] = field(default_factory=dict)
     """The request's ``config`` keys meant for the agent (e.g. ``demo``)."""
@@ -130,7 +131,7 @@ class Run:
     """Set when the run's task has exited: its terminal event is committed and its agent is gone."""
 
     def __post_init__(self) -> None:
-        self.log = RunLog(self.run_id, self.tail_events)
+        self.log = RunLog(self.run_id, self.tail_events, tail_bytes=self.tail_bytes)
         self.output = RunOutput()
 
     # -- writing (the run's task only) -----------------------------------------------------------

@@ -48,6 +48,17 @@ class Settings(BaseModel):
         ge=16,
         description="Events of a live run kept in memory; older ones come from SQLite.",
     )
+    tail_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of a live run's events kept in memory; older ones come from SQLite.",
+    )
+    batch_ms: float = Field(
+        50.0, ge=0, description="Window in which `batched` streams merge a message's chunks (ms)."
+    )
+    send_timeout: float = Field(
+        30.0, gt=0, description="Seconds a stream may wait for its client to accept a write."
+    )
     max_message_chars: int = Field(
         100_000, ge=1, description="Longest accepted input message (characters)."
     )

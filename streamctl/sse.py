@@ -60,20 +60,24 @@ class EventStream(Response):
         body: AsyncIterator[bytes],
         *,
         retry_ms: int,
+        send_timeout: float = 30.0,
         headers: dict[str, str] | None = None,
         on_disconnect: Callable[[], None] | None = None,
+        on_slow: Callable[[], None] | None = None,
     ) -> None:
         self.status_code = 200
         self.body_iter = body
         self.retry_ms = retry_ms
         self.on_disconnect = on_disconnect
+        self.send_timeout = send_timeout
+        self.on_slow = on_slow
         self.raw_headers = HEADERS + [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
         ]
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        disconnected = False
+        disconnected = slow = False
 
         async def watch_disconnect() -> None:
             nonlocal disconnected
@@ -96,13 +100,23 @@ class EventStream(Response):
                     }
                 )
                 async for chunk in self.body_iter:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    # The server's send waits while the client's socket is full (backpressure):
+                    # the subscriber falls behind by a cursor, not a queue. A client that accepts
+                    # nothing for send_timeout is cut off; it can resume with Last-Event-ID.
+                    with anyio.move_on_after(self.send_timeout) as timer:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if timer.cancelled_caught:
+                        slow = True
+                        break
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         except OSError:
             disconnected = True  # the server reports a write to a closed socket
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iter.aclose()  # type: ignore[attr-defined]
+        if slow and self.on_slow is not None:
+            self.on_slow()
         if disconnected and self.on_disconnect is not None:
             self.on_disconnect()

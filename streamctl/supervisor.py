@@ -150,6 +150,7 @@ class Supervisor(RunQueries):
             | {"multitask": request.multitask, "on_disconnect": request.on_disconnect},
             store=self.store,
             tail_events=self.settings.tail_events,
+            tail_bytes=self.settings.tail_bytes,
             recursion_limit=int(
                 min(self.settings.recursion_limit, request.config.recursion_limit or math.inf)
             ),
