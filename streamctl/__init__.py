@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 from .agents import Agent, AgentContext, Message, ScriptedAgent, demo_agent
 from .api import create_app
+from .client import Client, ClientError
 from .errors import (
     CursorOutOfRange,
     InvalidCursor,
@@ -23,6 +24,8 @@ from .supervisor import Supervisor
 __all__ = [
     "Agent",
     "AgentContext",
+    "Client",
+    "ClientError",
     "CursorOutOfRange",
     "Done",
     "ErrorEvent",

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
@@ -44,6 +46,8 @@ from .store import Store
 from .supervisor import Supervisor
 
 logger = logging.getLogger("streamctl.api")
+
+STATIC = Path(__file__).with_name("static")
 
 _STATUS: dict[type[StreamctlError], int] = {
     RunNotFound: 404,
@@ -232,6 +236,15 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     async def stop_thread(thread_id: str, sup: Sup, owner: Owner) -> JSONResponse:
         """Stop the thread's active run (or return its last run's final state)."""
         return stopped(await sup.stop_thread(thread_id, owner))
+
+    # -- the web page ----------------------------------------------------------------------------
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", tags=["page"], response_class=FileResponse, include_in_schema=False)
+    async def page() -> FileResponse:
+        """The chat page: the demo agent, live tokens, a Stop button, resume after reload."""
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     # -- service ---------------------------------------------------------------------------------
 

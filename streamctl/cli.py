@@ -1,4 +1,5 @@
-"""The command line: ``streamctl serve`` and ``streamctl migrate``.
+"""The command line: ``streamctl serve``, ``streamctl migrate``, and the client commands
+``streamctl runs …`` and ``streamctl chat`` (in ``console.py``).
 
 Every flag has a ``STREAMCTL_*`` environment variable; a flag wins over its variable.
 """
@@ -10,8 +11,10 @@ import sys
 from collections.abc import Sequence
 
 import anyio
+import httpx
 
 from . import __version__
+from .console import add_commands, run_command
 from .errors import StreamctlError
 from .settings import Settings
 from .store import migrate_file
@@ -33,11 +36,21 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="create or upgrade the SQLite schema")
     migrate.add_argument("--db", help="SQLite file (default ./streamctl.db)")
+    add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("runs", "chat"):
+        try:
+            return run_command(args)
+        except StreamctlError as exc:
+            print(f"streamctl: {exc.message}", file=sys.stderr)
+            return 1
+        except httpx.TransportError as exc:
+            print(f"streamctl: cannot reach the server: {exc}", file=sys.stderr)
+            return 1
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env(**overrides)

@@ -152,6 +152,7 @@ class RunQueries:
                     "content": run["output"]["text"],
                     "run_id": run["run_id"],
                     "status": run["status"],
+                    "output": run["output"],
                 }
             )
         active = self._active(thread_id)

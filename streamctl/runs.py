@@ -32,6 +32,7 @@ class RunOutput:
     """What a run has produced, folded from its events in seq order."""
 
     __slots__ = (
+        "_message_seq",
         "_messages",
         "_parts",
         "error",
@@ -45,6 +46,8 @@ class RunOutput:
     def __init__(self, status: RunStatus = "running") -> None:
         self._parts: list[str] = []
         self._messages: dict[str, list[str]] = {}
+        self._message_seq: dict[str, int] = {}
+        """Seq of each message's first chunk, so clients can order text and tool calls."""
         self.tool_calls: dict[str, dict[str, Any]] = {}
         self.status: RunStatus = status
         self.reason: str | None = None
@@ -57,7 +60,11 @@ class RunOutput:
         if type == "message_chunk":
             content = data["content"]
             self._parts.append(content)
-            self._messages.setdefault(data["message_id"], []).append(content)
+            parts = self._messages.get(data["message_id"])
+            if parts is None:
+                parts = self._messages[data["message_id"]] = []
+                self._message_seq[data["message_id"]] = seq
+            parts.append(content)
             self.tokens += 1
         elif type == "tool_start":
             call_id = data["call_id"]
@@ -66,10 +73,12 @@ class RunOutput:
                 "name": data["name"],
                 "args": data["args"],
                 "output": None,
+                "seq": seq,
             }
         elif type == "tool_end":
             call = self.tool_calls.setdefault(
-                data["call_id"], {"call_id": data["call_id"], "name": data["name"], "args": {}}
+                data["call_id"],
+                {"call_id": data["call_id"], "name": data["name"], "args": {}, "seq": seq},
             )
             call["output"] = data["output"]
         elif type == "error":
@@ -95,7 +104,12 @@ class RunOutput:
         return {
             "text": self.text,
             "messages": [
-                {"message_id": mid, "role": "assistant", "content": "".join(parts)}
+                {
+                    "message_id": mid,
+                    "role": "assistant",
+                    "content": "".join(parts),
+                    "seq": self._message_seq[mid],
+                }
                 for mid, parts in self._messages.items()
             ],
             "tool_calls": list(self.tool_calls.values()),

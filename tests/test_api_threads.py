@@ -13,7 +13,7 @@ from httpx_sse import aconnect_sse
 from streamctl.agents import Message, ScriptedAgent, Wait
 
 from .conftest import StartServer, chunks, read_sse, tool_call
-from .test_api_runs import Switch, ask, assert_error, data, take, text_of
+from .test_api_runs import Switch, ask, assert_error, brief, data, take, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +69,7 @@ async def test_thread_state_and_runs_listing(serve: StartServer) -> None:
             assert_error(await client.get("/v1/threads/nope"), 404, "thread_not_found")
     one = data(first[0])["run_id"]
     assert live["thread_id"] == "t"
-    assert live["messages"] == [
+    assert [brief(m) for m in live["messages"]] == [
         {"role": "user", "content": "one", "run_id": one},
         {"role": "assistant", "content": "w0 w1 ", "run_id": one, "status": "completed"},
         {"role": "user", "content": "two", "run_id": two},
@@ -79,7 +79,8 @@ async def test_thread_state_and_runs_listing(serve: StartServer) -> None:
     assert live["last_run"]["run_id"] == two
     assert [(r["run_id"], r["thread_id"]) for r in listed] == [(two, "t"), (one, "t")]
     assert ended["active_run"] is None and ended["last_run"]["status"] == "completed"
-    assert ended["messages"][-1] == {
+    assert ended["messages"][-1]["output"]["text"] == "x0 y0 "
+    assert brief(ended["messages"][-1]) == {
         "role": "assistant",
         "content": "x0 y0 ",
         "run_id": two,

@@ -8,8 +8,9 @@ import streamctl
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in vars(streamctl) if not name.startswith("_")}
     submodules = {
-        "agents", "api", "auth", "broadcast", "cli", "errors", "events", "inputs", "limits",
-        "queries", "runner", "runs", "server", "settings", "shaping", "sse", "store", "supervisor",
+        "agents", "api", "auth", "broadcast", "cli", "client", "decoder", "errors", "events",
+        "inputs", "limits", "queries", "runner", "runs", "server", "settings", "shaping", "sse",
+        "store", "supervisor",
     }  # fmt: skip
     future = {"annotations"}  # from __future__ import annotations
     assert set(streamctl.__all__) == (public - submodules - future) | {"__version__"}
@@ -21,6 +22,8 @@ def test_all_is_pinned() -> None:
     assert sorted(streamctl.__all__) == [
         "Agent",
         "AgentContext",
+        "Client",
+        "ClientError",
         "CursorOutOfRange",
         "Done",
         "ErrorEvent",

@@ -102,7 +102,7 @@ async def _demo(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
             plan.append(ToolEnd(name="get_weather", output=weather, call_id=call_id))
         answer = uuid.uuid4().hex[:12] if opts.tool else first
         condition, temperature = weather.split(", ")
-        lead = f"It is {condition.lower()} and {temperature} in {city}."
+        lead = f"{condition} and {temperature} in {city} right now."
         if asked_before:
             lead += f" (Question {asked_before + 1} in this conversation.)"
         for word in islice(chain(lead.split(), cycle(_ANSWER)), opts.tokens):

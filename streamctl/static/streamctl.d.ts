@@ -1,0 +1,86 @@
+// Types of streamctl.js and of the events on the wire. Checked against the server's event
+// schema (GET /v1/schema/events) by tests/test_static.py.
+
+export type RunStatus = "queued" | "running" | "completed" | "cancelled" | "failed" | "timed_out" | "interrupted";
+export type TerminalStatus = "completed" | "cancelled" | "failed" | "timed_out" | "interrupted";
+
+export interface RunData { run_id: string; thread_id: string; status: RunStatus }
+export interface MessageChunkData { role: "assistant"; content: string; message_id: string }
+export interface ToolStartData { name: string; args: Record<string, unknown>; call_id: string }
+export interface ToolEndData { name: string; output: unknown; call_id: string }
+export interface ErrorData { code: string; message: string }
+export interface DoneData { run_id: string; thread_id: string; status: TerminalStatus; reason: string; tokens: number }
+
+/** One event of a stream: `type` is the SSE event name, `id` its id (`seq`, or `run_id:seq`). */
+export type StreamEvent =
+  | { type: "run"; id: string; data: RunData }
+  | { type: "message_chunk"; id: string; data: MessageChunkData }
+  | { type: "tool_start"; id: string; data: ToolStartData }
+  | { type: "tool_end"; id: string; data: ToolEndData }
+  | { type: "error"; id: string; data: ErrorData }
+  | { type: "done"; id: string; data: DoneData };
+
+export interface ToolCall { call_id: string; name: string; args: Record<string, unknown>; output: unknown; seq: number }
+export interface RunOutput {
+  text: string;
+  messages: { message_id: string; role: "assistant"; content: string; seq: number }[];
+  tool_calls: ToolCall[];
+}
+
+export interface Run {
+  run_id: string;
+  thread_id: string;
+  status: RunStatus;
+  reason: string | null;
+  last_seq: number;
+  output: RunOutput;
+  error: ErrorData | null;
+  created_at: string | null;
+  started_at: string | null;
+  ended_at: string | null;
+  usage: { tokens: number };
+  events_purged_at: string | null;
+  stopping?: boolean;
+}
+
+export interface Thread {
+  thread_id: string;
+  created_at: string;
+  messages: { role: string; content: string; run_id: string; status?: RunStatus; output?: RunOutput }[];
+  active_run: Run | null;
+  last_run: Run | null;
+}
+
+export interface RunCreate {
+  thread_id?: string;
+  input: { messages: { role: "user" | "assistant" | "system" | "tool"; content: string }[] };
+  config?: { recursion_limit?: number; [agentOption: string]: unknown };
+  multitask?: "reject" | "interrupt" | "enqueue";
+  on_disconnect?: "continue" | "cancel";
+  granularity?: "low" | "batched" | "message";
+}
+
+export class StreamctlError extends Error {
+  status: number;
+  code: string;
+}
+
+export class SSEParser {
+  lastEventId: string;
+  retry: number | null;
+  feed(bytes: Uint8Array): { type: string; data: string; id: string }[];
+}
+
+export class StreamctlClient {
+  constructor(options?: { baseUrl?: string; token?: string | null; maxRetries?: number; maxBackoffMs?: number });
+  reconnects: number;
+  createRun(body: RunCreate): Promise<Run>;
+  getRun(runId: string): Promise<Run>;
+  getThread(threadId: string): Promise<Thread>;
+  stop(runId: string): Promise<Run>;
+  startStream(body: RunCreate, options?: { signal?: AbortSignal }): AsyncGenerator<StreamEvent>;
+  stream(
+    runId: string,
+    options?: { after?: number; granularity?: "low" | "batched" | "message"; signal?: AbortSignal; retry?: number },
+  ): AsyncGenerator<StreamEvent>;
+}
