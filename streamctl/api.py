@@ -38,6 +38,7 @@ from .errors import (
 from .events import event_json_schema
 from .inputs import GraphStreamRequest, RunCreate, StopTarget
 from .limits import BodyLimit
+from .metrics import CONTENT_TYPE, registry_for, render
 from .runs import Run
 from .settings import Settings
 from .shaping import Granularity
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Store(settings.db) as store, Supervisor(store, the_agent, settings) as sup:
             app.state.supervisor = sup
+            app.state.metrics = registry_for(sup)
             yield
 
     app = FastAPI(
@@ -260,6 +262,11 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         if sup is None or not sup.accepting:
             return JSONResponse(error_body("unavailable", "not accepting runs"), 503)
         return JSONResponse({"status": "ready", "active_runs": sup.active_runs})
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (text format); see docs/metrics.md."""
+        return Response(render(request.app.state.metrics), media_type=CONTENT_TYPE)
 
     @app.get("/v1/schema/events", tags=["service"])
     async def events_schema() -> dict[str, Any]:

@@ -32,6 +32,7 @@ class Counters:
     subscribers: int = 0
     """Streams open right now."""
     writes: int = 0
+    events_sent: int = 0
     """Socket writes handed to the server (one per wake with something to send)."""
     pings: int = 0
     slow_closed: int = 0
@@ -166,6 +167,7 @@ async def follow(
                 out = shaper.shape(frames)
                 if out:
                     counters.writes += 1
+                    counters.events_sent += len(out)
                     yield b"".join(reframe(f, id_prefix) for f in out)
                     if pause:
                         await anyio.sleep(pause)  # let the next chunks gather into one event

@@ -29,6 +29,7 @@ from anyio.abc import TaskGroup
 
 from .errors import StoreError
 from .events import Frame
+from .metrics import Buckets
 
 logger = logging.getLogger("streamctl.store")
 
@@ -79,6 +80,8 @@ class Store:
         self.batches = 0
         """Transactions committed so far (for tests and benchmarks)."""
         self.committed_events = 0
+        self.batch_sizes = Buckets((1, 2, 5, 10, 50, 100, 500, 1000, 5000, 20000))
+        self.commit_seconds = Buckets((0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -162,6 +165,7 @@ class Store:
             statements, self._statements = self._statements, []
             batch, self._pending = self._pending, _Batch()
             self._inflight = batch
+            began = time.perf_counter()
             try:
                 with anyio.CancelScope(shield=True):
                     await self._commit(conn, statements, events)
@@ -171,6 +175,8 @@ class Store:
             else:
                 self.batches += 1
                 self.committed_events += len(events)
+                self.batch_sizes.observe(len(events))
+                self.commit_seconds.observe(time.perf_counter() - began)
                 _deliver(events)
             finally:
                 self._inflight = None
