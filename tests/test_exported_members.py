@@ -9,7 +9,7 @@ def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in vars(streamctl) if not name.startswith("_")}
     submodules = {
         "agents", "api", "auth", "broadcast", "cli", "client", "decoder", "errors", "events",
-        "inputs", "limits", "queries", "runner", "runs", "server", "settings", "shaping", "sse",
+        "inputs", "limits", "metrics", "queries", "runner", "runs", "server", "settings", "shaping", "sse",
         "store", "supervisor",
     }  # fmt: skip
     future = {"annotations"}  # from __future__ import annotations
