@@ -6,35 +6,20 @@ routes translate requests into supervisor calls and domain errors into JSON erro
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .agents import Agent, load_agent
-from .agents.demo import InvalidDemoOptions
-from .auth import principal
-from .errors import (
-    CursorOutOfRange,
-    InvalidCursor,
-    InvalidInput,
-    RunNotFound,
-    RunPurged,
-    StoreError,
-    StreamctlError,
-    ThreadBusy,
-    ThreadNotFound,
-    TooManyRuns,
-    Unavailable,
-)
+from .auth import Authenticator, Principal
+from .edge import authenticate, error_body, install_error_handlers
 from .events import event_json_schema
 from .inputs import GraphStreamRequest, RunCreate, StopTarget
 from .limits import BodyLimit
@@ -46,23 +31,7 @@ from .sse import EventStream, parse_cursor, parse_thread_cursor
 from .store import Store
 from .supervisor import Supervisor
 
-logger = logging.getLogger("streamctl.api")
-
 STATIC = Path(__file__).with_name("static")
-
-_STATUS: dict[type[StreamctlError], int] = {
-    RunNotFound: 404,
-    ThreadNotFound: 404,
-    ThreadBusy: 409,
-    InvalidCursor: 400,
-    CursorOutOfRange: 400,
-    InvalidInput: 422,
-    RunPurged: 410,
-    TooManyRuns: 429,
-    InvalidDemoOptions: 422,
-    Unavailable: 503,
-    StoreError: 503,
-}
 
 
 def _supervisor(request: Request) -> Supervisor:
@@ -70,13 +39,9 @@ def _supervisor(request: Request) -> Supervisor:
     return sup
 
 
-Owner = Annotated[str, Depends(principal)]
+Me = Annotated[Principal, Depends(authenticate)]
 Sup = Annotated[Supervisor, Depends(_supervisor)]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
-
-
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, **extra}}
 
 
 def create_app(settings: Settings | None = None, *, agent: Agent | None = None) -> FastAPI:
@@ -98,27 +63,51 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.auth = auth = Authenticator(settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    _install_error_handlers(app)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["X-Run-Id", "X-Thread-Id", "X-Stream-Token", "Retry-After"],
+            max_age=600,
+        )
+    install_error_handlers(app)
 
-    async def stream_run(sup: Supervisor, run: Run, body: RunCreate) -> Response:
+    def with_token(run: Run, me: Principal) -> dict[str, Any]:
+        """The run's snapshot, plus a read-only stream token for it when auth is on."""
+        return {**run.snapshot(), "stream_token": auth.issue_stream_token(run.run_id, me)}
+
+    async def stream_run(sup: Supervisor, run: Run, body: RunCreate, me: Principal) -> Response:
         stream = await sup.subscribe(run.run_id, run.owner, 0, granularity=body.granularity)
         if stream is None:  # cannot happen: a started run has committed its first event
             return Response(status_code=204)
         cancel = body.on_disconnect == "cancel"
+        headers = {"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id}
+        if (token := auth.issue_stream_token(run.run_id, me)) is not None:
+            headers["X-Stream-Token"] = token
         return event_stream(
             sup,
+            me,
             stream,
-            headers={"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id},
+            headers=headers,
             on_disconnect=(lambda: sup.request_stop(run.run_id)) if cancel else None,
         )
 
     def event_stream(
         sup: Supervisor,
-        stream: AsyncIterator[bytes],
+        me: Principal,
+        stream: AsyncIterator[bytes] | None,
         headers: dict[str, str] | None = None,
         on_disconnect: Callable[[], None] | None = None,
-    ) -> EventStream:
+    ) -> Response:
+        if stream is None:
+            return Response(status_code=204)
+        sup.open_stream(me.name)  # 429 past max_streams_per_owner; the stream never starts
+
         def slow() -> None:
             sup.counters.slow_closed += 1
 
@@ -129,12 +118,8 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
             headers=headers,
             on_disconnect=on_disconnect,
             on_slow=slow,
+            on_close=lambda: sup.close_stream(me.name),
         )
-
-    def stream_or_204(sup: Supervisor, stream: AsyncIterator[bytes] | None) -> Response:
-        if stream is None:
-            return Response(status_code=204)
-        return event_stream(sup, stream)
 
     def stopped(state: tuple[dict[str, Any], bool]) -> JSONResponse:
         snapshot, finished = state
@@ -143,101 +128,104 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     # -- runs ------------------------------------------------------------------------------------
 
     @app.post("/v1/runs", status_code=201, tags=["runs"])
-    async def create_run(body: RunCreate, sup: Sup, owner: Owner) -> dict[str, Any]:
+    async def create_run(body: RunCreate, sup: Sup, me: Me) -> dict[str, Any]:
         """Start a run in the background."""
-        run = await sup.start(body, owner)
-        return run.snapshot()
+        run = await sup.start(body, me.name)
+        return with_token(run, me)
 
     @app.post("/v1/runs/stream", tags=["runs"], response_class=EventStream)
-    async def create_run_stream(body: RunCreate, sup: Sup, owner: Owner) -> Response:
+    async def create_run_stream(body: RunCreate, sup: Sup, me: Me) -> Response:
         """Start a run and stream its events (SSE)."""
-        run = await sup.start(body, owner)
-        return await stream_run(sup, run, body)
+        run = await sup.start(body, me.name)
+        return await stream_run(sup, run, body, me)
 
     @app.post("/v1/graph/stream", tags=["runs"], response_class=EventStream)
-    async def graph_stream(body: GraphStreamRequest, sup: Sup, owner: Owner) -> Response:
+    async def graph_stream(body: GraphStreamRequest, sup: Sup, me: Me) -> Response:
         """Start a run from an AgentFlow-shaped body and stream it (SSE)."""
         request = body.to_run_create()
-        run = await sup.start(request, owner)
-        return await stream_run(sup, run, request)
+        run = await sup.start(request, me.name)
+        return await stream_run(sup, run, request, me)
 
     @app.get("/v1/runs", tags=["runs"])
     async def list_runs(
         sup: Sup,
-        owner: Owner,
+        me: Me,
         thread_id: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
         """Runs, newest first, optionally of one thread."""
-        return {"runs": await sup.list_runs(owner, thread_id, limit)}
+        return {"runs": await sup.list_runs(me.scope, thread_id, limit)}
 
     @app.get("/v1/runs/{run_id}", tags=["runs"])
-    async def get_run(run_id: str, sup: Sup, owner: Owner) -> dict[str, Any]:
+    async def get_run(run_id: str, sup: Sup, me: Me) -> dict[str, Any]:
         """Snapshot of a run as of its ``last_seq``."""
-        return await sup.get_run(run_id, owner)
+        run = await sup.get_run(run_id, me.scope)
+        if me.stream_run is None and run["status"] in ("queued", "running"):
+            run["stream_token"] = auth.issue_stream_token(run_id, me)
+        return run
 
     @app.get("/v1/runs/{run_id}/stream", tags=["runs"], response_class=EventStream)
     async def run_stream(
         run_id: str,
         sup: Sup,
-        owner: Owner,
+        me: Me,
         last_event_id: LastEventId = None,
         after: str | None = None,
         granularity: Granularity = "low",
     ) -> Response:
         """Replay after the cursor (``Last-Event-ID`` wins over ``?after=``), then the live tail."""
         cursor = parse_cursor(last_event_id, after)
-        stream = await sup.subscribe(run_id, owner, cursor, granularity=granularity)
-        return stream_or_204(sup, stream)
+        stream = await sup.subscribe(run_id, me.scope, cursor, granularity=granularity)
+        return event_stream(sup, me, stream)
 
     @app.get("/v1/runs/{run_id}/events", tags=["runs"])
     async def run_events(
         run_id: str,
         sup: Sup,
-        owner: Owner,
+        me: Me,
         after: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """Committed events after ``after``, as a JSON page (for polling clients)."""
-        return await sup.events_page(run_id, owner, parse_cursor(None, after), limit)
+        return await sup.events_page(run_id, me.scope, parse_cursor(None, after), limit)
 
     @app.post("/v1/runs/{run_id}/stop", tags=["runs"])
-    async def stop_run(run_id: str, sup: Sup, owner: Owner, wait: bool = True) -> JSONResponse:
+    async def stop_run(run_id: str, sup: Sup, me: Me, wait: bool = True) -> JSONResponse:
         """Stop a run. 200 with the final state once its task has exited; 202 if still stopping."""
-        return stopped(await sup.stop(run_id, owner, wait=wait))
+        return stopped(await sup.stop(run_id, me.scope, wait=wait))
 
     @app.post("/stop", tags=["runs"])
-    async def stop_any(body: StopTarget, sup: Sup, owner: Owner) -> JSONResponse:
+    async def stop_any(body: StopTarget, sup: Sup, me: Me) -> JSONResponse:
         """Stop a run by ``run_id``, or a thread's active run by ``thread_id``."""
         if body.run_id is not None:
-            return stopped(await sup.stop(body.run_id, owner))
+            return stopped(await sup.stop(body.run_id, me.scope))
         assert body.thread_id is not None
-        return stopped(await sup.stop_thread(body.thread_id, owner))
+        return stopped(await sup.stop_thread(body.thread_id, me.scope))
 
     # -- threads ---------------------------------------------------------------------------------
 
     @app.get("/v1/threads/{thread_id}", tags=["threads"])
-    async def get_thread(thread_id: str, sup: Sup, owner: Owner) -> dict[str, Any]:
+    async def get_thread(thread_id: str, sup: Sup, me: Me) -> dict[str, Any]:
         """The thread's messages so far, its active run and its last run."""
-        return await sup.get_thread(thread_id, owner)
+        return await sup.get_thread(thread_id, me.scope)
 
     @app.get("/v1/threads/{thread_id}/stream", tags=["threads"], response_class=EventStream)
     async def thread_stream(
         thread_id: str,
         sup: Sup,
-        owner: Owner,
+        me: Me,
         last_event_id: LastEventId = None,
         granularity: Granularity = "low",
     ) -> Response:
         """Join the thread's active run. Event ids are ``run_id:seq``."""
         cursor = parse_thread_cursor(last_event_id)
-        stream = await sup.subscribe_thread(thread_id, owner, cursor, granularity)
-        return stream_or_204(sup, stream)
+        stream = await sup.subscribe_thread(thread_id, me.scope, cursor, granularity)
+        return event_stream(sup, me, stream)
 
     @app.post("/v1/threads/{thread_id}/stop", tags=["threads"])
-    async def stop_thread(thread_id: str, sup: Sup, owner: Owner) -> JSONResponse:
+    async def stop_thread(thread_id: str, sup: Sup, me: Me) -> JSONResponse:
         """Stop the thread's active run (or return its last run's final state)."""
-        return stopped(await sup.stop_thread(thread_id, owner))
+        return stopped(await sup.stop_thread(thread_id, me.scope))
 
     # -- the web page ----------------------------------------------------------------------------
 
@@ -274,45 +262,3 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         return event_json_schema()
 
     return app
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(StreamctlError)
-    async def domain_error(request: Request, exc: StreamctlError) -> JSONResponse:
-        status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
-        if status >= 500:
-            logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-        headers = None
-        if isinstance(exc, TooManyRuns):
-            headers = {"Retry-After": str(exc.retry_after)}
-        elif status == 503:
-            headers = {"Retry-After": "1"}
-        return JSONResponse(error_body(exc.code, exc.message), status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        details = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
-            for e in errors
-        ]
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse(
-                error_body("invalid_json", "the request body is not valid JSON", details=details),
-                400,
-            )
-        first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
-        return JSONResponse(
-            error_body("invalid_request", f"{where}: {first['msg']}", details=details), 422
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error"), 500)

@@ -33,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="SQLite file (default ./streamctl.db)")
     serve.add_argument("--agent", help="'demo' (default) or MODULE:ATTR")
     serve.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    serve.add_argument("--auth", choices=["none", "api-key", "jwt"], help="default none")
+    serve.add_argument(
+        "--allow-no-auth",
+        dest="allow_no_auth",
+        action="store_const",
+        const=True,
+        help="serve a non-loopback address with auth=none anyway (dangerous)",
+    )
 
     migrate = commands.add_parser("migrate", help="create or upgrade the SQLite schema")
     migrate.add_argument("--db", help="SQLite file (default ./streamctl.db)")

@@ -7,7 +7,8 @@
     ├── InvalidCursor          a Last-Event-ID / ?after= value that is not a sequence number
     ├── CursorOutOfRange       a cursor beyond the run's committed log
     ├── RunPurged              the run's events were deleted by retention (its snapshot remains)
-    ├── TooManyRuns            a cap on concurrent runs (global or per principal) is reached
+    ├── TooManyRuns            a cap on runs (at once, or started per minute) is reached
+    │   └── TooManyStreams     a principal holds as many open streams as allowed
     ├── InvalidInput           the run's input breaks a limit (too many or too long messages)
     ├── Unavailable            the supervisor is not accepting runs (starting up or draining)
     ├── AgentNotFound          --agent MODULE:ATTR does not name an agent
@@ -91,6 +92,10 @@ class TooManyRuns(StreamctlError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManyStreams(TooManyRuns):
+    code = "too_many_streams"
 
 
 class InvalidInput(StreamctlError):

@@ -20,6 +20,20 @@ ThreadId = Annotated[
 RunId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
+MAX_CONFIG_DEPTH = 32
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """Nesting depth of a JSON value, stopping early once past the limit."""
+    if level > MAX_CONFIG_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
 class RunInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -34,6 +48,12 @@ class RunConfig(BaseModel):
     recursion_limit: int | None = Field(
         None, ge=1, description="Lower the server's cap on agent steps; never raises it."
     )
+
+    @model_validator(mode="after")
+    def _shallow(self) -> RunConfig:
+        if _depth(self.model_extra or {}) > MAX_CONFIG_DEPTH:
+            raise ValueError(f"config is nested deeper than {MAX_CONFIG_DEPTH} levels")
+        return self
 
 
 class RunCreate(BaseModel):
@@ -54,6 +74,10 @@ class RunCreate(BaseModel):
         "low",
         description="low: every event as committed; batched: a message's chunks merged per"
         " batch_ms window; message: text as whole messages.",
+    )
+
+    token: str | None = Field(
+        None, description="A bearer token, for clients that cannot set headers. Never stored."
     )
 
     def agent_config(self) -> dict[str, Any]:
@@ -138,6 +162,7 @@ class StopTarget(BaseModel):
 
     run_id: RunId | None = None
     thread_id: ThreadId | None = None
+    token: str | None = Field(None, description="A bearer token, if not in the header.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StopTarget:

@@ -22,7 +22,8 @@ from .store import Store
 
 
 class RunQueries:
-    """The read side of the supervisor."""
+    """The read side of the supervisor. ``owner`` scopes every lookup: another principal's run
+    or thread is not found, exactly like a missing one; ``None`` (an admin) sees everything."""
 
     store: Store
     settings: Settings
@@ -35,19 +36,19 @@ class RunQueries:
         queue = self._threads.get(thread_id)
         return queue[0] if queue else None
 
-    def _live(self, run_id: str, owner: str) -> Run | None:
+    def _live(self, run_id: str, owner: str | None) -> Run | None:
         run = self._runs.get(run_id)
-        return run if run is not None and run.owner == owner else None
+        return run if run is not None and owner in (None, run.owner) else None
 
-    async def _run_row(self, run_id: str, owner: str) -> dict[str, Any]:
+    async def _run_row(self, run_id: str, owner: str | None) -> dict[str, Any]:
         row = await self.store.fetch_one(
-            "SELECT * FROM runs WHERE run_id = ? AND owner = ?", (run_id, owner)
+            "SELECT * FROM runs WHERE run_id = ? AND ifnull(?, owner) = owner", (run_id, owner)
         )
         if row is None:
             raise RunNotFound(run_id)
         return row
 
-    async def get_run(self, run_id: str, owner: str) -> dict[str, Any]:
+    async def get_run(self, run_id: str, owner: str | None) -> dict[str, Any]:
         """The run as of its last committed event."""
         run = self._live(run_id, owner)
         if run is not None:
@@ -55,9 +56,9 @@ class RunQueries:
         return row_json(await self._run_row(run_id, owner))
 
     async def list_runs(
-        self, owner: str, thread_id: str | None = None, limit: int = 50
+        self, owner: str | None, thread_id: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM runs WHERE owner = ?", [owner]
+        sql, params = "SELECT * FROM runs WHERE ifnull(?, owner) = owner", [owner]
         if thread_id is not None:
             sql += " AND thread_id = ?"
             params.append(thread_id)
@@ -69,7 +70,9 @@ class RunQueries:
             for row in rows
         ]
 
-    async def events_page(self, run_id: str, owner: str, after: int, limit: int) -> dict[str, Any]:
+    async def events_page(
+        self, run_id: str, owner: str | None, after: int, limit: int
+    ) -> dict[str, Any]:
         """Committed events with seq > after, at most ``limit``, as JSON."""
         run = self._live(run_id, owner)
         if run is not None:
@@ -90,7 +93,7 @@ class RunQueries:
     async def subscribe(
         self,
         run_id: str,
-        owner: str,
+        owner: str | None,
         cursor: int,
         *,
         id_prefix: bytes = b"",
@@ -124,15 +127,16 @@ class RunQueries:
             batch_ms=self.settings.batch_ms,
         )
 
-    async def _thread_row(self, thread_id: str, owner: str) -> dict[str, Any]:
+    async def _thread_row(self, thread_id: str, owner: str | None) -> dict[str, Any]:
         row = await self.store.fetch_one(
-            "SELECT * FROM threads WHERE thread_id = ? AND owner = ?", (thread_id, owner)
+            "SELECT * FROM threads WHERE thread_id = ? AND ifnull(?, owner) = owner",
+            (thread_id, owner),
         )
         if row is None:
             raise ThreadNotFound(thread_id)
         return row
 
-    async def get_thread(self, thread_id: str, owner: str) -> dict[str, Any]:
+    async def get_thread(self, thread_id: str, owner: str | None) -> dict[str, Any]:
         """The thread's checkpoint: every run's input and assistant output, and its active run."""
         thread = await self._thread_row(thread_id, owner)
         rows = await self.store.fetch_all(
@@ -167,7 +171,7 @@ class RunQueries:
     async def subscribe_thread(
         self,
         thread_id: str,
-        owner: str,
+        owner: str | None,
         cursor: tuple[str, int] | None,
         granularity: Granularity = "low",
     ) -> AsyncIterator[bytes] | None:

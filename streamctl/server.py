@@ -10,12 +10,38 @@ receives its ``done`` and closes; then uvicorn's own shutdown finds nothing left
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import re
 import socket
 
 import uvicorn
 from fastapi import FastAPI
 
-from .settings import Settings
+from .settings import Settings, SettingsError
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class RedactTokens(logging.Filter):
+    """Keep stream tokens (``?token=…``) out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
 
 
 class Server(uvicorn.Server):
@@ -35,7 +61,13 @@ def serve(settings: Settings) -> int:
     """Run streamctl until SIGINT/SIGTERM; return the process exit status."""
     from .api import create_app
 
+    if settings.auth == "none" and not _loopback(settings.host) and not settings.allow_no_auth:
+        raise SettingsError(
+            f"refusing to serve {settings.host} without authentication: set auth (api-key or"
+            " jwt), or --allow-no-auth (STREAMCTL_ALLOW_NO_AUTH=1) if you really mean it"
+        )
     app = create_app(settings)
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     config = uvicorn.Config(
         app,
         host=settings.host,

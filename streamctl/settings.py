@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,6 +34,36 @@ class Settings(BaseModel):
         description="The agent: `demo`, or `MODULE:ATTR` naming an agent callable.",
     )
     log_level: str = Field("info", description="Log level of the server (uvicorn's names).")
+    auth: Literal["none", "api-key", "jwt"] = Field(
+        "none", description="How requests authenticate: none (development), api-key or jwt."
+    )
+    allow_no_auth: bool = Field(
+        False, description="Serve a non-loopback address with auth=none anyway (dangerous)."
+    )
+    api_keys: str = Field("", description="API keys as comma-separated principal:key pairs.")
+    api_keys_file: Path | None = Field(None, description="File of principal:key lines.")
+    admins: str = Field("", description="Comma-separated principals that may see and stop all.")
+    jwt_secret: str = Field("", description="HS256 secret for auth=jwt.")
+    jwt_public_key: str = Field(
+        "", description="RS256/ES256 public key for auth=jwt: PEM text or a file path."
+    )
+    jwt_algorithms: str = Field("HS256", description="Accepted JWT algorithms (comma list).")
+    jwt_audience: str = Field("", description="Required JWT `aud`, if set.")
+    jwt_issuer: str = Field("", description="Required JWT `iss`, if set.")
+    jwt_leeway: float = Field(30.0, ge=0, description="Clock skew allowed for `exp`/`nbf` (s).")
+    stream_token_ttl: float = Field(
+        900.0, gt=0, description="Lifetime of a run's read-only stream token (s)."
+    )
+    stream_token_secret: str = Field(
+        "", description="Key signing stream tokens; random per process when empty."
+    )
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS.")
+    runs_per_minute: int = Field(
+        120, ge=1, description="Runs one principal may start in any 60 s (sliding window)."
+    )
+    max_streams_per_owner: int = Field(
+        100, ge=1, description="SSE streams one principal may hold open at once."
+    )
     recursion_limit: int = Field(
         25, ge=1, le=10_000, description="Server cap on agent steps; a client may only lower it."
     )

@@ -64,6 +64,7 @@ class EventStream(Response):
         headers: dict[str, str] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         on_slow: Callable[[], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.status_code = 200
         self.body_iter = body
@@ -71,6 +72,7 @@ class EventStream(Response):
         self.on_disconnect = on_disconnect
         self.send_timeout = send_timeout
         self.on_slow = on_slow
+        self.on_close = on_close
         self.raw_headers = HEADERS + [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
         ]
@@ -116,6 +118,8 @@ class EventStream(Response):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iter.aclose()  # type: ignore[attr-defined]
+            if self.on_close is not None:
+                self.on_close()
         if slow and self.on_slow is not None:
             self.on_slow()
         if disconnected and self.on_disconnect is not None:

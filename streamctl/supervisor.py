@@ -31,11 +31,13 @@ from .errors import (
     ThreadBusy,
     ThreadNotFound,
     TooManyRuns,
+    TooManyStreams,
     Unavailable,
 )
 from .events import TerminalStatus
 from .inputs import RunCreate
 from .queries import RunQueries
+from .ratelimit import SlidingWindow
 from .runner import Runner, recover
 from .runs import Run, row_json
 from .settings import Settings
@@ -69,6 +71,9 @@ class Supervisor(RunQueries):
         self._runs: dict[str, Run] = {}
         self._threads: dict[str, list[Run]] = {}
         self._per_owner: dict[str, int] = {}
+        self._streams: dict[str, int] = {}
+        """Open streams per principal."""
+        self._run_rate = SlidingWindow(settings.runs_per_minute, 60.0)
         self._tg: TaskGroup | None = None
         self._runner: Runner | None = None
         self.accepting = False
@@ -207,6 +212,29 @@ class Supervisor(RunQueries):
                 f"you have {settings.max_runs_per_owner} active runs, the most allowed at once;"
                 " stop one or wait for one to finish"
             )
+        wait = self._run_rate.hit(owner)
+        if wait is not None:
+            raise TooManyRuns(
+                f"you started {settings.runs_per_minute} runs in the last minute, the most"
+                " allowed; retry shortly",
+                retry_after=max(1, math.ceil(wait)),
+            )
+
+    def open_stream(self, owner: str) -> None:
+        """Count a stream the principal opens; ``TooManyStreams`` past the cap."""
+        held = self._streams.get(owner, 0)
+        if held >= self.settings.max_streams_per_owner:
+            raise TooManyStreams(
+                f"you have {held} streams open, the most allowed at once; close one first"
+            )
+        self._streams[owner] = held + 1
+
+    def close_stream(self, owner: str) -> None:
+        left = self._streams.get(owner, 1) - 1
+        if left:
+            self._streams[owner] = left
+        else:
+            self._streams.pop(owner, None)
 
     def _check_input(self, request: RunCreate) -> None:
         # An agent may check its own options up front (the demo agent does), so a bad option
@@ -259,7 +287,7 @@ class Supervisor(RunQueries):
     # -- stopping --------------------------------------------------------------------------------
 
     async def stop(
-        self, run_id: str, owner: str, *, wait: bool = True
+        self, run_id: str, owner: str | None, *, wait: bool = True
     ) -> tuple[dict[str, Any], bool]:
         """Stop a run (idempotent). Returns its state and whether its task has exited."""
         run = self._live(run_id, owner)
@@ -275,10 +303,10 @@ class Supervisor(RunQueries):
         with anyio.move_on_after(self.settings.stop_timeout):
             await run.finished.wait()
 
-    async def stop_thread(self, thread_id: str, owner: str) -> tuple[dict[str, Any], bool]:
+    async def stop_thread(self, thread_id: str, owner: str | None) -> tuple[dict[str, Any], bool]:
         """Stop the thread's active run; with none active, return its last run's final state."""
         active = self._active(thread_id)
-        if active is not None and active.owner == owner:
+        if active is not None and owner in (None, active.owner):
             return await self.stop(active.run_id, owner)
         await self._thread_row(thread_id, owner)
         row = await self.store.fetch_one(
