@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 import socket
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -49,6 +50,13 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self.app = app
         self.settings = settings
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn only looks at should_exit every 0.1 s; readiness and new runs fail at once.
+        supervisor = getattr(self.app.state, "supervisor", None)
+        if supervisor is not None:
+            supervisor.stop_accepting()
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         supervisor = getattr(self.app.state, "supervisor", None)

@@ -111,12 +111,16 @@ class Supervisor(RunQueries):
         # An exception of the body propagates as itself, not wrapped in an ExceptionGroup.
         await self._tg.__aexit__(None, None, None)
 
+    def stop_accepting(self) -> None:
+        """From now on, new runs get 503 and readiness fails (the first step of a drain)."""
+        self.accepting = False
+
     async def drain(self, grace: float) -> None:
         """Stop accepting runs; give active ones ``grace`` seconds; interrupt the rest.
 
         Every run then ends with its terminal event, so every open stream receives it and closes.
         """
-        self.accepting = False
+        self.stop_accepting()
         with anyio.move_on_after(grace):
             await self._until_idle()
         for run in list(self._runs.values()):

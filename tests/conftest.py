@@ -150,15 +150,20 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m streamctl serve`` as a real child process."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     url: str
+    log: Path
+    """The server's stdout and stderr (a file, so a chatty server never blocks on a pipe)."""
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
     def wait_ready(self, deadline: float = 20.0) -> None:
         """Block until /readyz answers 200 (or the process dies, or the deadline passes)."""
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             if self.process.poll() is not None:
-                raise AssertionError(f"server exited early: {self.process.communicate()}")
+                raise AssertionError(f"server exited early:\n{self.output()}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
                     return
@@ -175,13 +180,10 @@ class ServerProcess:
             if self.process.poll() is None:
                 self.process.kill()
                 self.process.wait()
-            for stream in (self.process.stdout, self.process.stderr):
-                if stream is not None:
-                    stream.close()
 
 
 @pytest.fixture
-def spawn_server(db_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def spawn_server(db_path: Path, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """``spawn_server(*args, env={...})`` starts ``python -m streamctl serve`` on a free port."""
     started: list[ServerProcess] = []
 
@@ -191,10 +193,10 @@ def spawn_server(db_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         if "--db" not in args:
             cmd += ["--db", str(db_path)]
         environ = {**os.environ, **(env or {})}
-        process = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
-        )
-        server = ServerProcess(process, f"http://127.0.0.1:{port}")
+        log = tmp_path / f"server-{port}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
+        server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
         started.append(server)
         server.wait_ready()
         return server

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from itertools import chain, cycle, islice
 
 import anyio
@@ -87,27 +87,28 @@ async def _demo(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
     asked_before = sum(1 for m in ctx.history if m.role == "user")
     delay = opts.delay_ms / 1000
 
-    def events() -> list[AgentEvent | float]:
-        # The plan, as events and pauses; the loop below paces and yields it.
+    def events() -> Iterator[AgentEvent | float]:
+        # The plan, as events and pauses, made lazily (a run may ask for a million words);
+        # the loop below paces and yields it.
         first = uuid.uuid4().hex[:12]
-        plan: list[AgentEvent | float] = []
         intro = f"Looking up the weather in {city}." if opts.tool else f"About {city}:"
         for word in intro.split():
-            plan += [delay, MessageChunk(content=word + " ", message_id=first)]
+            yield delay
+            yield MessageChunk(content=word + " ", message_id=first)
         weather = _WEATHER.get(city.lower(), "Mild, 20°C")
         if opts.tool:
             call_id = "call_" + uuid.uuid4().hex[:12]
-            plan.append(ToolStart(name="get_weather", args={"location": city}, call_id=call_id))
-            plan.append(opts.tool_ms / 1000)
-            plan.append(ToolEnd(name="get_weather", output=weather, call_id=call_id))
+            yield ToolStart(name="get_weather", args={"location": city}, call_id=call_id)
+            yield opts.tool_ms / 1000
+            yield ToolEnd(name="get_weather", output=weather, call_id=call_id)
         answer = uuid.uuid4().hex[:12] if opts.tool else first
         condition, temperature = weather.split(", ")
         lead = f"{condition} and {temperature} in {city} right now."
         if asked_before:
             lead += f" (Question {asked_before + 1} in this conversation.)"
         for word in islice(chain(lead.split(), cycle(_ANSWER)), opts.tokens):
-            plan += [delay, MessageChunk(content=word + " ", message_id=answer)]
-        return plan
+            yield delay
+            yield MessageChunk(content=word + " ", message_id=answer)
 
     emitted = 0
     for item in events():
