@@ -1,10 +1,10 @@
 """How one run executes, from its first row to its final row.
 
-``Runner.run`` is the body of a run's task: it writes the run's row and first event, waits for its
-predecessor when queued, iterates the agent inside the run's own cancel scope, and always ends with
-the terminal events and the final row, written in shielded clean-up after the agent's code is gone
-(DESIGN.md invariants 6 and 7). An agent's exception is caught here, at the per-run boundary, and
-fails that run alone (invariant 9).
+``Runner.run`` is the body of a run's task: it writes the run's row and first event, waits for the
+runs ahead of it when queued, iterates the agent inside the run's own cancel scope, and always ends
+with the terminal events and the final row, written in shielded clean-up after the agent's code is
+gone (DESIGN.md invariants 6 and 7). An agent's exception is caught here, at the per-run
+boundary, and fails that run alone (invariant 9).
 """
 
 from __future__ import annotations
@@ -67,17 +67,16 @@ class Runner:
     async def run(
         self,
         run: Run,
-        predecessor: Run | None,
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """The run's task. Reports started once its row and first event are committed."""
         store = self.store
-        status = "queued" if predecessor is not None else "running"
+        status = "queued" if run.ahead else "running"
         history = None
-        if predecessor is None:
+        if not run.ahead:
             # Read before the start is reported, so the agent starts at once; a queued run reads
-            # it once its predecessor (whose output belongs in it) has ended.
+            # it once the runs ahead of it (whose output belongs in it) have ended.
             history = await self._history(run.thread_id, run.run_id)
             run.started_at = time.time()
         store.execute_later(
@@ -106,22 +105,22 @@ class Runner:
         # the run still ends with a terminal event.
         outcome: Outcome = ("interrupted", "the server stopped the run", None)
         try:
-            outcome = await self._drive(run, predecessor, history)
+            outcome = await self._drive(run, history)
         finally:
             with anyio.move_on_after(_FINISH_TIMEOUT, shield=True):
                 await self._finish(run, outcome)
 
-    async def _drive(
-        self, run: Run, predecessor: Run | None, history: list[Message] | None
-    ) -> Outcome:
+    async def _drive(self, run: Run, history: list[Message] | None) -> Outcome:
         """Run the agent inside the run's own cancel scope; say how the run ended."""
         try:
             with anyio.CancelScope() as scope:
                 run.scope = scope
                 if run.stop_status is not None:
                     scope.cancel()
-                if predecessor is not None:
-                    await predecessor.finished.wait()
+                if run.ahead:
+                    for ahead in run.ahead:  # every run queued before this one, in order
+                        await ahead.finished.wait()
+                    run.ahead = []
                     run.started_at = time.time()
                     self.store.execute_later(
                         "UPDATE runs SET status = 'running', started_at = ? WHERE run_id = ?",
@@ -146,7 +145,7 @@ class Runner:
                 "the agent raised an error",
                 {"code": "agent_error", "message": message},
             )
-        if scope.cancelled_caught and run.stop_status is not None:
+        if scope.cancel_called and run.stop_status is not None:
             return run.stop_status, run.stop_reason, None
         return "completed", "the agent finished", None
 
@@ -176,9 +175,15 @@ class Runner:
         )
         steps = 0
         message_id: str | None = None
+        if run.stop_status is not None:  # stopped before the agent started: never start it
+            return
         events = self.agent(ctx)
         try:
             async for event in events:
+                if run.stop_status is not None:
+                    # Stopped while the agent could not be cancelled (no await since, or a
+                    # worker thread): nothing it yields from now on belongs to the run.
+                    break
                 if isinstance(event, MessageChunk):
                     if event.message_id != message_id:
                         message_id = event.message_id

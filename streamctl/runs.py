@@ -141,6 +141,8 @@ class Run:
     scope: anyio.CancelScope | None = None
     stop_status: TerminalStatus | None = None
     stop_reason: str = ""
+    ahead: list[Run] = field(default_factory=list)
+    """For a queued run: the thread's runs ahead of it, which must end before it starts."""
     finished: anyio.Event = field(default_factory=anyio.Event)
     """Set when the run's task has exited: its terminal event is committed and its agent is gone."""
 

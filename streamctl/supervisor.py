@@ -148,7 +148,7 @@ class Supervisor(RunQueries):
             )
             if row is not None and row["owner"] != owner:
                 raise ThreadNotFound(thread_id)
-        predecessor = await self._make_room(thread_id, owner, request.multitask)
+        ahead = await self._make_room(thread_id, owner, request.multitask)
         self._check_capacity(owner)
         run = Run(
             run_id=new_id(),
@@ -164,6 +164,7 @@ class Supervisor(RunQueries):
                 min(self.settings.recursion_limit, request.config.recursion_limit or math.inf)
             ),
             agent_config=request.agent_config(),
+            ahead=ahead,
         )
         # Registered with no await since the checks above, so no concurrent start slips between.
         self._runs[run.run_id] = run
@@ -173,22 +174,22 @@ class Supervisor(RunQueries):
             # Shielded: once the run's row may be committed, the run must reach its `done`,
             # even if the request that started it is cancelled meanwhile.
             with anyio.CancelScope(shield=True):
-                await self._tg.start(self._run_task, run, predecessor)
+                await self._tg.start(self._run_task, run)
         except BaseException:
             self._forget(run)
             raise
         self.stats.started += 1
         return run
 
-    async def _make_room(self, thread_id: str, owner: str, multitask: str) -> Run | None:
-        """Apply ``multitask`` to a busy thread. Returns the run to queue behind, if any."""
+    async def _make_room(self, thread_id: str, owner: str, multitask: str) -> list[Run]:
+        """Apply ``multitask`` to a busy thread. Returns the runs to queue behind (enqueue)."""
         queue = self._threads.get(thread_id)
         if not queue:
-            return None
+            return []
         if queue[0].owner != owner:  # a thread another principal is creating right now
             raise ThreadNotFound(thread_id)
         if multitask == "enqueue":
-            return queue[-1]
+            return list(queue)
         if multitask == "interrupt":
             for run in reversed(queue):  # newest first, so no queued run starts meanwhile
                 run.request_stop("cancelled", "interrupted by a newer run on the thread")
@@ -197,7 +198,7 @@ class Supervisor(RunQueries):
                     await run.finished.wait()
             queue = self._threads.get(thread_id)
             if not queue:
-                return None
+                return []
             raise ThreadBusy(
                 thread_id,
                 queue[0].run_id,
@@ -261,13 +262,12 @@ class Supervisor(RunQueries):
     async def _run_task(
         self,
         run: Run,
-        predecessor: Run | None,
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         assert self._runner is not None
         try:
-            await self._runner.run(run, predecessor, task_status=task_status)
+            await self._runner.run(run, task_status=task_status)
         finally:
             self._forget(run)
             status = run.output.status
@@ -343,6 +343,8 @@ class Supervisor(RunQueries):
 
         Their rows (status, output snapshot) and their threads' messages stay.
         """
+        if self.settings.retention_days <= 0:
+            return 0  # 0 keeps events forever
         now = time.time() if now is None else now
         cutoff = now - self.settings.retention_days * 86400
         rows = await self.store.fetch_all(
