@@ -229,6 +229,11 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
 
     # -- the web page ----------------------------------------------------------------------------
 
+    @app.get("/static/streamctl.d.ts", include_in_schema=False)
+    async def typings() -> FileResponse:
+        # Guessed from ".ts", the type would be a video (MPEG transport stream).
+        return FileResponse(STATIC / "streamctl.d.ts", media_type="application/typescript")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", tags=["page"], response_class=FileResponse, include_in_schema=False)

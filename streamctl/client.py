@@ -56,12 +56,14 @@ class Client:
         max_backoff: float = 10.0,
         timeout: float = 30.0,
     ) -> None:
+        """``timeout`` bounds every request and every silence on a stream; keep it above the
+        server's ``ping_interval``."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        # No read timeout on streams: an idle stream sends `: ping` comments by itself.
+        # A read timeout on streams too: an idle stream still gets a `: ping` every ping_interval
+        # (15 s by default), so silence longer than `timeout` means a dead connection (a NAT
+        # dropped it, a laptop slept); the stream then reconnects with Last-Event-ID.
         self.http = httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, read=None),
+            base_url=base_url, headers=headers, timeout=httpx.Timeout(timeout)
         )
         self.max_retries = max_retries
         self.max_backoff = max_backoff

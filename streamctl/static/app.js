@@ -72,7 +72,8 @@ function showTool(view, callId, name, args, output, running) {
     view.querySelector(".body").append(line);
   }
   line.dataset.state = running ? "running" : "done";
-  const where = args && typeof args === "object" ? Object.values(args).join(", ") : "";
+  if (args && typeof args === "object") line.dataset.where = Object.values(args).join(", ");
+  const where = line.dataset.where ?? "";
   line.textContent = running ? `Calling ${name}(${where})…` : `${name}(${where}) → ${output}`;
 }
 

@@ -29,7 +29,8 @@ export class StreamctlError extends Error {
 /** Incremental SSE parser (WHATWG HTML §9.2): LF, CR and CRLF line ends, BOM, comments, retry. */
 export class SSEParser {
   constructor() {
-    this.decoder = new TextDecoder("utf-8"); // replaces invalid UTF-8 with U+FFFD
+    // Replaces invalid UTF-8 with U+FFFD; the BOM is ours to strip (once), not the decoder's.
+    this.decoder = new TextDecoder("utf-8", { ignoreBOM: true });
     this.buffer = "";
     this.started = false;
     this.skipLF = false;
@@ -91,11 +92,19 @@ export class SSEParser {
   }
 }
 
+// Wait before reconnecting; coming back online cuts the wait short.
 const sleep = (ms, signal) =>
   new Promise((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
+    const done = () => {
+      clearTimeout(timer);
+      globalThis.removeEventListener?.("online", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    globalThis.addEventListener?.("online", done);
     signal?.addEventListener("abort", () => {
       clearTimeout(timer);
+      globalThis.removeEventListener?.("online", done);
       reject(signal.reason);
     });
   });
