@@ -22,6 +22,8 @@ from .store import Store
 
 PING = b": ping\n\n"
 _MAX_FRAMES_PER_WRITE = 1024
+_MAX_FRAMES_PER_MERGED_WRITE = 65536
+"""Shaped (batched/message) writes merge chunks, so they may cover many more events at once."""
 _DB_PAGE = 1000
 
 
@@ -109,13 +111,14 @@ class RunLog:
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
 
-    def frames_after(self, cursor: int) -> list[Frame] | None:
-        """Frames with seq > cursor held in memory; ``None`` if some are only in SQLite."""
+    def frames_after(self, cursor: int, limit: int = _MAX_FRAMES_PER_WRITE) -> list[Frame] | None:
+        """Up to ``limit`` frames with seq > cursor held in memory; ``None`` if some are only in
+        SQLite."""
         first = self.first_seq
         if cursor + 1 < first:
             return None
         start = cursor + 1 - first
-        return self._frames[start : start + _MAX_FRAMES_PER_WRITE]
+        return self._frames[start : start + limit]
 
 
 def reframe(frame: Frame, id_prefix: bytes) -> bytes:
@@ -146,6 +149,7 @@ async def follow(
     counters = counters if counters is not None else Counters()
     shaper = Shaper(granularity)
     pause = batch_ms / 1000 if granularity == "batched" else 0.0
+    limit = _MAX_FRAMES_PER_WRITE if granularity == "low" else _MAX_FRAMES_PER_MERGED_WRITE
     counters.subscribers += 1
     if log is not None:
         log.subscribers += 1
@@ -155,7 +159,7 @@ async def follow(
             if log is None:
                 frames = await store.read_frames(run_id, cursor, cursor + _DB_PAGE)
             else:
-                held = log.frames_after(cursor)
+                held = log.frames_after(cursor, limit)
                 if held is None:
                     # Behind the in-memory tail: all of that is committed, so read SQLite.
                     held = await store.read_frames(
@@ -169,8 +173,10 @@ async def follow(
                     counters.writes += 1
                     counters.events_sent += len(out)
                     yield b"".join(reframe(f, id_prefix) for f in out)
-                    if pause:
-                        await anyio.sleep(pause)  # let the next chunks gather into one event
+                    if pause and log is not None and cursor >= log.committed_seq:
+                        # Caught up: let the next chunks gather into one event. (Behind, the
+                        # next read already has plenty to merge: no reason to wait.)
+                        await anyio.sleep(pause)
                 continue
             if log is None or log.closed:
                 return

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -42,6 +43,9 @@ _FINAL_UPDATE = (
     "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?, usage = ?, snapshot = ?"
     " WHERE run_id = ?"
 )
+
+_CHECKPOINT_EVERY = 128
+"""Events an agent may emit without awaiting before the run yields to the event loop once."""
 
 Outcome = tuple[TerminalStatus, str, dict[str, str] | None]
 
@@ -173,7 +177,7 @@ class Runner:
             recursion_limit=limit,
             config=run.agent_config,
         )
-        steps = 0
+        steps = emitted = 0
         message_id: str | None = None
         if run.stop_status is not None:  # stopped before the agent started: never start it
             return
@@ -198,6 +202,11 @@ class Runner:
                 if steps > limit:
                     raise RecursionLimitExceeded(f"the run took more than {limit} steps")
                 run.emit(event)
+                emitted += 1
+                if emitted % _CHECKPOINT_EVERY == 0:
+                    # An agent that never awaits (a burst, a cached answer) would otherwise hold
+                    # the loop until it ends: the writer, subscribers and stops get a turn.
+                    await anyio.lowlevel.checkpoint()
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:

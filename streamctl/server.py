@@ -10,6 +10,7 @@ receives its ``done`` and closes; then uvicorn's own shutdown finds nothing left
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import re
@@ -86,5 +87,11 @@ def serve(settings: Settings) -> int:
         lifespan="on",
     )
     server = Server(config, app, settings)
+    # The hot path allocates a few objects per event and holds them until their batch commits;
+    # with the default thresholds the cyclic collector runs every few hundred events and walks
+    # them all (measured: 16 -> 11 µs CPU per event). Objects alive at start-up are frozen out
+    # of its way; cycles are still collected, just less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     server.run()
     return 0 if server.started else 1
