@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from . import __version__
 from .agents import Agent, load_agent
@@ -108,8 +109,13 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
             return Response(status_code=204)
         sup.open_stream(me.name)  # 429 past max_streams_per_owner; the stream never starts
 
-        def slow() -> None:
+        def slow(scope: Scope) -> None:
             sup.counters.slow_closed += 1
+            # Under `streamctl serve`, reset the connection rather than wait to flush to a
+            # client that does not read (plain uvicorn has no such hook: it closes normally).
+            abort = getattr(app.state, "abort_connection", None)
+            if abort is not None:
+                abort(scope.get("client"))
 
         return EventStream(
             stream,

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import anyio
 
 from .events import Frame
-from .shaping import Granularity, Shaper
+from .shaping import LAG_MERGE_FRAMES, Granularity, Shaper
 from .store import Store
 
 PING = b": ping\n\n"
 _MAX_FRAMES_PER_WRITE = 1024
 _MAX_FRAMES_PER_MERGED_WRITE = 65536
 """Shaped (batched/message) writes merge chunks, so they may cover many more events at once."""
-_DB_PAGE = 1000
+_DB_PAGE = LAG_MERGE_FRAMES  # a full page from SQLite is, by definition, a lagging read
 
 
 @dataclass(slots=True)
@@ -167,8 +167,11 @@ async def follow(
                     )
                 frames = held
             if frames:
+                # How far behind the live log this subscriber was: a whole write's worth makes a
+                # `low` stream merge its chunks (a replay of a finished run is sent as it is).
+                behind = log.committed_seq - cursor if log is not None else 0
                 cursor = frames[-1].seq
-                out = shaper.shape(frames)
+                out = shaper.shape(frames, behind)
                 if out:
                     counters.writes += 1
                     counters.events_sent += len(out)

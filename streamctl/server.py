@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import re
 import socket
+import struct
 from types import FrameType
 
 import uvicorn
@@ -58,6 +59,28 @@ class Server(uvicorn.Server):
         if supervisor is not None:
             supervisor.stop_accepting()
         super().handle_exit(sig, frame)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.app.state.abort_connection = self._abort_connection
+
+    def _abort_connection(self, client: tuple[str, int] | None) -> None:
+        """Reset the connection of a client cut off for not reading (``send_timeout``).
+
+        A plain close would wait to flush what is buffered to a client that never reads, and
+        hold the socket (and its buffers) for ever; an abort frees them at once.
+        """
+        for connection in list(self.server_state.connections):
+            if client is not None and getattr(connection, "client", None) == client:
+                transport = getattr(connection, "transport", None)
+                if transport is None:
+                    continue
+                # Linger 0: the kernel resets the connection instead of keeping the unsent
+                # bytes (and the socket) for a client that never reads them.
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         supervisor = getattr(self.app.state, "supervisor", None)

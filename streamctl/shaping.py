@@ -1,7 +1,7 @@
 """Granularity: how a subscriber shapes the committed frames it sends.
 
-- ``low``: every event as committed. Only a subscriber that has fallen far behind (a whole
-  write's worth of frames at once) gets adjacent chunks merged, so it catches up in fewer bytes.
+- ``low``: every event as committed. Only a subscriber that has fallen far behind a live run (a
+  whole write's worth of events) gets adjacent chunks merged, so it catches up in fewer bytes.
 - ``batched``: adjacent ``message_chunk``s of one message are merged into one event (the
   subscriber also waits up to ``batch_ms`` between writes, so there is something to merge).
 - ``message``: assistant text only as whole messages; tool and terminal events as they come.
@@ -39,9 +39,12 @@ class Shaper:
         self._seq = 0
         self._created_at = 0.0
 
-    def shape(self, frames: list[Frame]) -> list[Frame]:
-        """The frames to send now for ``frames`` (the next committed ones, in order)."""
-        if self.mode == "low" and len(frames) < LAG_MERGE_FRAMES:
+    def shape(self, frames: list[Frame], behind: int = 0) -> list[Frame]:
+        """The frames to send now for ``frames`` (the next committed ones, in order).
+
+        ``behind``: how many committed events of a live run the subscriber had yet to send.
+        """
+        if self.mode == "low" and behind < LAG_MERGE_FRAMES:
             return frames
         out: list[Frame] = []
         for frame in frames:

@@ -63,7 +63,7 @@ class EventStream(Response):
         send_timeout: float = 30.0,
         headers: dict[str, str] | None = None,
         on_disconnect: Callable[[], None] | None = None,
-        on_slow: Callable[[], None] | None = None,
+        on_slow: Callable[[Scope], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.status_code = 200
@@ -121,6 +121,6 @@ class EventStream(Response):
             if self.on_close is not None:
                 self.on_close()
         if slow and self.on_slow is not None:
-            self.on_slow()
+            self.on_slow(scope)
         if disconnected and self.on_disconnect is not None:
             self.on_disconnect()

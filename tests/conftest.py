@@ -122,7 +122,7 @@ async def read_sse(
             await response.aread()
             return response, events
         async for event in source.aiter_sse():
-            if event.data == "" and event.retry is not None:  # the retry-only block
+            if event.data == "":  # the retry-only block, `: ping` comments (not dispatched)
                 continue
             events.append(event)
             if limit is not None and len(events) >= limit:
