@@ -82,10 +82,16 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         """The run's snapshot, plus a read-only stream token for it when auth is on."""
         return {**run.snapshot(), "stream_token": auth.issue_stream_token(run.run_id, me)}
 
-    async def stream_run(sup: Supervisor, run: Run, body: RunCreate, me: Principal) -> Response:
-        stream = await sup.subscribe(run.run_id, run.owner, 0, granularity=body.granularity)
-        if stream is None:  # cannot happen: a started run has committed its first event
-            return Response(status_code=204)
+    async def start_streaming(sup: Supervisor, body: RunCreate, me: Principal) -> Response:
+        # The stream's slot is claimed first: a stream refused (429) must not leave a run going.
+        sup.open_stream(me.name)
+        try:
+            run = await sup.start(body, me.name)
+            stream = await sup.subscribe(run.run_id, run.owner, 0, granularity=body.granularity)
+        except BaseException:
+            sup.close_stream(me.name)
+            raise
+        assert stream is not None  # a started run has committed its first event
         cancel = body.on_disconnect == "cancel"
         headers = {"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id}
         if (token := auth.issue_stream_token(run.run_id, me)) is not None:
@@ -96,6 +102,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
             stream,
             headers=headers,
             on_disconnect=(lambda: sup.request_stop(run.run_id)) if cancel else None,
+            claimed=True,
         )
 
     def event_stream(
@@ -104,10 +111,12 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         stream: AsyncIterator[bytes] | None,
         headers: dict[str, str] | None = None,
         on_disconnect: Callable[[], None] | None = None,
+        claimed: bool = False,
     ) -> Response:
         if stream is None:
             return Response(status_code=204)
-        sup.open_stream(me.name)  # 429 past max_streams_per_owner; the stream never starts
+        if not claimed:
+            sup.open_stream(me.name)  # 429 past max_streams_per_owner; the stream never starts
 
         def slow(scope: Scope) -> None:
             sup.counters.slow_closed += 1
@@ -142,15 +151,12 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     @app.post("/v1/runs/stream", tags=["runs"], response_class=EventStream)
     async def create_run_stream(body: RunCreate, sup: Sup, me: Me) -> Response:
         """Start a run and stream its events (SSE)."""
-        run = await sup.start(body, me.name)
-        return await stream_run(sup, run, body, me)
+        return await start_streaming(sup, body, me)
 
     @app.post("/v1/graph/stream", tags=["runs"], response_class=EventStream)
     async def graph_stream(body: GraphStreamRequest, sup: Sup, me: Me) -> Response:
         """Start a run from an AgentFlow-shaped body and stream it (SSE)."""
-        request = body.to_run_create()
-        run = await sup.start(request, me.name)
-        return await stream_run(sup, run, request, me)
+        return await start_streaming(sup, body.to_run_create(), me)
 
     @app.get("/v1/runs", tags=["runs"])
     async def list_runs(

@@ -31,7 +31,7 @@ from .errors import StreamctlError
 from .settings import Settings, SettingsError
 
 ANONYMOUS = "anonymous"
-_STREAM_PREFIX = "st."
+STREAM_TOKEN_PREFIX = "st."
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,20 +77,27 @@ class Authenticator:
                 raise SettingsError("jwt_algorithms must name real algorithms (never 'none')")
             if settings.jwt_public_key:
                 key = settings.jwt_public_key
-                self._jwt_key = Path(key).read_text() if not key.startswith("-----") else key
+                self._jwt_key = key if key.lstrip().startswith("-----") else _read(Path(key))
             elif settings.jwt_secret:
                 self._jwt_key = settings.jwt_secret
             else:
                 raise SettingsError(
                     "auth=jwt needs STREAMCTL_JWT_SECRET or STREAMCTL_JWT_PUBLIC_KEY"
                 )
+            for name in self._algorithms:  # an unusable key fails the start, not a request
+                try:
+                    jwt.get_algorithm_by_name(name).prepare_key(self._jwt_key)
+                except (NotImplementedError, ValueError, TypeError, jwt.PyJWTError) as exc:
+                    raise SettingsError(
+                        f"jwt_algorithms: {name} cannot use the configured key ({exc})"
+                    ) from exc
 
     @property
     def enabled(self) -> bool:
         return self.mode != "none"
 
     def authenticate(self, token: str | None) -> Principal:
-        if token is not None and token.startswith(_STREAM_PREFIX) and self.enabled:
+        if token is not None and token.startswith(STREAM_TOKEN_PREFIX) and self.enabled:
             return self._stream_principal(token)
         if not self.enabled:
             return Principal(ANONYMOUS)
@@ -133,6 +140,8 @@ class Authenticator:
             raise AuthError("malformed_token", "the token is not a well-formed JWT") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError("invalid_token", f"the token is not valid here: {exc}") from exc
+        except jwt.PyJWTError as exc:  # e.g. a token whose algorithm does not fit the key
+            raise AuthError("invalid_token", "the token cannot be checked with this key") from exc
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise AuthError("invalid_token", "the token's sub claim must be a non-empty string")
@@ -146,13 +155,13 @@ class Authenticator:
             return None
         payload = _b64(orjson.dumps({"run": run_id, "sub": principal.name,
                                      "exp": int(time.time() + self.stream_token_ttl)}))  # fmt: skip
-        return f"{_STREAM_PREFIX}{payload}.{self._sign(payload)}"
+        return f"{STREAM_TOKEN_PREFIX}{payload}.{self._sign(payload)}"
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._stream_key, payload.encode(), hashlib.sha256).digest())
 
     def _stream_principal(self, token: str) -> Principal:
-        payload, _, signature = token[len(_STREAM_PREFIX) :].partition(".")
+        payload, _, signature = token[len(STREAM_TOKEN_PREFIX) :].partition(".")
         if not payload or not signature:
             raise AuthError("malformed_token", "the stream token is not well formed")
         if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
@@ -164,7 +173,14 @@ class Authenticator:
             raise AuthError("malformed_token", "the stream token is not well formed") from exc
         if expires < time.time():
             raise AuthError("expired_token", "the stream token has expired")
-        return Principal(subject, stream_run=run_id)
+        return Principal(subject, admin=subject in self.admins, stream_run=run_id)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
 
 
 def _b64(raw: bytes) -> str:
@@ -175,7 +191,7 @@ def _load_keys(settings: Settings) -> list[tuple[bytes, str]]:
     """``principal:key`` pairs, comma-separated in ``api_keys``, or one per line in the file."""
     entries = [e for e in settings.api_keys.split(",") if e.strip()]
     if settings.api_keys_file is not None:
-        for line in settings.api_keys_file.read_text().splitlines():
+        for line in _read(settings.api_keys_file).splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
                 entries.append(line)
     keys = []

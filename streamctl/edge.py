@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .agents.demo import InvalidDemoOptions
-from .auth import Authenticator, AuthError, Principal
+from .auth import STREAM_TOKEN_PREFIX, Authenticator, AuthError, Principal
 from .errors import (
     CursorOutOfRange,
     InvalidCursor,
@@ -72,7 +72,10 @@ async def authenticate(request: Request) -> Principal:
         if isinstance(body, dict) and isinstance(body.get("token"), str):
             token = body["token"]
     if token is None and request.method == "GET":
-        token = request.query_params.get("token")  # stream tokens, for a plain EventSource
+        # Only stream tokens travel in URLs (for a plain EventSource): URLs end up in logs.
+        token = request.query_params.get("token")
+        if token is not None and not token.startswith(STREAM_TOKEN_PREFIX):
+            raise AuthError("malformed_token", "only a stream token may be given as ?token=")
     principal = auth.authenticate(token)
     if principal.stream_run is not None:
         route = getattr(request.scope.get("route"), "path", "")
@@ -135,8 +138,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("internal_error", "internal server error"), 500)
 
 
+_DESCRIPTIONS = {
+    "malformed_token": "the token is malformed",
+    "expired_token": "the token has expired",
+    "invalid_token": "the token is not valid",
+    "insufficient_scope": "a stream token opens only its run's stream and snapshot",
+}
+
+
 def _challenge(exc: AuthError) -> str:
+    """RFC 6750 challenge; a fixed description per code (never text from the token itself)."""
     if exc.code == "missing_token":
         return 'Bearer realm="streamctl"'
     error = "insufficient_scope" if exc.code == "insufficient_scope" else "invalid_token"
-    return f'Bearer realm="streamctl", error="{error}", error_description="{exc.message}"'
+    description = _DESCRIPTIONS.get(exc.code, "the token is not valid")
+    return f'Bearer realm="streamctl", error="{error}", error_description="{description}"'

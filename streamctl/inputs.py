@@ -23,15 +23,36 @@ RunId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 MAX_CONFIG_DEPTH = 32
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    """Nesting depth of a JSON value, stopping early once past the limit."""
+_INT64 = 2**63
+
+
+def check_json(value: Any, level: int = 0) -> None:
+    """Refuse what could not be stored as JSON: nesting deeper than ``MAX_CONFIG_DEPTH``,
+    integers beyond 64 bits, and text with lone surrogates (not UTF-8). ``ValueError`` says which.
+    """
     if level > MAX_CONFIG_DEPTH:
-        return level
+        raise ValueError(f"config is nested deeper than {MAX_CONFIG_DEPTH} levels")
     if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+        for key, item in value.items():
+            check_json(key, level + 1)
+            check_json(item, level + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, level + 1)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int) and not -_INT64 <= value < _INT64:
+        raise ValueError("config holds an integer beyond 64 bits")
+    elif isinstance(value, str):
+        check_text(value)
+
+
+def check_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text holds a lone surrogate (not valid Unicode)") from exc
+    return text
 
 
 class RunInput(BaseModel):
@@ -46,13 +67,12 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     recursion_limit: int | None = Field(
-        None, ge=1, description="Lower the server's cap on agent steps; never raises it."
+        None, ge=1, le=10_000, description="Lower the server's cap on agent steps; never raises it."
     )
 
     @model_validator(mode="after")
-    def _shallow(self) -> RunConfig:
-        if _depth(self.model_extra or {}) > MAX_CONFIG_DEPTH:
-            raise ValueError(f"config is nested deeper than {MAX_CONFIG_DEPTH} levels")
+    def _storable(self) -> RunConfig:
+        check_json(self.model_extra or {})
         return self
 
 
@@ -114,7 +134,12 @@ class GraphConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     thread_id: ThreadId | None = None
-    recursion_limit: int | None = Field(None, ge=1)
+    recursion_limit: int | None = Field(None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _storable(self) -> GraphConfig:
+        check_json(self.model_extra or {})
+        return self
 
 
 class GraphStreamRequest(BaseModel):
@@ -133,7 +158,7 @@ class GraphStreamRequest(BaseModel):
     @model_validator(mode="after")
     def _text_only(self) -> GraphStreamRequest:
         for message in self.messages:
-            message.text()  # raises ValueError -> a 422 naming the unsupported block
+            check_text(message.text())  # ValueError -> a 422 (an unsupported block, bad text)
         return self
 
     def to_run_create(self) -> RunCreate:

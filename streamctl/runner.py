@@ -83,6 +83,8 @@ class Runner:
             # it once the runs ahead of it (whose output belongs in it) have ended.
             history = await self._history(run.thread_id, run.run_id)
             run.started_at = time.time()
+        # Encoded before anything is queued: if this raised, nothing half-written would remain.
+        input_json, config_json = orjson.dumps(run.input), orjson.dumps(run.config)
         store.execute_later(
             "INSERT OR IGNORE INTO threads (thread_id, owner, created_at) VALUES (?, ?, ?)",
             (run.thread_id, run.owner, run.created_at),
@@ -95,8 +97,8 @@ class Runner:
                 run.thread_id,
                 run.owner,
                 status,
-                orjson.dumps(run.input),
-                orjson.dumps(run.config),
+                input_json,
+                config_json,
                 run.created_at,
                 run.started_at,
             ),

@@ -65,8 +65,9 @@ class EventStream(Response):
         on_disconnect: Callable[[], None] | None = None,
         on_slow: Callable[[Scope], None] | None = None,
         on_close: Callable[[], None] | None = None,
+        status_code: int = 200,
     ) -> None:
-        self.status_code = 200
+        self.status_code = status_code  # always 200; the keyword is for FastAPI's OpenAPI
         self.body_iter = body
         self.retry_ms = retry_ms
         self.on_disconnect = on_disconnect

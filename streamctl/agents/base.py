@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..events import AgentEvent
 
@@ -25,6 +25,15 @@ class Message(BaseModel):
 
     role: Literal["user", "assistant", "system", "tool"]
     content: str = Field(description="The message text.")
+
+    @field_validator("content")
+    @classmethod
+    def _unicode(cls, content: str) -> str:
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError("content holds a lone surrogate (not valid Unicode)") from exc
+        return content
 
 
 @dataclass(frozen=True, slots=True)
