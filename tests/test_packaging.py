@@ -24,6 +24,7 @@ def test_wheel_ships_migrations_and_runs_from_them(tmp_path: Path) -> None:
         names = set(archive.namelist())
         assert "streamctl/migrations/0001_initial.sql" in names
         assert "streamctl/py.typed" in names
+        assert {"streamctl/static/index.html", "streamctl/static/streamctl.js"} <= names
         archive.extractall(site)
     # Run the unpacked wheel, far from the checkout: it must find its schema inside itself.
     env = {**os.environ, "PYTHONPATH": str(site)}
