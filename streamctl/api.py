@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -28,7 +29,7 @@ from .metrics import CONTENT_TYPE, registry_for, render
 from .runs import Run
 from .settings import Settings
 from .shaping import Granularity
-from .sse import EventStream, parse_cursor, parse_thread_cursor
+from .sse import EventStream, SendWatch, parse_cursor, parse_thread_cursor
 from .store import Store
 from .supervisor import Supervisor
 
@@ -52,10 +53,16 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with Store(settings.db) as store, Supervisor(store, the_agent, settings) as sup:
+        async with (
+            Store(settings.db) as store,
+            Supervisor(store, the_agent, settings) as sup,
+            anyio.create_task_group() as tg,
+        ):
             app.state.supervisor = sup
             app.state.metrics = registry_for(sup)
+            tg.start_soon(watch.run, name="streamctl send watch")
             yield
+            tg.cancel_scope.cancel()
 
     app = FastAPI(
         title="streamctl",
@@ -65,6 +72,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     )
     app.state.settings = settings
     app.state.auth = auth = Authenticator(settings)
+    watch = SendWatch(settings.send_timeout)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
@@ -134,6 +142,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
             on_disconnect=on_disconnect,
             on_slow=slow,
             on_close=lambda: sup.close_stream(me.name),
+            watch=watch,
         )
 
     def stopped(state: tuple[dict[str, Any], bool]) -> JSONResponse:

@@ -11,6 +11,7 @@ is served from SQLite transparently, so memory does not grow with the length of 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ class RunLog:
         "bytes",
         "closed",
         "committed_seq",
+        "last_publish",
         "run_id",
         "subscribers",
     )
@@ -73,6 +75,8 @@ class RunLog:
         self.closed = False
         """True once the terminal event is committed: nothing will follow it."""
         self.subscribers = 0
+        self.last_publish = time.monotonic()
+        """When subscribers were last woken (the supervisor's heartbeat wakes idle logs)."""
         self._changed = anyio.Event()
 
     @property
@@ -108,6 +112,7 @@ class RunLog:
 
     def publish(self) -> None:
         """Wake every subscriber waiting on this log."""
+        self.last_publish = time.monotonic()
         changed, self._changed = self._changed, anyio.Event()
         changed.set()
 
@@ -139,11 +144,14 @@ async def follow(
     counters: Counters | None = None,
     granularity: Granularity = "low",
     batch_ms: float = 50.0,
+    heartbeat: bool = False,
 ) -> AsyncIterator[bytes]:
     """Yield the SSE bytes of every committed event after ``cursor``, then the live tail.
 
     Ends after the terminal event. With ``log=None`` the run is finished and fully in SQLite.
-    While nothing happens for ``ping_interval`` seconds, yields a ``: ping`` comment. Events are
+    After ``ping_interval`` seconds without a write, yields a ``: ping`` comment. With
+    ``heartbeat``, someone (the supervisor) publishes idle logs periodically, and the subscriber
+    pings when woken idle for long enough; otherwise each wait has its own timer. Events are
     shaped by ``granularity`` (see ``shaping.py``).
     """
     counters = counters if counters is not None else Counters()
@@ -153,6 +161,7 @@ async def follow(
     counters.subscribers += 1
     if log is not None:
         log.subscribers += 1
+    last_write = time.monotonic()
     try:
         while True:
             changed = log.changed if log is not None else None
@@ -176,6 +185,7 @@ async def follow(
                     counters.writes += 1
                     counters.events_sent += len(out)
                     yield b"".join(reframe(f, id_prefix) for f in out)
+                    last_write = time.monotonic()
                     if pause and log is not None and cursor >= log.committed_seq:
                         # Caught up: let the next chunks gather into one event. (Behind, the
                         # next read already has plenty to merge: no reason to wait.)
@@ -184,6 +194,13 @@ async def follow(
             if log is None or log.closed:
                 return
             assert changed is not None
+            if heartbeat:
+                if time.monotonic() - last_write >= ping_interval:
+                    counters.pings += 1
+                    yield PING
+                    last_write = time.monotonic()
+                await changed.wait()
+                continue
             with anyio.move_on_after(ping_interval):
                 await changed.wait()
             if not changed.is_set():

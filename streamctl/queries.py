@@ -125,6 +125,7 @@ class RunQueries:
             counters=self.counters,
             granularity=granularity,
             batch_ms=self.settings.batch_ms,
+            heartbeat=True,
         )
 
     async def _thread_row(self, thread_id: str, owner: str | None) -> dict[str, Any]:

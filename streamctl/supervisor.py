@@ -95,6 +95,7 @@ class Supervisor(RunQueries):
         self._runner = Runner(self.store, self.agent, self.settings, self._tg)
         if self.settings.retention_days > 0:
             self._tg.start_soon(self._purge_loop, name="streamctl retention")
+        self._tg.start_soon(self._heartbeat_loop, name="streamctl heartbeat")
         self.accepting = True
         return self
 
@@ -327,6 +328,19 @@ class Supervisor(RunQueries):
         if run is not None:
             self.stats.stop_requests += 1
             run.request_stop(status, "the client disconnected")
+
+    async def _heartbeat_loop(self) -> None:
+        """Wake the subscribers of logs idle for half a ping interval, so that each stream idle
+        for a whole interval sends a `: ping` (one timer here instead of one per waiting stream).
+        """
+        half = self.settings.ping_interval / 2
+        while True:
+            await anyio.sleep(half)
+            due = time.monotonic() - half
+            for run in list(self._runs.values()):
+                log = run.log
+                if log.subscribers and log.last_publish <= due:
+                    log.publish()
 
     # -- retention -------------------------------------------------------------------------------
 
