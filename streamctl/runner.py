@@ -114,7 +114,15 @@ class Runner:
             outcome = await self._drive(run, history)
         finally:
             with anyio.move_on_after(_FINISH_TIMEOUT, shield=True):
-                await self._finish(run, outcome)
+                try:
+                    await self._finish(run, outcome)
+                except StreamctlError:
+                    # The store failed under this run (disk full, ...): contain it here, so the
+                    # supervisor and every other run go on. Its row stays active, so the next
+                    # start finalises it; its streams end now instead of waiting for ever.
+                    logger.exception("run %s: its terminal event could not be stored", run.run_id)
+                    run.log.closed = True
+                    run.log.publish()
 
     async def _drive(self, run: Run, history: list[Message] | None) -> Outcome:
         """Run the agent inside the run's own cancel scope; say how the run ended."""

@@ -158,8 +158,8 @@ class EventStream(Response):
                 else:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
-        except OSError:
-            disconnected = True  # the server reports a write to a closed socket
+        except* OSError:  # the server reports a write to a closed socket (from the task group)
+            disconnected = True
         finally:
             self.sending_since = None
             if self.watch is not None:

@@ -34,7 +34,7 @@ from .errors import (
     TooManyStreams,
     Unavailable,
 )
-from .events import TerminalStatus
+from .events import TERMINAL_STATUSES, TerminalStatus
 from .inputs import RunCreate
 from .queries import RunQueries
 from .ratelimit import SlidingWindow
@@ -150,6 +150,8 @@ class Supervisor(RunQueries):
             if row is not None and row["owner"] != owner:
                 raise ThreadNotFound(thread_id)
         ahead = await self._make_room(thread_id, owner, request.multitask)
+        if not self.accepting:  # a drain began while this request awaited: it must not slip in
+            raise Unavailable("the server is shutting down and accepts no new runs")
         self._check_capacity(owner)
         run = Run(
             run_id=new_id(),
@@ -272,7 +274,8 @@ class Supervisor(RunQueries):
         finally:
             self._forget(run)
             status = run.output.status
-            self.stats.ended[status] = self.stats.ended.get(status, 0) + 1
+            if status in TERMINAL_STATUSES:  # not a run whose start failed (never begun)
+                self.stats.ended[status] = self.stats.ended.get(status, 0) + 1
             run.finished.set()
 
     def _forget(self, run: Run) -> None:

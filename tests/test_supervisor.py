@@ -428,3 +428,35 @@ async def test_another_principal_cannot_touch_a_run_on_a_thread_being_created(
     # One of them owns the thread; the other gets ThreadNotFound (a 404), never a 409, and
     # certainly cannot stop the owner's run. The bug: {'alice': 'cancelled', 'mallory': 'running'}
     assert sorted(seen.values()) == ["ThreadNotFound", "running"], seen
+
+
+async def test_a_failed_final_commit_is_contained_to_its_run(db_path: Path) -> None:
+    """Disk trouble while one run's `done` is committed: that run's streams end, the supervisor
+    and the other runs go on, and the next start finalises the run (invariant 9)."""
+    gate = anyio.Event()
+    agent = ScriptedAgent([*chunks(2), Wait(gate)])
+    async with supervisor(db_path, agent) as sup:
+        store = sup.store
+        commit = store._commit
+        failing = True
+
+        async def fail_the_done(conn: Any, statements: Any, events: Any) -> None:
+            nonlocal failing
+            if failing and any(frame.type == "done" for _, frame, _, _ in events):
+                failing = False
+                raise sqlite3.OperationalError("disk I/O error (simulated)")
+            await commit(conn, statements, events)
+
+        store._commit = fail_the_done  # type: ignore[method-assign]
+        doomed = await sup.start(request(), USER)
+        other = await sup.start(request(), USER)
+        with anyio.fail_after(5):
+            await sup.stop(doomed.run_id, USER)
+            assert doomed.finished.is_set() and doomed.log.closed
+            assert sup.accepting and other.output.status == "running"
+            gate.set()
+            await other.finished.wait()
+        assert other.snapshot()["status"] == "completed"
+    async with supervisor(db_path, ScriptedAgent([])) as again:
+        assert again.recovered_runs == 1
+        assert (await again.get_run(doomed.run_id, USER))["status"] == "interrupted"
