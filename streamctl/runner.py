@@ -230,6 +230,12 @@ class Runner:
             await store.flush()  # every agent event committed, so run.output is complete
         except StreamctlError:
             logger.exception("run %s: events lost before the terminal event", run.run_id)
+        if run.broken is not None:
+            # The store lost some of this run's events. No subscriber ever saw them (commit
+            # before send), so the run numbers on from its last stored event: ids stay dense.
+            status, reason = "failed", "the store lost some of the run's events"
+            error = {"code": "store_error", "message": run.broken.message}
+            run.last_seq, run.broken = run.output.last_seq, None
         if error is not None:
             run.emit(ErrorEvent(code=error["code"], message=error["message"]))
         run.ended_at = time.time()

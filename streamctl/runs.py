@@ -19,6 +19,7 @@ import anyio
 import orjson
 
 from .broadcast import RunLog
+from .errors import StoreError
 from .events import Frame, RunStatus, TerminalStatus, _Event
 from .store import Store
 
@@ -141,6 +142,8 @@ class Run:
     scope: anyio.CancelScope | None = None
     stop_status: TerminalStatus | None = None
     stop_reason: str = ""
+    broken: StoreError | None = None
+    """Set when the store lost some of this run's events (see ``failed``)."""
     ahead: list[Run] = field(default_factory=list)
     """For a queued run: the thread's runs ahead of it, which must end before it starts."""
     finished: anyio.Event = field(default_factory=anyio.Event)
@@ -154,6 +157,8 @@ class Run:
 
     def emit(self, event: _Event) -> int:
         """Number, encode and queue one event. Synchronous; returns its seq."""
+        if self.broken is not None:
+            raise self.broken
         seq = self.last_seq + 1
         now = time.time()
         frame = Frame.encode(seq, event, now)  # may raise: then no seq is used up
@@ -170,6 +175,12 @@ class Run:
 
     def publish(self) -> None:
         self.log.publish()
+
+    def failed(self, error: Exception) -> None:
+        """The store lost a batch holding this run's events: it must stop here. Nothing more
+        is numbered (no gap in its ids); the next start finalises it from what was stored."""
+        self.broken = StoreError(f"the store lost events of run {self.run_id!r}: {error}")
+        self.request_stop("failed", "the store failed")
 
     # -- control ---------------------------------------------------------------------------------
 

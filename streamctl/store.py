@@ -172,6 +172,7 @@ class Store:
             except sqlite3.Error as exc:
                 logger.exception("group commit of %d events failed", len(events))
                 batch.error = exc
+                self._abandon(events, exc)
             else:
                 self.batches += 1
                 self.committed_events += len(events)
@@ -181,6 +182,25 @@ class Store:
             finally:
                 self._inflight = None
                 batch.done.set()
+
+    def _abandon(self, events: list[tuple[str, Frame, object, CommitSink]], exc: Exception) -> None:
+        """A batch is lost: its runs must not number on past the hole (dense ids), so their
+        later events still pending are dropped too, and each run is told it has failed."""
+        lost = {id(sink): sink for _, _, _, sink in events}
+        if not lost:
+            return
+        kept = [entry for entry in self._events if id(entry[3]) not in lost]
+        if len(kept) < len(self._events):
+            # Whoever waits for the pending batch waited for these too: it failed for them.
+            self._pending.error = exc
+            self._events = kept
+            if not kept and not self._statements:
+                self._pending.done.set()
+                self._pending = _Batch()
+        for sink in lost.values():
+            failed = getattr(sink, "failed", None)
+            if failed is not None:
+                failed(exc)
 
     @staticmethod
     async def _commit(

@@ -264,7 +264,7 @@ async def test_reload_mid_run_renders_the_snapshot_and_resumes(chat: Chat) -> No
 
 
 async def test_offline_mid_run_then_online_completes_exactly(chat: Chat) -> None:
-    chat.agent.demo = {"tokens": 80, "delay_ms": 25, "tool": False}
+    chat.agent.demo = {"tokens": 160, "delay_ms": 25, "tool": False}
     run_id = await chat.send()
     await chat.words_shown(5)
     # Chromium's offline mode fails new requests but lets an open response flow on; a network
@@ -281,7 +281,7 @@ async def test_offline_mid_run_then_online_completes_exactly(chat: Chat) -> None
     await chat.status_is("completed")
     run = await chat.run(run_id)
     assert await chat.answer() == run["output"]["text"]
-    assert len(run["output"]["text"].split()) == 2 + 80  # "About Tokyo:" + the answer
+    assert len(run["output"]["text"].split()) == 2 + 160  # "About Tokyo:" + the answer
     resumed = [c.sent for c in chat.proxy.connections if b"/stream?" in c.sent]
     assert any(re.search(rb"(?im)^last-event-id: *[1-9]", request) for request in resumed)
 

@@ -289,7 +289,9 @@ async def test_flush_reports_a_failure_of_the_batch_in_flight(db_path: Path) -> 
             store.append("r1", chunk_frame(1, "duplicate"), None, sink)  # will fail
             await anyio.wait_all_tasks_blocked()  # the writer is committing it, blocked on us
             assert store._inflight is not None
-            store.append("r1", chunk_frame(2), None, sink)  # will succeed, in the next batch
+            store.append("r1", chunk_frame(2), None, sink)  # dropped: r1 must not number on
+            other = RecordingSink()
+            store.append("r2", chunk_frame(1), None, other)  # another run's: still commits
             async with anyio.create_task_group() as tg:
                 outcome: list[BaseException | None] = []
 
@@ -304,5 +306,7 @@ async def test_flush_reports_a_failure_of_the_batch_in_flight(db_path: Path) -> 
                 tg.start_soon(flush)
                 await anyio.wait_all_tasks_blocked()
                 blocker.rollback()
-        assert committed_seqs(db_path) == [1, 2]
+        # r1 lost a batch, so its later event was dropped too: no gap in its ids. Others go on.
+        assert committed_seqs(db_path) == [1]
+        assert committed_seqs(db_path, "r2") == [1] and [f.seq for f in other.frames] == [1]
         assert isinstance(outcome[0], StoreError)  # "everything queued so far" did not commit

@@ -460,3 +460,38 @@ async def test_a_failed_final_commit_is_contained_to_its_run(db_path: Path) -> N
     async with supervisor(db_path, ScriptedAgent([])) as again:
         assert again.recovered_runs == 1
         assert (await again.get_run(doomed.run_id, USER))["status"] == "interrupted"
+
+
+async def test_a_lost_batch_ends_its_run_with_dense_ids(db_path: Path) -> None:
+    """A group commit fails mid-run: the lost events were never sent, so the run ends `failed`
+    (error `store_error`) numbering on from its last stored event: no gap (invariant 2)."""
+    gate = anyio.Event()
+    agent = ScriptedAgent([*chunks(2), Wait(gate), *chunks(3, "m2")])
+    async with supervisor(db_path, agent) as sup:
+        store = sup.store
+        commit = store._commit
+        failing = True
+
+        async def fail_once(conn: Any, statements: Any, events: Any) -> None:
+            nonlocal failing
+            if failing and any(
+                frame.type == "message_chunk" and frame.seq > 3 for _, frame, _, _ in events
+            ):
+                failing = False
+                raise sqlite3.OperationalError("disk I/O error (simulated)")
+            await commit(conn, statements, events)
+
+        store._commit = fail_once  # type: ignore[method-assign]
+        run = await sup.start(request(), USER)
+        with anyio.fail_after(5):
+            while run.output.last_seq < 3:  # run + 2 chunks stored; the agent waits at the gate
+                await run.log.changed.wait()
+            gate.set()
+            await run.finished.wait()
+        snapshot = await sup.get_run(run.run_id, USER)
+        page = await sup.events_page(run.run_id, USER, 0, 100)
+    seqs = [e["seq"] for e in page["events"]]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [e["type"] for e in page["events"]][-2:] == ["error", "done"]
+    assert page["events"][-2]["data"]["code"] == "store_error"
+    assert snapshot["status"] == "failed" and snapshot["last_seq"] == seqs[-1]

@@ -87,7 +87,7 @@ function setActive(runId) {
 async function follow(view, events) {
   try {
     for await (const event of events) {
-      connection.textContent = "";
+      if (navigator.onLine) connection.textContent = ""; // keep the offline notice while offline
       if (event.type === "run") {
         setActive(event.data.run_id);
         view.dataset.run = event.data.run_id;
