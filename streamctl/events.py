@@ -102,6 +102,10 @@ def event_json_schema() -> dict[str, Any]:
     return event_adapter.json_schema()
 
 
+_NAMES = {name: name.encode("ascii") for name in ("run", "message_chunk", "tool_start",
+                                                  "tool_end", "error", "done")}  # fmt: skip
+
+
 @dataclass(slots=True, frozen=True)
 class Frame:
     """One committed-or-about-to-be-committed event of a run, encoded once."""
@@ -118,7 +122,8 @@ class Frame:
     def build(cls, seq: int, type: str, data: bytes, created_at: float) -> Frame:
         # orjson escapes every control character, so `data` is one line: neither user text nor
         # tool output can start a new SSE field or event.
-        sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, type.encode("ascii"), data)
+        name = _NAMES.get(type) or type.encode("ascii")
+        sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name, data)
         return cls(seq, type, data, created_at, sse)
 
     @classmethod

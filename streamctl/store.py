@@ -76,6 +76,8 @@ class Store:
         self._pending = _Batch()
         self._inflight: _Batch | None = None
         self._wake = anyio.Event()
+        self._idle = False
+        """True while the writer waits on ``_wake`` (a plain flag: appends check it per event)."""
         self._closing = False
         self.batches = 0
         """Transactions committed so far (for tests and benchmarks)."""
@@ -131,13 +133,15 @@ class Store:
     def append(self, run_id: str, frame: Frame, event: object, sink: CommitSink) -> None:
         """Queue one event for the next group commit. Synchronous: never awaits."""
         self._events.append((run_id, frame, event, sink))
-        if not self._wake.is_set():
+        if self._idle:
+            self._idle = False
             self._wake.set()
 
     def execute_later(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue a statement for the next group commit (before that batch's events)."""
         self._statements.append((sql, params))
-        if not self._wake.is_set():
+        if self._idle:
+            self._idle = False
             self._wake.set()
 
     async def flush(self) -> None:
@@ -159,7 +163,9 @@ class Store:
                 if self._closing:
                     return
                 self._wake = anyio.Event()
+                self._idle = True
                 await self._wake.wait()
+                self._idle = False
                 continue
             events, self._events = self._events, []
             statements, self._statements = self._statements, []
