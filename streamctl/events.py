@@ -24,6 +24,9 @@ RunStatus = Literal[
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    type: str
+    """The discriminator: each event narrows it to its own literal name."""
+
     def payload(self) -> dict[str, Any]:
         """The event's ``data`` on the wire: every field but the ``type`` discriminator."""
         data = dict(self.__dict__)
@@ -128,7 +131,7 @@ class Frame:
 
     @classmethod
     def encode(cls, seq: int, event: _Event, created_at: float) -> Frame:
-        return cls.build(seq, event.type, orjson.dumps(event.payload()), created_at)  # type: ignore[attr-defined]
+        return cls.build(seq, event.type, orjson.dumps(event.payload()), created_at)
 
     def as_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "type": self.type, "data": orjson.loads(self.data)}
