@@ -15,8 +15,9 @@ random moment. At the end each client's record is checked against ``GET /v1/runs
 every event must cover the log's seqs (previous id, its id], a merged chunk being adjacent chunks
 of one message joined (``batched`` only), and the text must equal the run's final text.
 
-Prints ``clients=… reconnects=… events_checked=… lost=… duplicated=… mismatched=… elapsed=…s``
-and exits 1 if lost, duplicated or mismatched is not 0 (2 if the deadline passed first).
+Prints ``clients=… stopped=… reconnects=… events_checked=… events_logged=… lost=… duplicated=…
+mismatched=… elapsed=…s`` and exits 1 if lost, duplicated or mismatched is not 0 (2 if the
+deadline passed first).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class Counts:
     clients: int = 0
     reconnects: int = 0
     events_checked: int = 0
+    """Events the clients received, each checked against the log."""
+    events_logged: int = 0
+    """Events in the runs' stored logs: each one covered (or counted lost) by a client."""
     lost: int = 0
     duplicated: int = 0
     mismatched: int = 0
@@ -91,6 +95,7 @@ def text(events: list[Ev]) -> str:
 def verify(record: Record, log: list[Ev], final_text: str) -> Counts:
     """Count what ``record`` lost, got twice or got wrong, against the run's log."""
     counts = Counts(clients=1, reconnects=record.reconnects, duplicated=record.duplicated)
+    counts.events_logged = len(log)
     if [e.seq for e in log] != list(range(1, len(log) + 1)) or not log or log[-1].type != "done":
         counts.mismatched += 1  # the log itself is broken
     counts.mismatched += record.snapshot_behind
@@ -336,8 +341,9 @@ async def main(argv: list[str] | None = None) -> int:
     statuses = dict(sorted(chaos.statuses.items()))
     print(f"seed={seed} stops={chaos.stops} statuses={statuses}", file=sys.stderr, flush=True)
     print(
-        f"clients={t.clients} reconnects={t.reconnects} events_checked={t.events_checked}"
-        f" lost={t.lost} duplicated={t.duplicated} mismatched={t.mismatched}"
+        f"clients={t.clients} stopped={chaos.stops} reconnects={t.reconnects}"
+        f" events_checked={t.events_checked} events_logged={t.events_logged} lost={t.lost}"
+        f" duplicated={t.duplicated} mismatched={t.mismatched}"
         f" elapsed={elapsed:.1f}s",
         flush=True,
     )
