@@ -7,76 +7,40 @@ Every test talks to a real uvicorn server over TCP; runs are held at precise poi
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
-from httpx_sse import ServerSentEvent, aconnect_sse
+from httpx_sse import aconnect_sse
 
-from streamctl.agents import AgentContext, Fail, ScriptedAgent, Wait
-from streamctl.events import AgentEvent, ToolStart
+from streamctl.agents import Fail, ScriptedAgent, Wait
+from streamctl.events import ToolStart
 
-from .conftest import Server, StartServer, chunks, read_sse, run_body, tool_call
+from .support import (
+    Paced,
+    StartServer,
+    Switch,
+    ask,
+    assert_error,
+    brief,
+    chunks,
+    data,
+    metric,
+    next_events,
+    read_sse,
+    run_body,
+    text_of,
+    tool_call,
+)
 
 pytestmark = pytest.mark.anyio
 
 
-class Switch:
-    """An agent that hands each run to the agent named by its last user message."""
-
-    def __init__(self, **agents: ScriptedAgent) -> None:
-        self.agents = agents
-
-    def __call__(self, ctx: AgentContext) -> AsyncIterator[AgentEvent]:
-        return self.agents[ctx.messages[-1].content](ctx)
-
-
-def ask(content: str, **extra: Any) -> dict[str, Any]:
-    return {"input": {"messages": [{"role": "user", "content": content}]}, **extra}
-
-
-async def take(events: AsyncIterator[ServerSentEvent], n: int | None) -> list[ServerSentEvent]:
-    """The next ``n`` events of an open stream (all of them until it closes when None)."""
-    got: list[ServerSentEvent] = []
-    async for event in events:
-        if event.data == "" and event.retry is not None:  # the retry-only block
-            continue
-        got.append(event)
-        if n is not None and len(got) >= n:
-            break
-    return got
-
-
-def data(event: ServerSentEvent) -> Any:
-    return orjson.loads(event.data)
-
-
-def text_of(events: list[ServerSentEvent]) -> str:
-    return "".join(data(e)["content"] for e in events if e.event == "message_chunk")
-
-
-def brief(message: dict[str, Any]) -> dict[str, Any]:
-    """A thread message without the assistant's structured ``output`` (checked separately)."""
-    return {k: v for k, v in message.items() if k != "output"}
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-
-
-async def until_unsubscribed(server: Server, run_id: str) -> None:
-    """Wait until the server has seen every stream of the live run go (no HTTP view of this)."""
-    app = cast(FastAPI, server.uvicorn.config.app)
-    log = app.state.supervisor._runs[run_id].log
-    while log.subscribers:
+async def until_unsubscribed(client: httpx.AsyncClient) -> None:
+    """Wait until the server has seen every stream go (its ``streamctl_subscribers`` gauge)."""
+    while await metric(client, "streamctl_subscribers") > 0:
         await anyio.wait_all_tasks_blocked()
 
 
@@ -107,9 +71,9 @@ async def test_disconnecting_mid_stream(serve: StartServer, on_disconnect: str) 
     async with server.client() as client:
         with anyio.fail_after(10):
             async with aconnect_sse(client, "POST", "/v1/runs/stream", json=body) as source:
-                head = await take(source.aiter_sse(), 4)
+                head = await next_events(source.aiter_sse(), 4)
             run_id = source.response.headers["x-run-id"]
-            await until_unsubscribed(server, run_id)
+            await until_unsubscribed(client)
             gate.set()
             url = f"/v1/runs/{run_id}/stream"
             _, rest = await read_sse(client, "GET", url, headers={"Last-Event-ID": head[-1].id})
@@ -127,17 +91,20 @@ async def test_disconnecting_mid_stream(serve: StartServer, on_disconnect: str) 
 @pytest.mark.parametrize("seed", range(5))
 async def test_resume_while_appending_is_exactly_once(serve: StartServer, seed: int) -> None:
     rng = random.Random(seed)
-    server = await serve(tail_events=16)  # the demo agent; old cursors are served from SQLite
-    demo = {"tokens": 150, "delay_ms": 1, "tool": True, "tool_ms": 5}
+    # The demo agent; it waits at its 100th event until the first reconnect, so some resumes
+    # certainly happen while it appends. Old cursors are served from SQLite.
+    agent = Paced(tokens=150, delay_ms=1, tool=True, tool_ms=5)
+    agent.hold_at = 100
+    server = await serve(agent=agent, tail_events=16)
     statuses: list[str] = []
     async with server.client() as client:
         with anyio.fail_after(30):
-            body = run_body(config={"demo": demo})
-            async with aconnect_sse(client, "POST", "/v1/runs/stream", json=body) as source:
-                received = await take(source.aiter_sse(), rng.randint(1, 20))
+            async with aconnect_sse(client, "POST", "/v1/runs/stream", json=run_body()) as source:
+                received = await next_events(source.aiter_sse(), rng.randint(1, 20))
             run_id = source.response.headers["x-run-id"]
             while received[-1].event != "done":
                 statuses.append((await client.get(f"/v1/runs/{run_id}")).json()["status"])
+                agent.release.set()
                 cursor: dict[str, Any] = (
                     {"params": {"after": received[-1].id}}
                     if rng.random() < 0.3
@@ -150,7 +117,7 @@ async def test_resume_while_appending_is_exactly_once(serve: StartServer, seed: 
                 assert response.status_code == 200
                 received += events
             page = (await client.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})).json()
-    assert "running" in statuses, "the run ended before any reconnect: nothing was tested"
+    assert statuses[0] == "running"
     assert [int(e.id) for e in received] == list(range(1, len(received) + 1))
     assert [(int(e.id), e.event, data(e)) for e in received] == [
         (p["seq"], p["type"], p["data"]) for p in page["events"]
@@ -178,7 +145,7 @@ async def test_snapshot_then_resume_after_its_last_seq(serve: StartServer) -> No
     async with server.client() as client:
         with anyio.fail_after(10):
             async with aconnect_sse(client, "POST", "/v1/runs/stream", json=run_body()) as source:
-                await take(source.aiter_sse(), 7)  # run, 4 chunks, tool_start, tool_end
+                await next_events(source.aiter_sse(), 7)  # run, 4 chunks, tool_start, tool_end
             run_id = source.response.headers["x-run-id"]
             snap = (await client.get(f"/v1/runs/{run_id}")).json()
             gate.set()
@@ -196,15 +163,16 @@ async def test_snapshot_then_resume_after_its_last_seq(serve: StartServer) -> No
 
 
 async def test_snapshot_while_appending_describes_exactly_its_last_seq(serve: StartServer) -> None:
-    server = await serve()
-    demo = {"tokens": 150, "delay_ms": 1, "tool": True, "tool_ms": 5}
+    agent = Paced(tokens=150, delay_ms=1, tool=True, tool_ms=5)
+    agent.hold_at = 40  # so the snapshot certainly comes while the run is going
+    server = await serve(agent=agent)
     async with server.client() as client:
         with anyio.fail_after(20):
-            body = run_body(config={"demo": demo})
-            async with aconnect_sse(client, "POST", "/v1/runs/stream", json=body) as source:
-                await take(source.aiter_sse(), 12)
+            async with aconnect_sse(client, "POST", "/v1/runs/stream", json=run_body()) as source:
+                await next_events(source.aiter_sse(), 12)
             run_id = source.response.headers["x-run-id"]
             snap = (await client.get(f"/v1/runs/{run_id}")).json()
+            agent.release.set()
             url = f"/v1/runs/{run_id}/stream?after={snap['last_seq']}"
             _, rest = await read_sse(client, "GET", url)
             final = (await client.get(f"/v1/runs/{run_id}")).json()
@@ -224,10 +192,10 @@ async def test_stop_mid_stream(serve: StartServer) -> None:
             body = run_body(thread_id="t-stop")
             async with aconnect_sse(client, "POST", "/v1/runs/stream", json=body) as source:
                 stream = source.aiter_sse()
-                await take(stream, 4)  # run + 3 chunks: the agent is at its Wait
+                await next_events(stream, 4)  # run + 3 chunks: the agent is at its Wait
                 run_id = source.response.headers["x-run-id"]
                 stop = await client.post(f"/v1/runs/{run_id}/stop")
-                tail = await take(stream, None)  # ends: the server closed the stream
+                tail = await next_events(stream, None)  # ends: the server closed the stream
             again = await client.post(f"/v1/runs/{run_id}/stop")
             log = (await client.get(f"/v1/runs/{run_id}/events")).json()["events"]
             thread = (await client.get("/v1/threads/t-stop")).json()

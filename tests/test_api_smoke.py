@@ -5,7 +5,7 @@ import pytest
 
 from streamctl.agents import ScriptedAgent
 
-from .conftest import StartServer, chunks, read_sse, run_body, tool_call
+from .support import StartServer, chunks, read_sse, run_body, tool_call
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,19 @@ from httpx_sse import aconnect_sse
 
 from streamctl.agents import Message, ScriptedAgent, Wait
 
-from .conftest import StartServer, chunks, read_sse, tool_call
-from .test_api_runs import Switch, ask, assert_error, brief, data, take, text_of
+from .support import (
+    StartServer,
+    Switch,
+    ask,
+    assert_error,
+    brief,
+    chunks,
+    data,
+    next_events,
+    read_sse,
+    text_of,
+    tool_call,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -100,7 +111,7 @@ async def test_thread_stream_joins_and_resumes_the_active_run(serve: StartServer
         with anyio.fail_after(10):
             one = (await client.post("/v1/runs", json=ask("one", thread_id="t"))).json()["run_id"]
             async with aconnect_sse(client, "GET", url) as source:
-                head = await take(source.aiter_sse(), 3)
+                head = await next_events(source.aiter_sse(), 3)
             gate.set()
             _, rest = await read_sse(client, "GET", url, headers={"Last-Event-ID": head[-1].id})
             page = (await client.get(f"/v1/runs/{one}/events")).json()["events"]

@@ -7,7 +7,6 @@ tokens are in ``test_stream_tokens.py``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import os
@@ -31,37 +30,15 @@ from streamctl import Settings, create_app
 from streamctl.agents import ScriptedAgent
 from streamctl.settings import SettingsError
 
-from .conftest import ServerProcess, StartServer, chunks, free_port, read_sse, run_body
+from .support import ServerProcess, StartServer, chunks, free_port, read_sse, run_body
+from .support.auth import ALICE, API_KEYS, BOB, SECRET, assert_401, b64, bearer
 
 pytestmark = pytest.mark.anyio
-
-ALICE, BOB = "a" * 20 + "-alice", "b" * 20 + "-bob"
-API_KEYS = f"alice:{ALICE},bob:{BOB}"
-SECRET = "s3cret-" * 6
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_401(response: httpx.Response, code: str, *secrets: str) -> None:
-    """A 401 naming ``code``, with a Bearer challenge, echoing none of ``secrets``."""
-    assert response.status_code == 401, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert response.json()["error"]["code"] == code
-    challenge = response.headers["www-authenticate"]
-    assert challenge.startswith('Bearer realm="streamctl"')
-    for secret in secrets:
-        assert secret not in response.text and secret not in challenge
 
 
 def hs256(secret: str = SECRET, **claims: Any) -> str:
     claims = {"sub": "alice", "exp": int(time.time()) + 300, **claims}
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, secret, "HS256")
-
-
-def b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 # -- API keys --------------------------------------------------------------------------------------

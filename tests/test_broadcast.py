@@ -17,7 +17,7 @@ from streamctl.settings import Settings
 from streamctl.store import Store
 from streamctl.supervisor import Supervisor
 
-from .conftest import chunks
+from .support import chunks
 
 pytestmark = pytest.mark.anyio
 

@@ -9,10 +9,9 @@ so tests can assert on the states the user saw, not only the final one.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -22,11 +21,8 @@ import pytest
 from httpx_sse import aconnect_sse
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from streamctl.agents import AgentContext, demo_agent
-from streamctl.events import AgentEvent
-
-from .conftest import Server, StartServer
-from .tcp_proxy import Proxy
+from .support import Paced, Server, StartServer
+from .support.tcp_proxy import Proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -62,32 +58,6 @@ ANSWER_JS = """(i) => {
   const view = [...document.querySelectorAll(".msg.assistant")].at(i);
   return view ? [...view.querySelectorAll(".text")].map((s) => s.textContent).join("") : null;
 }"""
-
-
-class Paced:
-    """The demo agent with the test's ``config.demo``; optionally held after event ``hold_at``."""
-
-    def __init__(self, **demo: Any) -> None:
-        self.demo = demo
-        self.hold_at: int | None = None
-        self.held = anyio.Event()
-        self.release = anyio.Event()
-
-    def __call__(self, ctx: AgentContext) -> AsyncIterator[AgentEvent]:
-        return self._run(dataclasses.replace(ctx, config={**ctx.config, "demo": dict(self.demo)}))
-
-    async def _run(self, ctx: AgentContext) -> AsyncGenerator[AgentEvent]:
-        events = cast(AsyncGenerator[AgentEvent], demo_agent(ctx))
-        try:
-            count = 0
-            async for event in events:
-                yield event
-                count += 1
-                if count == self.hold_at:
-                    self.held.set()
-                    await self.release.wait()
-        finally:
-            await events.aclose()
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +155,7 @@ async def chat(serve: StartServer, browser: Browser) -> AsyncIterator[Chat]:
     """A fresh page (its own localStorage) on a fresh server, through a proxy that can cut."""
     agent = Paced(tokens=40, delay_ms=25, tool_ms=150)
     server = await serve(agent=agent, retry_ms=200)
-    async with Proxy(int(server.url.rpartition(":")[2])) as proxy:
+    async with Proxy(server.port) as proxy:
         context = await browser.new_context(viewport={"width": 820, "height": 640})
         page = await context.new_page()
         page.set_default_timeout(15_000)
@@ -208,14 +178,20 @@ def grew(log: list[dict[str, str]], final: str, status: str = "running") -> list
 
 
 async def test_send_streams_tokens_then_completed(chat: Chat) -> None:
+    chat.agent.hold_at = INTRO + 2 + 5  # after the tool call and five words of the answer
     assert await chat.page.is_disabled("#stop")
     run_id = await chat.send()
+    await chat.agent.held.wait()
+    # Token by token, not all at the end: mid-run, the page shows exactly what was sent so far.
+    held = await chat.until_seq(run_id, 1 + chat.agent.hold_at)
+    await chat.page.wait_for_function(f"t => ({ANSWER_JS})(-1) === t", arg=held["output"]["text"])
+    chat.agent.release.set()
     await chat.status_is("completed")
     run = await chat.run(run_id)
     assert run["status"] == "completed"
     text = await chat.answer()
     assert text == run["output"]["text"] and text.startswith("Looking up the weather in Tokyo.")
-    assert len(grew(await chat.log(), text)) >= 5  # token by token, not all at the end
+    assert held["output"]["text"] in grew(await chat.log(), text)
     assert await chat.page.inner_text(".msg.user") == "What is the weather in Tokyo?"
     assert await chat.page.is_disabled("#stop") and await chat.page.is_enabled("#send")
 
@@ -265,19 +241,24 @@ async def test_reload_mid_run_renders_the_snapshot_and_resumes(chat: Chat) -> No
 
 async def test_offline_mid_run_then_online_completes_exactly(chat: Chat) -> None:
     chat.agent.demo = {"tokens": 160, "delay_ms": 25, "tool": False}
+    chat.agent.hold_at = 7  # "About Tokyo:" and five words
     run_id = await chat.send()
-    await chat.words_shown(5)
+    await chat.agent.held.wait()
+    await chat.words_shown(7)
     # Chromium's offline mode fails new requests but lets an open response flow on; a network
     # that really drops also breaks the open stream, so the proxy cuts it at the same moment.
     await chat.context.set_offline(True)
     assert chat.proxy.cut() >= 1
     await chat.page.wait_for_selector("#connection:has-text('Offline')")
-    before = await chat.run(run_id)
-    run = await chat.until_seq(run_id, before["last_seq"] + 8)
-    assert run["status"] == "running", "the run ended while the page was offline"
+    # The run goes on while the page is offline (held again eight events on, so still running).
+    chat.agent.hold_again(7 + 8)
+    await chat.agent.held.wait()
+    run = await chat.until_seq(run_id, 1 + 7 + 8)
+    assert run["status"] == "running"
     shown = await chat.answer()
     assert run["output"]["text"].startswith(shown) and len(shown) < len(run["output"]["text"])
     await chat.context.set_offline(False)
+    chat.agent.release.set()
     await chat.status_is("completed")
     run = await chat.run(run_id)
     assert await chat.answer() == run["output"]["text"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import ServerProcess
+from .support import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 

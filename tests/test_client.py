@@ -10,11 +10,12 @@ import anyio
 import orjson
 import pytest
 
+from streamctl.agents import ScriptedAgent, Wait
 from streamctl.client import Client, ClientError
 from streamctl.events import Done, Event, MessageChunk, RunStarted, ToolEnd, ToolStart
 
-from .conftest import Server, StartServer
-from .tcp_proxy import Proxy
+from .support import Server, StartServer, chunks, tool_call
+from .support.tcp_proxy import Proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -37,10 +38,6 @@ async def server_events(server: Server, run_id: str) -> list[dict[str, Any]]:
         page = await http.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})
         assert page.status_code == 200, page.text
         return [{"type": e["type"], **e["data"]} for e in page.json()["events"]]
-
-
-def port(server: Server) -> int:
-    return int(server.url.rpartition(":")[2])
 
 
 async def test_stream_run_yields_typed_events_ending_with_done(serve: StartServer) -> None:
@@ -145,21 +142,27 @@ def resumed_from(proxy: Proxy) -> list[tuple[object, int]]:
 
 @pytest.mark.parametrize("how", ["stream_run", "events"])
 async def test_a_cut_connection_resumes_with_last_event_id(serve: StartServer, how: str) -> None:
-    server = await serve(retry_ms=50)
+    # The run waits at each cut, so the connection is certainly still open when it is cut.
+    mid_message, after_tool = anyio.Event(), anyio.Event()
+    agent = ScriptedAgent(
+        [*chunks(4), Wait(mid_message), *chunks(13), *tool_call(), Wait(after_tool), *chunks(5)]
+    )
+    server = await serve(agent=agent, retry_ms=50)
     collected: list[Event] = []
-    async with Proxy(port(server), on_accept=lambda: len(collected)) as proxy:
+    gates = {5: mid_message, 20: after_tool}  # run + 4 chunks; then 13 chunks and the tool call
+    async with Proxy(server.port, on_accept=lambda: len(collected)) as proxy:
         async with Client(proxy.url) as client:
-            config = demo(tokens=40, delay_ms=10, tool_ms=30)
             if how == "stream_run":
-                events = client.stream_run(TOKYO, config=config)
+                events = client.stream_run(TOKYO)
             else:
-                run = await client.create_run(TOKYO, config=config)
+                run = await client.create_run(TOKYO)
                 events = client.events(run["run_id"])
             with anyio.fail_after(20):
                 async for event in events:
                     collected.append(event)
-                    if len(collected) in (5, 20):  # mid-message, then after the tool call
+                    if len(collected) in gates:
                         assert proxy.cut() >= 1
+                        gates[len(collected)].set()
             assert client.reconnects >= 2
     assert isinstance(collected[0], RunStarted) and isinstance(collected[-1], Done)
     assert [wire(e) for e in collected] == await server_events(server, collected[0].run_id)
@@ -171,13 +174,18 @@ async def test_a_cut_connection_resumes_with_last_event_id(serve: StartServer, h
 
 async def test_a_silent_dead_connection_is_noticed(serve: StartServer) -> None:
     # The server pings every 0.1 s, so a stream silent for the client's 1 s timeout is dead.
-    server = await serve(retry_ms=50, ping_interval=0.1)
-    async with Proxy(port(server)) as proxy, Client(proxy.url, timeout=1.0) as client:
-        run = await client.create_run(TOKYO, config=demo(tokens=40, delay_ms=10))
+    gate = anyio.Event()
+    server = await serve(
+        agent=ScriptedAgent([*chunks(4), Wait(gate), *chunks(5)]), retry_ms=50, ping_interval=0.1
+    )
+    async with Proxy(server.port) as proxy, Client(proxy.url, timeout=1.0) as client:
+        run = await client.create_run(TOKYO)
         collected: list[Event] = []
-        with anyio.fail_after(3):
+        with anyio.fail_after(20):
             async for event in client.events(run["run_id"]):
                 collected.append(event)
-                if len(collected) == 5:
+                if len(collected) == 5:  # the run waits: its stream is certainly open
                     assert proxy.freeze() >= 1  # nothing flows, nothing closes
+                    gate.set()
+        assert client.reconnects >= 1
     assert [wire(e) for e in collected] == await server_events(server, run["run_id"])

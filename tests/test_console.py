@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from .conftest import ServerProcess
+from .support import ServerProcess
 
 Spawn = Callable[..., ServerProcess]
 TOKYO = "What is the weather in Tokyo?"
@@ -141,7 +141,8 @@ def read_until(process: subprocess.Popen[bytes], needle: bytes, deadline: float)
 
 
 def test_chat_ctrl_c_stops_the_run_on_the_server_and_exits_130(spawn_server: Spawn) -> None:
-    server = spawn_server()
+    # An agent that never ends its answer: the run is certainly still going at Ctrl-C.
+    server = spawn_server("--agent", "tests.support.child_agents:endless")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamctl", "chat", TOKYO, "--thread", "chat-int"],
         stdout=subprocess.PIPE,

@@ -19,9 +19,17 @@ from streamctl.settings import Settings
 from streamctl.store import Store
 from streamctl.supervisor import Supervisor
 
-from .conftest import StartServer, chunks, read_sse
-from .test_limits import Switch, ask, assert_one_done, data, next_events
-from .test_retention import unix
+from .support import (
+    StartServer,
+    Switch,
+    ask,
+    assert_one_done,
+    chunks,
+    data,
+    next_events,
+    read_sse,
+    unix,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -1,7 +1,7 @@
 """Fuzzing the HTTP API from its OpenAPI schema with schemathesis: zero server errors.
 
 A real ``python -m streamctl serve`` (api-key auth, so the edge's token handling is fuzzed too)
-runs ``tests.instant_agent:Instant``, a scripted agent that answers at once, so every stream
+runs ``tests.support.child_agents:Instant``, a scripted agent that answers at once, so every stream
 ends. schemathesis makes one test per operation, with its examples, coverage and fuzzing phases,
 valid and invalid requests; each response must not be a 5xx and, where the schema says anything,
 must conform to it. Hypothesis is derandomized, so a failure reproduces; ``FUZZ_EXAMPLES=500``
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,8 +27,8 @@ from schemathesis.specs.openapi.checks import (
 
 from streamctl import Settings, create_app
 
-from .conftest import ServerProcess, free_port
-from .instant_agent import Instant
+from .support import ServerProcess, start_process
+from .support.child_agents import Instant
 
 KEY = "fuzz-" + "k" * 24
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -47,20 +45,14 @@ def app_schema() -> dict[str, Any]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One real server for every operation (the runs the fuzzer starts pile up; that is fine)."""
     tmp = tmp_path_factory.mktemp("fuzz")
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCTL_")}
-    environ |= {
+    env = {
         "STREAMCTL_AUTH": "api-key",
         "STREAMCTL_API_KEYS": f"fuzzer:{KEY}",
         "STREAMCTL_RUNS_PER_MINUTE": "1000000",
         "STREAMCTL_LOG_LEVEL": "warning",
     }
-    command = [sys.executable, "-m", "streamctl", "serve", "--port", str(port)]
-    command += ["--db", str(tmp / "fuzz.db"), "--agent", "tests.instant_agent:Instant"]
-    log = tmp / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
-    running = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    args = ["--db", str(tmp / "fuzz.db"), "--agent", "tests.support.child_agents:Instant"]
+    running = start_process(args, tmp / "server.log", env, inherit=False)
     try:
         running.wait_ready()
         yield running

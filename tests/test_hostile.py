@@ -19,7 +19,7 @@ from streamctl.agents import AgentContext, Fail, ScriptedAgent
 from streamctl.agents.scripted import Step
 from streamctl.events import AgentEvent, MessageChunk, ToolEnd, ToolStart
 
-from .conftest import Server, StartServer, chunks, read_sse, run_body
+from .support import Server, StartServer, chunks, read_sse, run_body
 
 pytestmark = pytest.mark.anyio
 

@@ -28,7 +28,7 @@ import orjson
 import pytest
 from httpx_sse import connect_sse
 
-from .conftest import ServerProcess, run_body
+from .support import ServerProcess, run_body, wait_until
 
 Spawn = Callable[..., ServerProcess]
 
@@ -99,15 +99,6 @@ class StreamReader(threading.Thread):
     def finish(self, deadline: float) -> None:
         self.join(max(0.0, deadline - time.monotonic()))
         assert not self.is_alive(), f"stream of {self.run_id} still open"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll an external condition (another process's state) until it holds, or fail."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def start_run(

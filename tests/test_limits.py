@@ -26,7 +26,7 @@ from streamctl.settings import Settings
 from streamctl.store import Store
 from streamctl.supervisor import Supervisor
 
-from .conftest import Server, StartServer, chunks, read_sse, tool_call
+from .support import Server, StartServer, chunks, read_sse, tool_call
 
 pytestmark = pytest.mark.anyio
 

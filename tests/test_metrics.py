@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamctl.agents import ScriptedAgent, Wait
 
-from .conftest import StartServer, chunks, run_body
+from .support import StartServer, chunks, run_body
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,7 @@ from httpx_sse import aconnect_sse
 from streamctl.agents import ScriptedAgent, Wait
 from streamctl.supervisor import Supervisor
 
-from .conftest import Server, StartServer, chunks, read_sse, run_body
+from .support import Server, StartServer, chunks, read_sse, run_body
 
 pytestmark = pytest.mark.anyio
 

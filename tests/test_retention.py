@@ -22,8 +22,7 @@ from streamctl.settings import Settings
 from streamctl.store import Store
 from streamctl.supervisor import Supervisor
 
-from .conftest import StartServer, chunks, read_sse, tool_call
-from .test_limits import ask, data, supervisor_of
+from .support import StartServer, ask, chunks, data, read_sse, supervisor_of, tool_call
 
 pytestmark = pytest.mark.anyio
 

@@ -19,8 +19,8 @@ import pytest
 from streamctl.decoder import SSEDecoder
 from streamctl.events import event_json_schema
 
-from .conftest import StartServer
-from .test_decoder import CASES, feedings
+from .support import StartServer
+from .support.decoder_cases import CASES, feedings
 
 STATIC = Path(__file__).resolve().parent.parent / "streamctl" / "static"
 DTS = (STATIC / "streamctl.d.ts").read_text()

@@ -26,8 +26,7 @@ from streamctl.settings import Settings
 from streamctl.store import Store
 from streamctl.supervisor import Supervisor
 
-from .conftest import Server, StartServer, chunks, read_sse
-from .test_limits import ask, data, next_events, supervisor_of
+from .support import Server, StartServer, ask, chunks, data, next_events, read_sse, supervisor_of
 
 pytestmark = pytest.mark.anyio
 

@@ -21,8 +21,8 @@ import pytest
 
 from streamctl.agents import ScriptedAgent, Wait
 
-from .conftest import ServerProcess, StartServer, chunks, read_sse, run_body
-from .test_auth import ALICE, API_KEYS, BOB, assert_401, b64, bearer
+from .support import ServerProcess, StartServer, chunks, read_sse, run_body
+from .support.auth import ALICE, API_KEYS, BOB, assert_401, b64, bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -145,7 +145,9 @@ async def test_no_stream_tokens_without_auth(serve: StartServer) -> None:
 
 def test_tokens_never_reach_the_access_log(spawn_server: Callable[..., ServerProcess]) -> None:
     env = {"STREAMCTL_API_KEYS": API_KEYS, "STREAMCTL_LOG_LEVEL": "info"}
-    server = spawn_server("--auth", "api-key", "--agent", "tests.instant_agent:Instant", env=env)
+    server = spawn_server(
+        "--auth", "api-key", "--agent", "tests.support.child_agents:Instant", env=env
+    )
     with httpx.Client(base_url=server.url, timeout=10) as client:
         run = client.post("/v1/runs", json=run_body(token=ALICE)).json()
         token = run["stream_token"]

@@ -21,7 +21,7 @@ from streamctl.settings import Settings
 from streamctl.store import Store
 from streamctl.supervisor import Supervisor
 
-from .conftest import chunks, tool_call
+from .support import chunks, tool_call
 
 pytestmark = pytest.mark.anyio
 

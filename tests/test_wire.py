@@ -13,21 +13,20 @@ import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
 from httpx_sse import EventSource, aconnect_sse
 
 from streamctl.agents import ScriptedAgent, Wait
 from streamctl.agents.scripted import Step
 from streamctl.events import MessageChunk, ToolEnd, ToolStart
 
-from .conftest import Server, StartServer, chunks, run_body
-from .sse_reference import Ev, check_shaped, decode, fetch_log, parse_bytes, text
+from .support import StartServer, chunks, metric, run_body
+from .support.sse_reference import Ev, check_shaped, decode, fetch_log, parse_bytes, text
 
 pytestmark = pytest.mark.anyio
 
@@ -128,19 +127,15 @@ async def raw_stream(client: httpx.AsyncClient, url: str, **kw: Any) -> bytes:
         return b"".join([chunk async for chunk in response.aiter_raw()])
 
 
-def live_run(server: Server, run_id: str) -> Any:
-    return cast(FastAPI, server.uvicorn.config.app).state.supervisor._runs[run_id]
-
-
 def torture_agent(gate: anyio.Event) -> ScriptedAgent:
     steps: list[Step] = [*torture_steps()[:5], Wait(gate), *torture_steps()[5:]]
     return ScriptedAgent(steps)
 
 
-async def until_subscribed(server: Server, run_id: str) -> None:
-    run = live_run(server, run_id)
+async def until_subscribed(client: httpx.AsyncClient) -> None:
+    """Wait until a stream is open on the server (its ``streamctl_subscribers`` gauge)."""
     # Another process connects: nothing in this loop can tell us, so poll (bounded by the test).
-    while run.log.subscribers < 1:  # noqa: ASYNC110
+    while await metric(client, "streamctl_subscribers") < 1:  # noqa: ASYNC110
         await anyio.sleep(0.01)
 
 
@@ -185,7 +180,7 @@ async def test_torture_content_round_trips_through_node_eventsource(
                     lines.extend(await node_collect(f"{server.url}/v1/runs/{run_id}/stream"))
 
                 tg.start_soon(collect)
-                await until_subscribed(server, run_id)  # Node follows the live run from here
+                await until_subscribed(client)  # Node follows the live run from here
                 gate.set()
             assert [line["connect"] for line in lines if "connect" in line] == [
                 {"lastEventId": None}

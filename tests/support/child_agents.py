@@ -52,3 +52,9 @@ class Gated:
         while not await gate.exists():  # noqa: ASYNC110
             await anyio.sleep(0.01)
         yield MessageChunk(content="Released.", message_id="m1")
+
+
+async def endless(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
+    """Starts its answer, then never ends it: only a stop (or a drain) ends the run."""
+    yield MessageChunk(content="Looking up the weather. ", message_id="m1")
+    await anyio.sleep_forever()
