@@ -55,7 +55,10 @@ class Server:
         return int(self.url.rpartition(":")[2])
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=10.0, **kwargs)
+        # Reads may wait long on a loaded machine (a parked stream, a storm of requests ahead):
+        # tests bound themselves with `fail_after`, so the read timeout is only a backstop.
+        kwargs.setdefault("timeout", httpx.Timeout(10.0, read=30.0))
+        return httpx.AsyncClient(base_url=self.url, **kwargs)
 
     async def stop(self) -> None:
         self.uvicorn.should_exit = True
