@@ -6,6 +6,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,13 +21,15 @@ Spawn = Callable[..., ServerProcess]
 TOKYO = "What is the weather in Tokyo?"
 
 
-def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STREAMCTL_URL": server.url}
+def cli(server: ServerProcess | str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m streamctl ARGS`` against ``server`` (or a URL)."""
+    url = server if isinstance(server, str) else server.url
+    env = {**os.environ, "STREAMCTL_URL": url}
     return subprocess.run(
         [sys.executable, "-m", "streamctl", *args],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,  # a bound, not a speed limit: a CLI starts in ~8 s on a loaded machine
         env=env,
     )
 
@@ -108,8 +111,11 @@ def test_unknown_runs_and_unreachable_servers_are_errors(spawn_server: Spawn) ->
         result = cli(server, "runs", action, "no-such-run")
         assert result.returncode == 1 and result.stdout == ""
         assert result.stderr.startswith("streamctl: ") and "no-such-run" in result.stderr
-    server.stop()
-    down = cli(server, "runs", "list")
+    # A port this test holds without listening, so connecting is refused: a stopped server's port
+    # is free for any other process on the machine to take meanwhile.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = cli(f"http://127.0.0.1:{closed.getsockname()[1]}", "runs", "list")
     assert down.returncode == 1 and "cannot reach the server" in down.stderr
 
 
