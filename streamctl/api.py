@@ -23,9 +23,10 @@ from .agents import Agent, load_agent
 from .auth import Authenticator, Principal
 from .edge import authenticate, error_body, install_error_handlers
 from .events import event_json_schema
-from .inputs import GraphStreamRequest, RunCreate, StopTarget
+from .inputs import RunCreate, StopTarget
 from .limits import BodyLimit
 from .metrics import CONTENT_TYPE, registry_for, render
+from .protocols import protocol_routers
 from .runs import Run
 from .settings import Settings
 from .shaping import Granularity
@@ -162,11 +163,6 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         """Start a run and stream its events (SSE)."""
         return await start_streaming(sup, body, me)
 
-    @app.post("/v1/graph/stream", tags=["runs"], response_class=EventStream)
-    async def graph_stream(body: GraphStreamRequest, sup: Sup, me: Me) -> Response:
-        """Start a run from an AgentFlow-shaped body and stream it (SSE)."""
-        return await start_streaming(sup, body.to_run_create(), me)
-
     @app.get("/v1/runs", tags=["runs"])
     async def list_runs(
         sup: Sup,
@@ -247,6 +243,12 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     async def stop_thread(thread_id: str, sup: Sup, me: Me) -> JSONResponse:
         """Stop the thread's active run (or return its last run's final state)."""
         return stopped(await sup.stop_thread(thread_id, me.scope))
+
+    # -- the frontends' protocols (AI SDK, AG-UI, AgentFlow), views over the same runs ---------
+    # (They own /v1/graph/stream and /v1/graph/stop: AgentFlow's shape, NDJSON or SSE.)
+
+    for router in protocol_routers():
+        app.include_router(router)
 
     # -- the web page ----------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from .events import Frame
 from .shaping import LAG_MERGE_FRAMES, Granularity, Shaper
 from .store import Store
 
-PING = b": ping\n\n"
+PING = b": ping\n"
+"""A comment line, ended by one newline (a blank line would dispatch an empty event)."""
 _MAX_FRAMES_PER_WRITE = 1024
 _MAX_FRAMES_PER_MERGED_WRITE = 65536
 """Shaped (batched/message) writes merge chunks, so they may cover many more events at once."""

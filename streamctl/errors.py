@@ -60,6 +60,16 @@ class ThreadBusy(StreamctlError):
         self.active_run_id = active_run_id
 
 
+class RunIdTaken(StreamctlError):
+    """A client-chosen run id (AG-UI's ``runId``) that names another principal's run, or a run of
+    another thread (HTTP 409)."""
+
+    code = "run_id_taken"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run id {run_id!r} is already in use; choose another")
+
+
 class InvalidCursor(StreamctlError):
     code = "invalid_cursor"
 

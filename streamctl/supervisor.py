@@ -27,6 +27,7 @@ from .agents.base import Agent
 from .broadcast import Counters
 from .errors import (
     InvalidInput,
+    RunIdTaken,
     StreamctlError,
     ThreadBusy,
     ThreadNotFound,
@@ -152,9 +153,14 @@ class Supervisor(RunQueries):
         ahead = await self._make_room(thread_id, owner, request.multitask)
         if not self.accepting:  # a drain began while this request awaited: it must not slip in
             raise Unavailable("the server is shutting down and accepts no new runs")
+        # TEMP(merge): a client-chosen id (AG-UI's runId, protocols/ag_ui.py) rides on the
+        # request; the supervisor in parts should take it as an argument of control.start.
+        run_id = getattr(request, "run_id", None) or new_id()
+        if run_id in self._runs:  # checked with no await before registering: no race
+            raise RunIdTaken(run_id)
         self._check_capacity(owner)
         run = Run(
-            run_id=new_id(),
+            run_id=run_id,
             thread_id=thread_id,
             owner=owner,
             input=request.input.model_dump(),
