@@ -78,7 +78,10 @@ async def authenticate(request: Request) -> Principal:
         token = request.query_params.get("token")
         if token is not None and not token.startswith(STREAM_TOKEN_PREFIX):
             raise AuthError("malformed_token", "only a stream token may be given as ?token=")
-    principal = auth.authenticate(token)
+    try:
+        principal = auth.authenticate(token)
+    except AuthError as exc:
+        principal = await _outlived(request, auth, token, exc)
     if principal.stream_run is not None:
         route = getattr(request.scope.get("route"), "path", "")
         if request.method != "GET" or route not in _STREAM_TOKEN_ROUTES:
@@ -88,6 +91,35 @@ async def authenticate(request: Request) -> Principal:
         run_id = str(request.path_params.get("run_id", ""))
         if run_id != principal.stream_run:
             raise RunNotFound(run_id)
+    return principal
+
+
+async def _outlived(
+    request: Request, auth: Authenticator, token: str | None, exc: AuthError
+) -> Principal:
+    """A stream token lives as long as its run: past its ``exp`` it still reopens the stream of
+    its run while that run is queued or running. A native ``EventSource`` reconnects with the URL
+    it was given, so without this a long run's stream would end in a 401 at its next drop, with
+    no way for the page to renew the token. Once the run has ended, the expired token gets 401;
+    the run's final state is then one ``GET /v1/runs/{id}`` away with the principal's own
+    credential."""
+    route = getattr(request.scope.get("route"), "path", "")
+    if (
+        exc.code != "expired_token"
+        or token is None
+        or request.method != "GET"
+        or route != "/v1/runs/{run_id}/stream"
+    ):
+        raise exc
+    principal = auth.expired_stream_principal(token)
+    sup = getattr(request.app.state, "supervisor", None)  # TEMP(merge): sup.reads.get_run
+    assert principal.stream_run is not None
+    try:
+        run = await sup.get_run(principal.stream_run, principal.scope) if sup else None
+    except RunNotFound:
+        run = None
+    if run is None or run["status"] not in ("queued", "running"):
+        raise exc
     return principal
 
 
