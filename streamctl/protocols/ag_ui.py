@@ -176,15 +176,21 @@ class AGUIMessage(BaseModel):
 
     id: str | None = None
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: Any = None
+    """A string, a list of parts, or (an ``activity`` message) an object: any is accepted, since
+    the client sends its whole conversation back with every run."""
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
+        if not isinstance(self.content, list):
+            return ""
         return "".join(
             part["text"]
-            for part in self.content or []
-            if part.get("type") == "text" and isinstance(part.get("text"), str)
+            for part in self.content
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
         )
 
 
