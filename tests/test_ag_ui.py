@@ -130,6 +130,7 @@ async def test_cut_and_resume_of_a_live_run(serve: StartServer, ag_ui: None) -> 
     server = await serve(agent=agent)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
+            result: dict[str, Any] = {}
 
             async def client() -> None:
                 nonlocal result
@@ -137,7 +138,6 @@ async def test_cut_and_resume_of_a_live_run(serve: StartServer, ag_ui: None) -> 
                     "ag_ui.mjs", server.url, "t1", "run-1", "cut", "--cuts", "500"
                 )
 
-            result: dict[str, Any] = {}
             tg.start_soon(client)
             await agent.started.wait()
             # The client reads (1 reader), drops (0), resumes (1): then let the run go on.

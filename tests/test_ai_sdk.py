@@ -16,7 +16,7 @@ import pytest
 
 from streamctl.agents import ScriptedAgent, Wait
 from streamctl.agents.scripted import Fail, Step
-from streamctl.events import Frame, MessageChunk, ToolEnd, ToolStart
+from streamctl.events import Frame, ToolEnd, ToolStart
 from streamctl.protocols.ai_sdk import UIMessageTranslator
 
 from .conftest import StartServer, chunks, tool_call
@@ -102,11 +102,12 @@ async def test_resume_after_a_drop_shows_the_answer_exactly_once(
                 await until_subscribers(server, run_id, 1)
                 gate.set()
 
+            result: dict[str, Any] = {}
+
             async def client() -> None:
                 nonlocal result
                 result = await node_json("ai_sdk.mjs", server.url, CHAT, "resume", "--after", "w2")
 
-            result: dict[str, Any] = {}
             tg.start_soon(client)
             await agent.started.wait()
             tg.start_soon(release_after_reconnect)
@@ -155,7 +156,7 @@ async def test_bad_chat_bodies_are_clear_4xx(serve: StartServer) -> None:
         assert response.status_code == 204
 
 
-def frame(seq: int, event: MessageChunk | ToolStart | ToolEnd) -> Frame:
+def frame(seq: int, event: ToolStart | ToolEnd) -> Frame:
     return Frame.encode(seq, event, 0.0)
 
 
@@ -165,16 +166,14 @@ def test_parallel_tool_calls_end_their_step_once_both_returned() -> None:
         1, "run", orjson.dumps({"run_id": "run", "thread_id": "t", "status": "running"}), 0
     )
     parts = [translator.translate(run)]
-    for seq, event in enumerate(
-        [
-            ToolStart(name="a", call_id="1"),
-            ToolStart(name="b", call_id="2"),
-            ToolEnd(name="a", call_id="1", output=1),
-            ToolEnd(name="b", call_id="2", output=2),
-            ToolEnd(name="c", call_id="3", output=3),  # an output with no start
-        ],
-        start=2,
-    ):
+    events: list[ToolStart | ToolEnd] = [
+        ToolStart(name="a", call_id="1"),
+        ToolStart(name="b", call_id="2"),
+        ToolEnd(name="a", call_id="1", output=1),
+        ToolEnd(name="b", call_id="2", output=2),
+        ToolEnd(name="c", call_id="3", output=3),  # an output with no start
+    ]
+    for seq, event in enumerate(events, start=2):
         parts.append(translator.translate(frame(seq, event)))
     kinds = [[p["type"] for p in out] for out in parts]
     assert kinds == [
