@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN.md §3). The only module that knows about HTTP status codes.
+"""The HTTP API (docs/api.md). The only module that knows about HTTP status codes.
 
 ``create_app`` builds a FastAPI application whose lifespan opens the store and the supervisor;
 routes translate requests into supervisor calls and domain errors into JSON error bodies.
@@ -21,10 +21,10 @@ from starlette.types import Scope
 from . import __version__
 from .agents import Agent, load_agent
 from .auth import Authenticator, Principal
+from .body_limit import BodyLimit
 from .edge import authenticate, error_body, install_error_handlers
 from .events import event_json_schema
 from .inputs import GraphStreamRequest, RunCreate, StopTarget
-from .limits import BodyLimit
 from .metrics import CONTENT_TYPE, registry_for, render
 from .runs import Run
 from .settings import Settings
@@ -92,12 +92,14 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
 
     async def start_streaming(sup: Supervisor, body: RunCreate, me: Principal) -> Response:
         # The stream's slot is claimed first: a stream refused (429) must not leave a run going.
-        sup.open_stream(me.name)
+        sup.streams.open(me.name)
         try:
-            run = await sup.start(body, me.name)
-            stream = await sup.subscribe(run.run_id, run.owner, 0, granularity=body.granularity)
+            run = await sup.control.start(body, me.name)
+            stream = await sup.reads.subscribe(
+                run.run_id, run.owner, 0, granularity=body.granularity
+            )
         except BaseException:
-            sup.close_stream(me.name)
+            sup.streams.close(me.name)
             raise
         assert stream is not None  # a started run has committed its first event
         cancel = body.on_disconnect == "cancel"
@@ -109,7 +111,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
             me,
             stream,
             headers=headers,
-            on_disconnect=(lambda: sup.request_stop(run.run_id)) if cancel else None,
+            on_disconnect=(lambda: sup.control.request_stop(run.run_id)) if cancel else None,
             claimed=True,
         )
 
@@ -124,7 +126,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         if stream is None:
             return Response(status_code=204)
         if not claimed:
-            sup.open_stream(me.name)  # 429 past max_streams_per_owner; the stream never starts
+            sup.streams.open(me.name)  # 429 past max_streams_per_owner; the stream never starts
 
         def slow(scope: Scope) -> None:
             sup.counters.slow_closed += 1
@@ -141,7 +143,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
             headers=headers,
             on_disconnect=on_disconnect,
             on_slow=slow,
-            on_close=lambda: sup.close_stream(me.name),
+            on_close=lambda: sup.streams.close(me.name),
             watch=watch,
         )
 
@@ -154,7 +156,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     @app.post("/v1/runs", status_code=201, tags=["runs"])
     async def create_run(body: RunCreate, sup: Sup, me: Me) -> dict[str, Any]:
         """Start a run in the background."""
-        run = await sup.start(body, me.name)
+        run = await sup.control.start(body, me.name)
         return with_token(run, me)
 
     @app.post("/v1/runs/stream", tags=["runs"], response_class=EventStream)
@@ -175,12 +177,12 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
         """Runs, newest first, optionally of one thread."""
-        return {"runs": await sup.list_runs(me.scope, thread_id, limit)}
+        return {"runs": await sup.reads.list_runs(me.scope, thread_id, limit)}
 
     @app.get("/v1/runs/{run_id}", tags=["runs"])
     async def get_run(run_id: str, sup: Sup, me: Me) -> dict[str, Any]:
         """Snapshot of a run as of its ``last_seq``."""
-        run = await sup.get_run(run_id, me.scope)
+        run = await sup.reads.get_run(run_id, me.scope)
         if me.stream_run is None and run["status"] in ("queued", "running"):
             run["stream_token"] = auth.issue_stream_token(run_id, me)
         return run
@@ -196,7 +198,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     ) -> Response:
         """Replay after the cursor (``Last-Event-ID`` wins over ``?after=``), then the live tail."""
         cursor = parse_cursor(last_event_id, after)
-        stream = await sup.subscribe(run_id, me.scope, cursor, granularity=granularity)
+        stream = await sup.reads.subscribe(run_id, me.scope, cursor, granularity=granularity)
         return event_stream(sup, me, stream)
 
     @app.get("/v1/runs/{run_id}/events", tags=["runs"])
@@ -208,27 +210,27 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """Committed events after ``after``, as a JSON page (for polling clients)."""
-        return await sup.events_page(run_id, me.scope, parse_cursor(None, after), limit)
+        return await sup.reads.events_page(run_id, me.scope, parse_cursor(None, after), limit)
 
     @app.post("/v1/runs/{run_id}/stop", tags=["runs"])
     async def stop_run(run_id: str, sup: Sup, me: Me, wait: bool = True) -> JSONResponse:
         """Stop a run. 200 with the final state once its task has exited; 202 if still stopping."""
-        return stopped(await sup.stop(run_id, me.scope, wait=wait))
+        return stopped(await sup.control.stop(run_id, me.scope, wait=wait))
 
     @app.post("/stop", tags=["runs"])
     async def stop_any(body: StopTarget, sup: Sup, me: Me) -> JSONResponse:
         """Stop a run by ``run_id``, or a thread's active run by ``thread_id``."""
         if body.run_id is not None:
-            return stopped(await sup.stop(body.run_id, me.scope))
+            return stopped(await sup.control.stop(body.run_id, me.scope))
         assert body.thread_id is not None
-        return stopped(await sup.stop_thread(body.thread_id, me.scope))
+        return stopped(await sup.control.stop_thread(body.thread_id, me.scope))
 
     # -- threads ---------------------------------------------------------------------------------
 
     @app.get("/v1/threads/{thread_id}", tags=["threads"])
     async def get_thread(thread_id: str, sup: Sup, me: Me) -> dict[str, Any]:
         """The thread's messages so far, its active run and its last run."""
-        return await sup.get_thread(thread_id, me.scope)
+        return await sup.reads.get_thread(thread_id, me.scope)
 
     @app.get("/v1/threads/{thread_id}/stream", tags=["threads"], response_class=EventStream)
     async def thread_stream(
@@ -240,13 +242,13 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     ) -> Response:
         """Join the thread's active run. Event ids are ``run_id:seq``."""
         cursor = parse_thread_cursor(last_event_id)
-        stream = await sup.subscribe_thread(thread_id, me.scope, cursor, granularity)
+        stream = await sup.reads.subscribe_thread(thread_id, me.scope, cursor, granularity)
         return event_stream(sup, me, stream)
 
     @app.post("/v1/threads/{thread_id}/stop", tags=["threads"])
     async def stop_thread(thread_id: str, sup: Sup, me: Me) -> JSONResponse:
         """Stop the thread's active run (or return its last run's final state)."""
-        return stopped(await sup.stop_thread(thread_id, me.scope))
+        return stopped(await sup.control.stop_thread(thread_id, me.scope))
 
     # -- the web page ----------------------------------------------------------------------------
 

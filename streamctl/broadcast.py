@@ -1,45 +1,31 @@
 """Fan-out: a run's committed log in memory, and subscribers that are cursors into it.
 
 A subscriber holds one integer, the last seq it sent. When the log advances it is woken, reads
-every committed frame after its cursor and writes them in one go (DESIGN.md invariant 4). There is
-no per-subscriber queue: a slow subscriber simply finds more frames waiting on its next wake, and an
-idle one costs a suspended coroutine and a cursor.
+every committed frame after its cursor and writes them in one go (docs/architecture.md, invariant
+4). There is no per-subscriber queue: a slow subscriber simply finds more frames waiting on its
+next wake, and an idle one costs a suspended coroutine and a cursor.
 
 The in-memory tail is bounded (``tail_events`` and ``tail_bytes``); a cursor older than the tail
-is served from SQLite transparently, so memory does not grow with the length of a run.
+is served from the store transparently, so memory does not grow with the length of a run.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import anyio
 
 from .events import Frame
 from .shaping import LAG_MERGE_FRAMES, Granularity, Shaper
-from .store import Store
+from .stats import Counters
+from .store.base import RunStore
 
 PING = b": ping\n\n"
 _MAX_FRAMES_PER_WRITE = 1024
 _MAX_FRAMES_PER_MERGED_WRITE = 65536
 """Shaped (batched/message) writes merge chunks, so they may cover many more events at once."""
 _DB_PAGE = LAG_MERGE_FRAMES  # a full page from SQLite is, by definition, a lagging read
-
-
-@dataclass(slots=True)
-class Counters:
-    """Process-wide fan-out counters, owned by the supervisor (for tests, readiness, metrics)."""
-
-    subscribers: int = 0
-    """Streams open right now."""
-    writes: int = 0
-    events_sent: int = 0
-    """Socket writes handed to the server (one per wake with something to send)."""
-    pings: int = 0
-    slow_closed: int = 0
-    """Streams closed because their client accepted no write within ``send_timeout``."""
 
 
 class RunLog:
@@ -134,7 +120,7 @@ def reframe(frame: Frame, id_prefix: bytes) -> bytes:
 
 
 async def follow(
-    store: Store,
+    store: RunStore,
     run_id: str,
     log: RunLog | None,
     cursor: int,

@@ -12,7 +12,11 @@
     ├── InvalidInput           the run's input breaks a limit (too many or too long messages)
     ├── Unavailable            the supervisor is not accepting runs (starting up or draining)
     ├── AgentNotFound          --agent MODULE:ATTR does not name an agent
-    └── StoreError             the SQLite store failed (raised from the sqlite3 error)
+    └── StoreError             the store failed (raised from the backend's error)
+
+    Exception (not a StreamctlError: they fail a run, and its `error` event says why)
+    ├── RecursionLimitExceeded the agent took more steps than the run's recursion limit allows
+    └── AgentProtocolError     the agent yielded something that is not an AgentEvent
 
 HTTP status codes are chosen in one place, ``api.py``; the domain code never knows about HTTP.
 """
@@ -112,3 +116,14 @@ class AgentNotFound(StreamctlError):
 
 class StoreError(StreamctlError):
     code = "store_error"
+
+
+# -- errors of an agent, caught at the per-run boundary: they fail that run alone -----------------
+
+
+class RecursionLimitExceeded(Exception):
+    """The agent took more steps than the run's recursion limit allows."""
+
+
+class AgentProtocolError(Exception):
+    """The agent yielded something that is not an ``AgentEvent``."""

@@ -3,7 +3,7 @@
 An agent yields ``MessageChunk``, ``ToolStart`` and ``ToolEnd``; the run itself adds ``RunStarted``
 first, and ``ErrorEvent`` / ``Done`` last. Each event is encoded exactly once, when it is appended:
 its JSON payload (stored in SQLite) and its SSE frame (sent to every subscriber) are bytes shared by
-everyone, so live bytes and replayed bytes are the same bytes (DESIGN.md invariant 3).
+everyone, so live bytes and replayed bytes are the same bytes (docs/architecture.md, invariant 3).
 """
 
 from __future__ import annotations

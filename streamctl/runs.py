@@ -21,7 +21,7 @@ import orjson
 from .broadcast import RunLog
 from .errors import StoreError
 from .events import Frame, RunStatus, TerminalStatus, _Event
-from .store import Store
+from .store.base import RunRecord, RunStore
 
 
 def iso(ts: float | None) -> str | None:
@@ -126,7 +126,7 @@ class Run:
     owner: str
     input: dict[str, Any]
     config: dict[str, Any]
-    store: Store
+    store: RunStore
     tail_events: int
     tail_bytes: int = 8 * 1024 * 1024
     recursion_limit: int = 25
@@ -226,7 +226,7 @@ def run_json(
     tokens: int,
     purged_at: float | None = None,
 ) -> dict[str, Any]:
-    """The run resource as the HTTP API shows it (DESIGN.md §3, "Run")."""
+    """The run resource as the HTTP API shows it (docs/api.md, "Run")."""
     return {
         "run_id": run_id,
         "thread_id": thread_id,
@@ -243,21 +243,19 @@ def run_json(
     }
 
 
-def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A finished (or recovered) run from its ``runs`` row."""
-    snapshot = orjson.loads(row["snapshot"]) if row["snapshot"] else {}
-    usage = orjson.loads(row["usage"]) if row["usage"] else {}
+def record_json(record: RunRecord) -> dict[str, Any]:
+    """A finished (or recovered) run from its stored record."""
     return run_json(
-        run_id=row["run_id"],
-        thread_id=row["thread_id"],
-        status=row["status"],
-        reason=snapshot.get("reason"),
-        last_seq=row["last_seq"],
-        output=snapshot.get("output", {"text": "", "messages": [], "tool_calls": []}),
-        error=orjson.loads(row["error"]) if row["error"] else None,
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        tokens=usage.get("tokens", 0),
-        purged_at=row["purged_at"],
+        run_id=record.run_id,
+        thread_id=record.thread_id,
+        status=record.status,
+        reason=record.reason,
+        last_seq=record.last_seq,
+        output=record.output or {"text": "", "messages": [], "tool_calls": []},
+        error=record.error,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        ended_at=record.ended_at,
+        tokens=record.tokens,
+        purged_at=record.purged_at,
     )

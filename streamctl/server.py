@@ -57,7 +57,7 @@ class Server(uvicorn.Server):
         # uvicorn only looks at should_exit every 0.1 s; readiness and new runs fail at once.
         supervisor = getattr(self.app.state, "supervisor", None)
         if supervisor is not None:
-            supervisor.stop_accepting()
+            supervisor.control.stop_accepting()
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -85,7 +85,7 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         supervisor = getattr(self.app.state, "supervisor", None)
         if supervisor is not None:
-            await supervisor.drain(self.settings.drain_grace)
+            await supervisor.control.drain(self.settings.drain_grace)
         await super().shutdown(sockets)
 
 

@@ -1,0 +1,420 @@
+"""The SQLite store: one group-committing writer, and a reader for replay and lookups.
+
+Writes never await per event. ``append`` puts an encoded event on the pending batch and returns;
+the writer task commits whatever is pending in one transaction (one ``executemany``), and while it
+commits the next batch accumulates. There is no timer in front of the first event, so an idle
+store commits a lone event at once and a busy one commits in ever larger batches.
+
+Only after a batch is committed does the writer hand its events to their ``CommitSink`` (the run's
+log), which is what lets subscribers see them: commit before send (docs/architecture.md,
+invariant 3).
+
+Reads go through a second connection; in WAL mode they never block the writer. One process holds
+the file, so the runs it finds active that it did not create have lost their owner.
+``sqlite3`` errors are translated into ``StoreError`` in this package and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+import anyio
+import orjson
+from anyio.abc import TaskGroup
+
+from ..errors import StoreError
+from ..events import Frame
+from ..stats import StoreStats
+from .base import (
+    ACTIVE_STATUSES,
+    CommitSink,
+    FinalState,
+    NewRun,
+    Orphan,
+    RunRecord,
+    ThreadRecord,
+)
+from .migrate import connect, migrate
+
+logger = logging.getLogger("streamctl.store")
+
+CLOSE_TIMEOUT = 30.0
+"""Default bound on closing: committing what is queued, then closing the connections."""
+
+_INSERT_EVENT = "INSERT INTO events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)"
+_INSERT_THREAD = "INSERT OR IGNORE INTO threads (thread_id, owner, created_at) VALUES (?, ?, ?)"
+_INSERT_RUN = (
+    "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at, started_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_MARK_RUNNING = "UPDATE runs SET status = 'running', started_at = ? WHERE run_id = ?"
+_FINAL_UPDATE = (
+    "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?, usage = ?, snapshot = ?"
+    " WHERE run_id = ?"
+)
+_ACTIVE = "status IN ('queued', 'running')"
+assert all(f"'{status}'" in _ACTIVE for status in ACTIVE_STATUSES)
+
+Pending = tuple[str, Frame, object, CommitSink]
+
+
+class _Batch:
+    """Completion of one group commit; everyone who enqueued into it waits on ``done``."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class SqliteStore:
+    """One SQLite file. Use as ``async with SqliteStore(path) as store``."""
+
+    def __init__(self, path: str | Path, *, close_timeout: float = CLOSE_TIMEOUT) -> None:
+        self.path = Path(path)
+        self.close_timeout = close_timeout
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._tg: TaskGroup | None = None
+        self._events: list[Pending] = []
+        self._statements: list[tuple[str, Sequence[Any]]] = []
+        self._pending = _Batch()
+        self._inflight: _Batch | None = None
+        self._commit_scope: anyio.CancelScope | None = None
+        self._wake = anyio.Event()
+        self._idle = False
+        """True while the writer waits on ``_wake`` (a plain flag: appends check it per event)."""
+        self._closing = False
+        self._abandoned = False
+        self._owned: set[str] = set()
+        """Runs this store created and has not finished: their owner is alive."""
+        self.stats = StoreStats()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SqliteStore:
+        try:
+            self._writer = await connect(self.path)
+            await self._writer.execute("PRAGMA journal_mode=WAL")
+            await migrate(self._writer)
+            self._reader = await connect(self.path)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._close_connections()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open store {str(self.path)!r}: {exc}") from exc
+            raise
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._write_loop, name="streamctl store writer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Shielded, so a cancelled shutdown still commits what it can, but bounded: a commit
+        # that never returns (a hung disk) must not hold the process for ever.
+        with anyio.move_on_after(self.close_timeout, shield=True) as bound:
+            try:
+                await self.flush()
+            except StoreError:
+                logger.exception("last batch could not be committed at shutdown")
+        self._closing = True
+        self._wake.set()
+        if bound.cancelled_caught:
+            logger.error("the store did not commit within %g s; closing anyway", self.close_timeout)
+            self._abandoned = True
+            if self._commit_scope is not None:
+                self._commit_scope.cancel()  # the writer gives up its batch and returns
+        assert self._tg is not None
+        await self._tg.__aexit__(None, None, None)
+        with anyio.move_on_after(self.close_timeout, shield=True):
+            await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def append(self, run_id: str, frame: Frame, event: object, sink: CommitSink) -> None:
+        """Queue one event for the next group commit. Synchronous: never awaits."""
+        self._events.append((run_id, frame, event, sink))
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    def create_run(self, run: NewRun) -> None:
+        # Encoded before anything is queued: if this raised, nothing half-written would remain.
+        input_json, config_json = orjson.dumps(run.input), orjson.dumps(run.config)
+        self._execute_later(_INSERT_THREAD, (run.thread_id, run.owner, run.created_at))
+        self._execute_later(
+            _INSERT_RUN,
+            (
+                run.run_id,
+                run.thread_id,
+                run.owner,
+                run.status,
+                input_json,
+                config_json,
+                run.created_at,
+                run.started_at,
+            ),
+        )
+        self._owned.add(run.run_id)
+
+    def mark_running(self, run_id: str, started_at: float) -> None:
+        self._execute_later(_MARK_RUNNING, (started_at, run_id))
+
+    def finish_run(self, run_id: str, final: FinalState) -> None:
+        self._execute_later(
+            _FINAL_UPDATE,
+            (
+                final.status,
+                final.ended_at,
+                final.last_seq,
+                orjson.dumps(final.error) if final.error else None,
+                orjson.dumps({"tokens": final.tokens}),
+                orjson.dumps({"reason": final.reason, "output": final.output}),
+                run_id,
+            ),
+        )
+        self._owned.discard(run_id)
+
+    def _execute_later(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue a statement for the next group commit (before that batch's events)."""
+        self._statements.append((sql, params))
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed; raise ``StoreError`` if it failed."""
+        batches = [] if self._inflight is None else [self._inflight]
+        if self._events or self._statements:
+            batches.append(self._pending)
+        for batch in batches:
+            await batch.done.wait()
+        for batch in batches:
+            if batch.error is not None:
+                raise StoreError(f"commit failed: {batch.error}") from batch.error
+
+    async def _write_loop(self) -> None:
+        conn = self._writer
+        assert conn is not None
+        while True:
+            if self._abandoned:  # closing took too long: what is still queued is lost
+                self._pending.error = StoreError("the store closed before committing")
+                self._pending.done.set()
+                return
+            if not (self._events or self._statements):
+                if self._closing:
+                    return
+                self._wake = anyio.Event()
+                self._idle = True
+                await self._wake.wait()
+                self._idle = False
+                continue
+            events, self._events = self._events, []
+            statements, self._statements = self._statements, []
+            batch, self._pending = self._pending, _Batch()
+            self._inflight = batch
+            began = time.perf_counter()
+            try:
+                # Shielded: a cancelled caller must not abandon a commit halfway. Only closing
+                # the store cancels it (``__aexit__``, past its bound).
+                with anyio.CancelScope(shield=True) as scope:
+                    self._commit_scope = scope
+                    await self._commit(conn, statements, events)
+                if scope.cancelled_caught:
+                    raise sqlite3.OperationalError("the store closed before the commit ended")
+            except sqlite3.Error as exc:
+                logger.exception("group commit of %d events failed", len(events))
+                batch.error = exc
+                self._abandon(events, exc)
+            else:
+                stats = self.stats
+                stats.batches += 1
+                stats.committed_events += len(events)
+                stats.batch_sizes.observe(len(events))
+                stats.commit_seconds.observe(time.perf_counter() - began)
+                _deliver(events)
+            finally:
+                self._commit_scope = None
+                self._inflight = None
+                batch.done.set()
+
+    def _abandon(self, events: list[Pending], exc: Exception) -> None:
+        """A batch is lost: its runs must not number on past the hole (dense ids), so their
+        later events still pending are dropped too, and each run is told it has failed."""
+        lost = {id(sink): sink for _, _, _, sink in events}
+        if not lost:
+            return
+        kept = [entry for entry in self._events if id(entry[3]) not in lost]
+        if len(kept) < len(self._events):
+            # Whoever waits for the pending batch waited for these too: it failed for them.
+            self._pending.error = exc
+            self._events = kept
+            if not kept and not self._statements:
+                self._pending.done.set()
+                self._pending = _Batch()
+        for sink in lost.values():
+            failed = getattr(sink, "failed", None)
+            if failed is not None:
+                failed(exc)
+
+    @staticmethod
+    async def _commit(
+        conn: aiosqlite.Connection,
+        statements: list[tuple[str, Sequence[Any]]],
+        events: list[Pending],
+    ) -> None:
+        try:
+            for sql, params in statements:
+                await conn.execute(sql, params)
+            if events:
+                await conn.executemany(
+                    _INSERT_EVENT,
+                    [(run_id, f.seq, f.type, f.data, f.created_at) for run_id, f, _, _ in events],
+                )
+            await conn.commit()
+        except sqlite3.Error:
+            await conn.rollback()
+            raise
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        """One row of any query (for inspection and tests; the domain asks through the methods
+        of ``RunStore``)."""
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        assert self._reader is not None, "store is not open"
+        try:
+            rows = await self._reader.execute_fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"read failed: {exc}") from exc
+        return [dict(row) for row in rows]
+
+    async def read_frames(self, run_id: str, after: int, upto: int | None = None) -> list[Frame]:
+        """Committed events of a run with ``after < seq <= upto``, in order."""
+        sql = "SELECT seq, type, data, created_at FROM events WHERE run_id = ? AND seq > ?"
+        params: list[Any] = [run_id, after]
+        if upto is not None:
+            sql += " AND seq <= ?"
+            params.append(upto)
+        rows = await self.fetch_all(sql + " ORDER BY seq", params)
+        return [Frame.build(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        row = await self.fetch_one("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return None if row is None else _record(row)
+
+    async def list_runs(
+        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        sql, params = "SELECT * FROM runs WHERE ifnull(?, owner) = owner", [owner]
+        if thread_id is not None:
+            sql += " AND thread_id = ?"
+            params.append(thread_id)
+        rows = await self.fetch_all(
+            sql + " ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit)
+        )
+        return [_record(row) for row in rows]
+
+    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
+        row = await self.fetch_one("SELECT * FROM threads WHERE thread_id = ?", (thread_id,))
+        if row is None:
+            return None
+        return ThreadRecord(row["thread_id"], row["owner"], row["created_at"])
+
+    async def thread_runs(self, thread_id: str) -> list[RunRecord]:
+        rows = await self.fetch_all(
+            "SELECT * FROM runs WHERE thread_id = ? ORDER BY created_at, rowid", (thread_id,)
+        )
+        return [_record(row) for row in rows]
+
+    async def next_run_on_thread(self, thread_id: str, run_id: str) -> str | None:
+        row = await self.fetch_one(
+            "SELECT run_id FROM runs WHERE thread_id = ?"
+            " AND rowid > (SELECT rowid FROM runs WHERE run_id = ?) ORDER BY rowid LIMIT 1",
+            (thread_id, run_id),
+        )
+        return None if row is None else str(row["run_id"])
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    async def claim_orphans(self) -> list[Orphan]:
+        rows = await self.fetch_all(
+            f"SELECT run_id, thread_id FROM runs WHERE {_ACTIVE} ORDER BY created_at, rowid"
+        )
+        orphans = [
+            Orphan(r["run_id"], r["thread_id"]) for r in rows if r["run_id"] not in self._owned
+        ]
+        self._owned.update(orphan.run_id for orphan in orphans)
+        return orphans
+
+    async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
+        rows = await self.fetch_all(
+            f"SELECT run_id FROM runs WHERE purged_at IS NULL AND ended_at < ? AND NOT {_ACTIVE}"
+            " ORDER BY ended_at LIMIT ?",
+            (ended_before, limit),
+        )
+        for row in rows:
+            self._execute_later("DELETE FROM events WHERE run_id = ?", (row["run_id"],))
+            self._execute_later(
+                "UPDATE runs SET purged_at = ? WHERE run_id = ?", (now, row["run_id"])
+            )
+        await self.flush()
+        return len(rows)
+
+
+def _record(row: dict[str, Any]) -> RunRecord:
+    snapshot = orjson.loads(row["snapshot"]) if row["snapshot"] else {}
+    usage = orjson.loads(row["usage"]) if row["usage"] else {}
+    return RunRecord(
+        run_id=row["run_id"],
+        thread_id=row["thread_id"],
+        owner=row["owner"],
+        status=row["status"],
+        input=orjson.loads(row["input"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        last_seq=row["last_seq"],
+        reason=snapshot.get("reason"),
+        output=snapshot.get("output"),
+        error=orjson.loads(row["error"]) if row["error"] else None,
+        tokens=usage.get("tokens", 0),
+        purged_at=row["purged_at"],
+    )
+
+
+def _deliver(events: list[Pending]) -> None:
+    sinks: dict[int, CommitSink] = {}
+    for run_id, frame, event, sink in events:
+        try:
+            sink.committed(frame, event)
+        except Exception:  # a broken sink must not take the writer (and every run) down
+            logger.exception("run %s: delivering committed event %d failed", run_id, frame.seq)
+        sinks[id(sink)] = sink
+    for sink in sinks.values():
+        try:
+            sink.publish()
+        except Exception:
+            logger.exception("waking subscribers failed")
