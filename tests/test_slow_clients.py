@@ -250,7 +250,7 @@ async def test_a_paused_client_leaves_memory_bounded_then_catches_up(serve: Star
             async with aconnect_sse(client, "POST", "/v1/runs/stream", json=run_body()) as source:
                 events = source.aiter_sse()
                 head = [await anext(events) for _ in range(2)]  # retry block, run
-                run = sup.live.get(source.response.headers["x-run-id")]
+                run = sup.live.get(source.response.headers["x-run-id"])
                 # The client reads nothing now. Check the run's memory at every commit.
                 while not run.finished.is_set():
                     changed = run.log.changed

@@ -308,3 +308,48 @@ async def test_flush_reports_a_failure_of_the_batch_in_flight(db_path: Path) -> 
         assert committed_seqs(db_path) == [1]
         assert committed_seqs(db_path, "r2") == [1] and [f.seq for f in other.frames] == [1]
         assert isinstance(outcome[0], StoreError)  # "everything queued so far" did not commit
+
+
+class FailingSink(RecordingSink):
+    """A sink that also records being told its batch was lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[Exception] = []
+
+    def failed(self, error: Exception) -> None:
+        self.errors.append(error)
+
+
+async def test_closing_gives_up_a_commit_that_never_ends(db_path: Path) -> None:
+    """Closing commits what is queued under a shield, but a bounded one: a commit that hangs (a
+    dead disk) is given up after ``close_timeout``, its runs told, and the store closes."""
+    sink = FailingSink()
+    never = anyio.Event()
+    store = Store(db_path, close_timeout=0.05)
+
+    async def hang(conn: object, statements: object, events: object) -> None:
+        await never.wait()
+
+    outcome: list[BaseException | None] = []
+
+    async def flush() -> None:
+        try:
+            await store.flush()
+        except StoreError as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    with anyio.fail_after(10):  # a safety net: unbounded, closing would wait for ever
+        async with anyio.create_task_group() as tg, store:
+            store._commit = hang  # type: ignore[method-assign]
+            store.append("r1", chunk_frame(1), None, sink)
+            await anyio.wait_all_tasks_blocked()  # the writer is in the commit that never ends
+            store.append("r1", chunk_frame(2), None, sink)  # queued behind it
+            tg.start_soon(flush)
+            await anyio.wait_all_tasks_blocked()
+    assert not never.is_set()
+    assert committed_seqs(db_path) == [] and sink.frames == [] and len(sink.errors) == 1
+    assert store.stats.batches == 0
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreError)  # reported lost, not done

@@ -502,3 +502,40 @@ async def test_a_lost_batch_ends_its_run_with_dense_ids(db_path: Path) -> None:
     assert [e["type"] for e in page["events"]][-2:] == ["error", "done"]
     assert page["events"][-2]["data"]["code"] == "store_error"
     assert snapshot["status"] == "failed" and snapshot["last_seq"] == seqs[-1]
+
+
+async def test_a_failing_background_loop_restarts_and_leaves_the_runs_alone(
+    db_path: Path,
+) -> None:
+    """A bug in the retention loop is logged and the loop restarts (after a short backoff); the
+    task group, and with it every run, goes on (invariant 9)."""
+    gate = anyio.Event()
+    agent = ScriptedAgent([*chunks(2), Wait(gate)])
+    settings = Settings.from_env({}, db=db_path, retention_days=7)
+    crash, restarted = anyio.Event(), anyio.Event()
+    calls = 0
+
+    async def buggy_purge(now: float | None = None) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await crash.wait()
+            raise RuntimeError("a bug in the retention loop")
+        restarted.set()
+        return 0
+
+    async with Store(db_path) as store:
+        sup = Supervisor(store, agent, settings)
+        sup.control.purge = buggy_purge  # type: ignore[method-assign]
+        async with sup:
+            run = await sup.control.start(request(), USER)
+            with anyio.fail_after(5):
+                while run.output.last_seq < 3:  # run + 2 chunks: parked at the gate
+                    await run.log.changed.wait()
+                crash.set()
+                await restarted.wait()
+            assert sup.stats.loop_restarts == 1 and sup.accepting
+            assert not run.finished.is_set() and run.output.status == "running"
+            gate.set()
+            await finish(run)
+        assert run.snapshot()["status"] == "completed"
