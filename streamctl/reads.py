@@ -69,6 +69,7 @@ class RunReads:
     ) -> dict[str, Any]:
         """Committed events with seq > after, at most ``limit``, as JSON."""
         run = self.live.get(run_id, owner)
+        status: str
         if run is not None:
             last_seq, status = run.output.last_seq, run.output.status
         else:

@@ -32,35 +32,14 @@ from anyio.abc import TaskGroup
 from ..errors import StoreError
 from ..events import Frame
 from ..stats import StoreStats
-from .base import (
-    ACTIVE_STATUSES,
-    CommitSink,
-    FinalState,
-    NewRun,
-    Orphan,
-    RunRecord,
-    ThreadRecord,
-)
+from . import statements as sql
+from .base import CommitSink, FinalState, NewRun, Orphan, RunRecord, ThreadRecord
 from .migrate import connect, migrate
 
 logger = logging.getLogger("streamctl.store")
 
 CLOSE_TIMEOUT = 30.0
 """Default bound on closing: committing what is queued, then closing the connections."""
-
-_INSERT_EVENT = "INSERT INTO events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)"
-_INSERT_THREAD = "INSERT OR IGNORE INTO threads (thread_id, owner, created_at) VALUES (?, ?, ?)"
-_INSERT_RUN = (
-    "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at, started_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_MARK_RUNNING = "UPDATE runs SET status = 'running', started_at = ? WHERE run_id = ?"
-_FINAL_UPDATE = (
-    "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?, usage = ?, snapshot = ?"
-    " WHERE run_id = ?"
-)
-_ACTIVE = "status IN ('queued', 'running')"
-assert all(f"'{status}'" in _ACTIVE for status in ACTIVE_STATUSES)
 
 Pending = tuple[str, Frame, object, CommitSink]
 
@@ -160,9 +139,9 @@ class SqliteStore:
     def create_run(self, run: NewRun) -> None:
         # Encoded before anything is queued: if this raised, nothing half-written would remain.
         input_json, config_json = orjson.dumps(run.input), orjson.dumps(run.config)
-        self._execute_later(_INSERT_THREAD, (run.thread_id, run.owner, run.created_at))
+        self._execute_later(sql.INSERT_THREAD, (run.thread_id, run.owner, run.created_at))
         self._execute_later(
-            _INSERT_RUN,
+            sql.INSERT_RUN,
             (
                 run.run_id,
                 run.thread_id,
@@ -177,11 +156,11 @@ class SqliteStore:
         self._owned.add(run.run_id)
 
     def mark_running(self, run_id: str, started_at: float) -> None:
-        self._execute_later(_MARK_RUNNING, (started_at, run_id))
+        self._execute_later(sql.MARK_RUNNING, (started_at, run_id))
 
     def finish_run(self, run_id: str, final: FinalState) -> None:
         self._execute_later(
-            _FINAL_UPDATE,
+            sql.FINAL_UPDATE,
             (
                 final.status,
                 final.ended_at,
@@ -283,11 +262,11 @@ class SqliteStore:
         events: list[Pending],
     ) -> None:
         try:
-            for sql, params in statements:
-                await conn.execute(sql, params)
+            for statement, params in statements:
+                await conn.execute(statement, params)
             if events:
                 await conn.executemany(
-                    _INSERT_EVENT,
+                    sql.INSERT_EVENT,
                     [(run_id, f.seq, f.type, f.data, f.created_at) for run_id, f, _, _ in events],
                 )
             await conn.commit()
@@ -313,56 +292,43 @@ class SqliteStore:
 
     async def read_frames(self, run_id: str, after: int, upto: int | None = None) -> list[Frame]:
         """Committed events of a run with ``after < seq <= upto``, in order."""
-        sql = "SELECT seq, type, data, created_at FROM events WHERE run_id = ? AND seq > ?"
-        params: list[Any] = [run_id, after]
-        if upto is not None:
-            sql += " AND seq <= ?"
-            params.append(upto)
-        rows = await self.fetch_all(sql + " ORDER BY seq", params)
+        if upto is None:
+            rows = await self.fetch_all(sql.FRAMES_AFTER, (run_id, after))
+        else:
+            rows = await self.fetch_all(sql.FRAMES_BETWEEN, (run_id, after, upto))
         return [Frame.build(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        row = await self.fetch_one("SELECT * FROM runs WHERE run_id = ?", (run_id,))
-        return None if row is None else _record(row)
+        row = await self.fetch_one(sql.RUN, (run_id,))
+        return None if row is None else sql.run_record(row)
 
     async def list_runs(
         self, owner: str | None, thread_id: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
-        sql, params = "SELECT * FROM runs WHERE ifnull(?, owner) = owner", [owner]
-        if thread_id is not None:
-            sql += " AND thread_id = ?"
-            params.append(thread_id)
-        rows = await self.fetch_all(
-            sql + " ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit)
-        )
-        return [_record(row) for row in rows]
+        if thread_id is None:
+            rows = await self.fetch_all(sql.RUNS_OF_OWNER, (owner, limit))
+        else:
+            rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))
+        return [sql.run_record(row) for row in rows]
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        row = await self.fetch_one("SELECT * FROM threads WHERE thread_id = ?", (thread_id,))
+        row = await self.fetch_one(sql.THREAD, (thread_id,))
         if row is None:
             return None
         return ThreadRecord(row["thread_id"], row["owner"], row["created_at"])
 
     async def thread_runs(self, thread_id: str) -> list[RunRecord]:
-        rows = await self.fetch_all(
-            "SELECT * FROM runs WHERE thread_id = ? ORDER BY created_at, rowid", (thread_id,)
-        )
-        return [_record(row) for row in rows]
+        rows = await self.fetch_all(sql.RUNS_ON_THREAD, (thread_id,))
+        return [sql.run_record(row) for row in rows]
 
     async def next_run_on_thread(self, thread_id: str, run_id: str) -> str | None:
-        row = await self.fetch_one(
-            "SELECT run_id FROM runs WHERE thread_id = ?"
-            " AND rowid > (SELECT rowid FROM runs WHERE run_id = ?) ORDER BY rowid LIMIT 1",
-            (thread_id, run_id),
-        )
+        row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (thread_id, run_id))
         return None if row is None else str(row["run_id"])
 
     # -- maintenance -----------------------------------------------------------------------------
 
     async def claim_orphans(self) -> list[Orphan]:
-        rows = await self.fetch_all(
-            f"SELECT run_id, thread_id FROM runs WHERE {_ACTIVE} ORDER BY created_at, rowid"
-        )
+        rows = await self.fetch_all(sql.ACTIVE_RUNS)
         orphans = [
             Orphan(r["run_id"], r["thread_id"]) for r in rows if r["run_id"] not in self._owned
         ]
@@ -370,39 +336,12 @@ class SqliteStore:
         return orphans
 
     async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
-        rows = await self.fetch_all(
-            f"SELECT run_id FROM runs WHERE purged_at IS NULL AND ended_at < ? AND NOT {_ACTIVE}"
-            " ORDER BY ended_at LIMIT ?",
-            (ended_before, limit),
-        )
+        rows = await self.fetch_all(sql.PURGEABLE_RUNS, (ended_before, limit))
         for row in rows:
-            self._execute_later("DELETE FROM events WHERE run_id = ?", (row["run_id"],))
-            self._execute_later(
-                "UPDATE runs SET purged_at = ? WHERE run_id = ?", (now, row["run_id"])
-            )
+            self._execute_later(sql.DELETE_EVENTS, (row["run_id"],))
+            self._execute_later(sql.MARK_PURGED, (now, row["run_id"]))
         await self.flush()
         return len(rows)
-
-
-def _record(row: dict[str, Any]) -> RunRecord:
-    snapshot = orjson.loads(row["snapshot"]) if row["snapshot"] else {}
-    usage = orjson.loads(row["usage"]) if row["usage"] else {}
-    return RunRecord(
-        run_id=row["run_id"],
-        thread_id=row["thread_id"],
-        owner=row["owner"],
-        status=row["status"],
-        input=orjson.loads(row["input"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        last_seq=row["last_seq"],
-        reason=snapshot.get("reason"),
-        output=snapshot.get("output"),
-        error=orjson.loads(row["error"]) if row["error"] else None,
-        tokens=usage.get("tokens", 0),
-        purged_at=row["purged_at"],
-    )
 
 
 def _deliver(events: list[Pending]) -> None:
