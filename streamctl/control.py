@@ -177,7 +177,7 @@ class RunControl:
     # -- stopping --------------------------------------------------------------------------------
 
     async def stop(
-        self, run_id: str, owner: str | None, *, wait: bool = True
+        self, run_id: str, owner: str | None, wait: bool = True
     ) -> tuple[dict[str, Any], bool]:
         """Stop a run (idempotent). Returns its state and whether its task has exited."""
         run = self.live.get(run_id, owner)
