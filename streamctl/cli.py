@@ -34,7 +34,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port (default 8000)")
     serve.add_argument("--db", help="SQLite file (default ./streamctl.db)")
     serve.add_argument("--agent", help="'demo' (default) or MODULE:ATTR")
-    serve.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    serve.add_argument(
+        "--log-level",
+        dest="log_level",
+        type=str.lower,
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="default info",
+    )
+    serve.add_argument(
+        "--log-format",
+        dest="log_format",
+        choices=["text", "json"],
+        help="log lines as text (default) or one JSON object per line",
+    )
     serve.add_argument("--auth", choices=["none", "api-key", "jwt"], help="default none")
     serve.add_argument(
         "--allow-no-auth",
