@@ -50,7 +50,7 @@ def test_json_lines_carry_the_run_fields_the_banner_and_the_drain(spawn_server: 
     server.stop()
 
     lines = server.output().splitlines()
-    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    records: list[dict[str, Any]] = [json.loads(line) for line in lines]  # each one object
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]{12}Z", r["time"]) for r in records)
 
