@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
+TRACE = 5
 
 _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
 
@@ -93,7 +94,11 @@ class RedactTokens(logging.Filter):
 def log_config(level: str, fmt: LogFormat = "text") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` dictionary (also uvicorn's ``log_config``)."""
     formatter = JsonFormatter if fmt == "json" else TextFormatter
-    logger = {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
+    logging.addLevelName(TRACE, "TRACE")  # uvicorn's level below DEBUG
+    number = TRACE if level.lower() == "trace" else logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise ValueError(f"unknown log level {level!r}")
+    logger = {"handlers": ["stderr"], "level": number, "propagate": False}
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -109,7 +114,7 @@ def log_config(level: str, fmt: LogFormat = "text") -> dict[str, Any]:
         "loggers": {
             "streamctl": logger,
             "uvicorn": logger,
-            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.error": {"level": number},
             "uvicorn.access": {**logger, "filters": ["redact_tokens"]},
         },
     }

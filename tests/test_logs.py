@@ -10,9 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from streamctl import __version__
-from streamctl.logs import JsonFormatter, TextFormatter
+from streamctl.logs import JsonFormatter, TextFormatter, log_config
 
 from .conftest import ServerProcess
 
@@ -129,3 +130,13 @@ def test_formatters_keep_extra_fields_and_exceptions() -> None:
         "WARNING streamctl.test run r1 ended run_id=r1 duration=1.5"
     )
     assert text.splitlines()[-1] == "ValueError: boom"
+
+
+def test_every_level_of_the_settings_is_a_level_of_the_config() -> None:
+    for name, number in [("trace", 5), ("DEBUG", 10), ("info", 20), ("critical", 50)]:
+        config = log_config(name, "json")
+        assert config["loggers"]["streamctl"]["level"] == number
+        assert config["loggers"]["uvicorn.error"]["level"] == number
+        assert config["formatters"]["line"]["()"] is JsonFormatter
+    with pytest.raises(ValueError, match="unknown log level 'loud'"):
+        log_config("loud")
