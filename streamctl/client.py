@@ -111,11 +111,13 @@ class Client:
         return await self._json("GET", f"/v1/runs/{run_id}")
 
     async def list_runs(
-        self, thread_id: str | None = None, limit: int = 50
+        self, thread_id: str | None = None, limit: int = 50, *, status: str | None = None
     ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if thread_id is not None:
             params["thread_id"] = thread_id
+        if status is not None:
+            params["status"] = status
         runs: list[dict[str, Any]] = (await self._json("GET", "/v1/runs", params=params))["runs"]
         return runs
 

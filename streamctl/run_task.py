@@ -85,6 +85,15 @@ class RunTask:
         run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id, status=status))
         await store.flush()
         task_status.started()
+        logger.info(
+            "run started",
+            extra={
+                "run_id": run.run_id,
+                "thread_id": run.thread_id,
+                "owner": run.owner,
+                "status": status,
+            },
+        )
 
         # If the supervisor itself is cancelled (it should not be: shutdown stops runs first),
         # the run still ends with a terminal event.
@@ -234,6 +243,17 @@ class RunTask:
             ),
         )
         await store.flush()
+        logger.info(
+            "run ended",
+            extra={
+                "run_id": run.run_id,
+                "thread_id": run.thread_id,
+                "owner": run.owner,
+                "status": status,
+                "duration": round(run.ended_at - run.created_at, 3),
+                "events": run.last_seq,
+            },
+        )
 
     async def _watch(self, run: Run) -> None:
         """End the run as ``timed_out`` when it runs too long or its agent goes quiet too long.
