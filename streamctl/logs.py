@@ -51,7 +51,7 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-30T06:00:00.123Z INFO streamctl.runner run ended run_id=… status=…``"""
+    """``2026-11-30T06:00:00.123Z INFO streamctl.run_task run ended run_id=… status=…``"""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record)} {record.levelname} {record.name} {record.getMessage()}"

@@ -66,7 +66,7 @@ def test_json_lines_carry_the_run_fields_the_banner_and_the_drain(spawn_server: 
         return found[0]
 
     started = run_line(done["run_id"], "run started")
-    assert started["logger"] == "streamctl.runner"
+    assert started["logger"] == "streamctl.run_task"
     assert started["thread_id"] == "thread-log" and started["owner"] == "anonymous"
     assert started["status"] == "running"
     ended = run_line(done["run_id"], "run ended")
@@ -93,7 +93,7 @@ def test_text_lines_and_debug_level(spawn_server: Spawn) -> None:
     lines = server.output().splitlines()
     assert lines and all(TEXT_LINE.match(line) for line in lines), lines
     assert any(" DEBUG streamctl.server settings: {" in line for line in lines)
-    ended = next(line for line in lines if " INFO streamctl.runner run ended " in line)
+    ended = next(line for line in lines if " INFO streamctl.run_task run ended " in line)
     assert f"run_id={done['run_id']}" in ended and "status=completed" in ended
 
     quiet = spawn_server()  # info, the default: streamctl's INFO lines, no DEBUG ones
@@ -101,7 +101,7 @@ def test_text_lines_and_debug_level(spawn_server: Spawn) -> None:
     quiet.stop()
     lines = quiet.output().splitlines()
     assert not any(" DEBUG " in line for line in lines)
-    assert any(" INFO streamctl.runner run ended " in line for line in lines)
+    assert any(" INFO streamctl.run_task run ended " in line for line in lines)
 
 
 def test_formatters_keep_extra_fields_and_exceptions() -> None:
