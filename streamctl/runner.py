@@ -21,14 +21,18 @@ from anyio.abc import TaskGroup, TaskStatus
 from .agents.base import Agent, AgentContext, Message
 from .errors import StreamctlError
 from .events import (
+    Custom,
     Done,
     ErrorEvent,
     Frame,
+    Interrupt,
     MessageChunk,
+    ReasoningChunk,
     RunStarted,
     TerminalStatus,
     ToolEnd,
     ToolStart,
+    Usage,
 )
 from .runs import Run, RunOutput
 from .settings import Settings
@@ -204,10 +208,14 @@ class Runner:
                         steps += 1
                 elif isinstance(event, ToolStart):
                     steps += 1
-                elif not isinstance(event, ToolEnd):
+                elif isinstance(event, Usage):  # added up into `done`, never sent
+                    event.add_to(run.usage)
+                    continue
+                elif not isinstance(event, ToolEnd | ReasoningChunk | Custom | Interrupt):
                     raise AgentProtocolError(
-                        f"agent yielded {type(event).__name__}; "
-                        "expected MessageChunk, ToolStart or ToolEnd"
+                        f"agent yielded {type(event).__name__}; expected an AgentEvent"
+                        " (MessageChunk, ReasoningChunk, ToolStart, ToolEnd, Custom, Interrupt"
+                        " or Usage)"
                     )
                 if steps > limit:
                     raise RecursionLimitExceeded(f"the run took more than {limit} steps")
@@ -245,6 +253,7 @@ class Runner:
             status=status,
             reason=reason,
             tokens=run.output.tokens,
+            usage=run.usage or None,
         )
         run.emit(done)
         write_final_row(
@@ -254,6 +263,7 @@ class Runner:
             reason=reason,
             error=error,
             tokens=run.output.tokens,
+            usage=run.usage,
             last_seq=run.last_seq,
             output=run.output.as_json(),
             ended_at=run.ended_at,
@@ -294,6 +304,7 @@ def write_final_row(
     last_seq: int,
     output: dict[str, Any],
     ended_at: float,
+    usage: dict[str, int] | None = None,
 ) -> None:
     """Queue the run's final row: status, timings, error, usage, and the output snapshot."""
     store.execute_later(
@@ -303,7 +314,7 @@ def write_final_row(
             ended_at,
             last_seq,
             orjson.dumps(error) if error else None,
-            orjson.dumps({"tokens": tokens}),
+            orjson.dumps({"tokens": tokens, **(usage or {})}),
             orjson.dumps({"reason": reason, "output": output}),
             run_id,
         ),
