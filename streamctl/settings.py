@@ -31,8 +31,9 @@ class Settings(BaseModel):
     db: Path = Field(Path("streamctl.db"), description="SQLite file holding threads, runs, events.")
     agent: str = Field(
         "demo",
-        description="The agent: `demo`, or `MODULE:ATTR` naming an agent callable.",
+        description="The agent: `demo`, `openai`, or `MODULE:ATTR` naming an agent callable.",
     )
+    model: str = Field("", description="The chat model's name, for `--agent openai`.")
     log_level: str = Field("info", description="Log level of the server (uvicorn's names).")
     auth: Literal["none", "api-key", "jwt"] = Field(
         "none", description="How requests authenticate: none (development), api-key or jwt."
