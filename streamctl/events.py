@@ -109,14 +109,13 @@ class TokenUsage(TypedDict):
     output_tokens: int
 
 
-class Usage(BaseModel):
+class Usage(_Event):
     """Yielded by an agent when its model reports token usage (once per model call, or more).
 
     Not an event of the stream: the run adds every ``Usage`` up and sends the totals in ``done``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+    type: Literal["usage"] = "usage"
     input_tokens: int = Field(0, ge=0)
     output_tokens: int = Field(0, ge=0)
 
