@@ -36,6 +36,8 @@ class Turn:
     error_after_text: bool = False
     """Send an ``error`` chunk (the API's mid-stream failure) after the text."""
     usage: tuple[int, int] = (11, 5)
+    delay: float = 0.0
+    """Seconds between two content chunks (a model's pace)."""
 
 
 SECRET = "sk-fake-SECRET-123"
@@ -51,6 +53,7 @@ class FakeOpenAI:
         self.disconnected = anyio.Event()
         """Set when a client went away in the middle of a stream."""
         self.url = ""
+        self.cuts = 0
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
 
     async def chat(self, request: Request) -> Response:
@@ -91,6 +94,8 @@ class FakeOpenAI:
             for piece in turn.reasoning:
                 yield chunk({"reasoning_content": piece})
             for piece in turn.text:
+                if turn.delay:
+                    await anyio.sleep(turn.delay)
                 yield chunk({"content": piece})
             if turn.error_after_text:
                 error = {"message": f"internal failure near {SECRET}", "type": "server_error"}
@@ -131,6 +136,7 @@ class FakeOpenAI:
                 yield b"data: " + orjson.dumps(last) + b"\n\n"
             yield b"data: [DONE]\n\n"
         except BaseException:  # the client went away: Starlette cancels the stream
+            self.cuts += 1
             self.disconnected.set()
             raise
 

@@ -34,6 +34,8 @@ class ScriptedChatModel(BaseChatModel):
     hold: anyio.Event | None = None
     """When set: stream the first word, then wait for this event (Stop mid-token)."""
     holding: anyio.Event = Field(default_factory=anyio.Event)
+    delay: float = 0.0
+    """Seconds between two words (a model's pace)."""
     cancelled: anyio.Event = Field(default_factory=anyio.Event)
 
     @property
@@ -66,16 +68,18 @@ class ScriptedChatModel(BaseChatModel):
         self.seen.append(list(messages))
         reply = self.replies.pop(0) if self.replies else AIMessage("(no more replies)")
         words = str(reply.content).split(" ") if reply.content else []
-        for i, word in enumerate(words):
-            text = word if i == len(words) - 1 else word + " "
-            yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-            if i == 0 and self.hold is not None:
-                self.holding.set()
-                try:
+        try:
+            for i, word in enumerate(words):
+                if self.delay:
+                    await anyio.sleep(self.delay)
+                text = word if i == len(words) - 1 else word + " "
+                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if i == 0 and self.hold is not None:
+                    self.holding.set()
                     await self.hold.wait()
-                except anyio.get_cancelled_exc_class():
-                    self.cancelled.set()
-                    raise
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.set()
+            raise
         for index, call in enumerate(reply.tool_calls):
             args = orjson.dumps(call["args"]).decode()
             half = len(args) // 2
