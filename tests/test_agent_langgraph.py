@@ -207,3 +207,32 @@ async def test_serve_agent_module_graph(spawn_server: Callable[..., ServerProces
     kinds = [e.event for e in events]
     assert kinds[0] == "run" and kinds[-1] == "done" and data(events[-1])["status"] == "completed"
     assert "tool_start" in kinds and "tool_end" in kinds and "custom" in kinds
+
+
+async def test_a_graph_running_another_graph_streams_the_inner_tokens_once(
+    serve: StartServer,
+) -> None:
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    model = ScriptedChatModel(replies=replies())
+    builder = StateGraph(MessagesState)
+    builder.add_node("worker", react_graph(model, [get_weather]))
+    builder.add_edge(START, "worker")
+    server = await serve(agent=LangGraphAgent(builder.compile()))
+    async with server.client() as client:
+        with anyio.fail_after(10):
+            _, events = await read_sse(client, "POST", "/v1/runs/stream", json=ask("Tokyo?"))
+    kinds = [e.event for e in events]
+    # Streamed as the inner model produced them (not as whole messages when the node ended),
+    # and the tool call the outer graph's update repeats is sent once.
+    assert kinds == [
+        "run",
+        *["message_chunk"] * 3,
+        "tool_start",
+        "custom",
+        "custom",
+        "tool_end",
+        *["message_chunk"] * 5,
+        "done",
+    ]
+    assert data(events[-1])["usage"] == {"input_tokens": 20, "output_tokens": 8}

@@ -2,7 +2,7 @@
 
     agent = LangGraphAgent(graph)      # or: streamctl serve --agent mymodule:graph
 
-The graph is streamed with ``stream_mode=["messages", "updates", "custom"]``:
+The graph is streamed with ``stream_mode=["messages", "updates", "custom"]`` (and subgraphs):
 
 - a model's text chunks become ``message_chunk``s (one ``message_id`` per model message), its
   reasoning blocks ``reasoning_chunk``s, and its ``usage_metadata`` the run's usage;
@@ -95,19 +95,23 @@ class LangGraphAgent:
             "configurable": {"thread_id": ctx.thread_id},
             "recursion_limit": ctx.recursion_limit,
         }
-        names: dict[str, str] = {}  # call id -> tool name, for ToolMessages without a name
+        seen = _Seen()
+        # With subgraphs, a graph that runs another graph as a node (a supervisor and its agents)
+        # streams the inner graph's tokens too; its tool calls, reported again in the outer
+        # graph's update, are sent once (by call id).
         stream = self.graph.astream(
             await self._input(ctx, config),
             config,
             stream_mode=["messages", "updates", "custom"],
+            subgraphs=True,
         )
         try:
-            async for mode, chunk in stream:
+            async for _namespace, mode, chunk in stream:
                 if mode == "messages":
                     for event in _from_message(chunk[0]):
                         yield event
                 elif mode == "updates":
-                    for event in _from_update(chunk, names):
+                    for event in _from_update(chunk, seen):
                         yield event
                 elif mode == "custom":
                     yield _custom(chunk)
@@ -160,7 +164,17 @@ def _from_message(message: Any) -> list[AgentEvent]:
     return events
 
 
-def _from_update(update: Any, names: dict[str, str]) -> list[AgentEvent]:
+class _Seen:
+    """What a run has sent of tool calls and interrupts (a subgraph's are reported twice)."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, str] = {}
+        """Call id -> tool name (for a ``ToolMessage`` without a name)."""
+        self.ended: set[str] = set()
+        self.interrupts: set[str] = set()
+
+
+def _from_update(update: Any, seen: _Seen) -> list[AgentEvent]:
     """Tool calls and results, and interrupts, from an ``updates`` chunk ``{node: update}``."""
     events: list[AgentEvent] = []
     if not isinstance(update, dict):
@@ -168,23 +182,26 @@ def _from_update(update: Any, names: dict[str, str]) -> list[AgentEvent]:
     for node, value in update.items():
         if node == "__interrupt__":
             for interrupt in value:
-                events.append(
-                    Interrupt(
-                        value=_jsonable(interrupt.value),
-                        interrupt_id=getattr(interrupt, "id", None),
-                    )
-                )
+                interrupt_id = getattr(interrupt, "id", None)
+                key = interrupt_id or repr(interrupt.value)
+                if key not in seen.interrupts:
+                    seen.interrupts.add(key)
+                    asked = _jsonable(interrupt.value)
+                    events.append(Interrupt(value=asked, interrupt_id=interrupt_id))
             continue
         found = value.get("messages") if isinstance(value, dict) else None
         for message in found if isinstance(found, list) else [found]:
             if isinstance(message, AIMessage):
                 for call in message.tool_calls:
                     call_id = call["id"] or ""
-                    names[call_id] = call["name"]
-                    events.append(ToolStart(name=call["name"], args=call["args"], call_id=call_id))
-            elif isinstance(message, ToolMessage):
+                    if call_id not in seen.started:
+                        seen.started[call_id] = call["name"]
+                        start = ToolStart(name=call["name"], args=call["args"], call_id=call_id)
+                        events.append(start)
+            elif isinstance(message, ToolMessage) and message.tool_call_id not in seen.ended:
                 call_id = message.tool_call_id
-                name = message.name or names.get(call_id, "")
+                seen.ended.add(call_id)
+                name = message.name or seen.started.get(call_id, "")
                 output = _jsonable(message.content)
                 events.append(ToolEnd(name=name, output=output, call_id=call_id))
     return events
