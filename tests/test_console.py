@@ -163,3 +163,25 @@ def test_chat_ctrl_c_stops_the_run_on_the_server_and_exits_130(spawn_server: Spa
     runs = httpx.get(server.url + "/v1/runs", params={"thread_id": "chat-int"}).json()["runs"]
     assert [r["status"] for r in runs] == ["cancelled"]
     assert runs[0]["output"]["text"].startswith("Looking up")
+
+
+def test_chat_renders_custom_events_and_interrupts_on_lines_of_their_own() -> None:
+    import io
+
+    from streamctl.console import _Renderer
+    from streamctl.events import Custom, Interrupt, MessageChunk, ReasoningChunk
+
+    out = io.StringIO()
+    render = _Renderer(out)
+    for event in (
+        ReasoningChunk(content="thinking", message_id="m"),
+        MessageChunk(content="Shall I ", message_id="m"),
+        Custom(name="progress", data={"step": 1}),
+        Interrupt(value={"question": "Book it?"}),
+    ):
+        render(event, out)
+    assert out.getvalue().splitlines() == [
+        "Shall I ",
+        '[progress: {"step": 1}]',
+        '[interrupt: {"question": "Book it?"}; answer with config {"resume": …}]',
+    ]
