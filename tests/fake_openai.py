@@ -38,6 +38,8 @@ class Turn:
     usage: tuple[int, int] = (11, 5)
     delay: float = 0.0
     """Seconds between two content chunks (a model's pace)."""
+    whole_calls: bool = False
+    """Send each tool call whole in one chunk, without ``index`` (as some servers do)."""
 
 
 SECRET = "sk-fake-SECRET-123"
@@ -105,6 +107,14 @@ class FakeOpenAI:
                 self.holding.set()
                 await turn.hold.wait()
             for index, (name, arguments) in enumerate(turn.tool_calls):
+                if turn.whole_calls:
+                    whole = {
+                        "id": f"call_{index}_fake",
+                        "type": "function",
+                        "function": {"name": name, "arguments": arguments},
+                    }
+                    yield chunk({"tool_calls": [whole]})
+                    continue
                 head = {
                     "index": index,
                     "id": f"call_{index}_fake",

@@ -305,3 +305,19 @@ def test_serve_agent_openai_without_a_model_says_so(
 
     status = main(["serve", "--agent", "openai", "--db", str(tmp_path / "x.db"), "--port", "0"])
     assert status == 2 and "--model NAME" in capsys.readouterr().err
+
+
+async def test_tool_calls_sent_whole_without_an_index(
+    serve: StartServer, upstream: Upstream, clients: Callable[[FakeOpenAI], AsyncOpenAI]
+) -> None:
+    calls = [("get_weather", '{"location": "Oslo"}'), ("get_weather", '{"location": "Rome"}')]
+    fake = await upstream([Turn(tool_calls=calls, whole_calls=True), Turn(text=["Both sunny."])])
+    server = await serve(agent=ChatAgent("m", tools=[get_weather], client=clients(fake)))
+    async with server.client() as client:
+        _, events = await read_sse(client, "POST", "/v1/runs/stream", json=ask("Oslo, Rome?"))
+    starts = [data(e) for e in events if e.event == "tool_start"]
+    assert [(s["call_id"], s["args"]) for s in starts] == [
+        ("call_0_fake", {"location": "Oslo"}),
+        ("call_1_fake", {"location": "Rome"}),
+    ]
+    assert data(events[-1])["status"] == "completed"

@@ -80,6 +80,7 @@ class Tool:
         fields: dict[str, Any] = {
             name: (hints.get(name, Any), ... if p.default is p.empty else p.default)
             for name, p in inspect.signature(fn).parameters.items()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)  # no schema for *args, **kwargs
         }
         self.args: type[BaseModel] = create_model(self.name, **fields)
         schema = self.args.model_json_schema()
@@ -233,7 +234,10 @@ class ChatAgent:
                         text.append(delta.content)
                         yield MessageChunk(content=delta.content, message_id=message_id)
                     for part in delta.tool_calls or ():
-                        call = by_index.setdefault(part.index, _Call())
+                        index = getattr(part, "index", None)
+                        if not isinstance(index, int):  # some servers leave it out
+                            index = len(by_index) if part.id else max(by_index, default=0)
+                        call = by_index.setdefault(index, _Call())
                         call.id = part.id or call.id
                         if part.function is not None:
                             call.name += part.function.name or ""
