@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from . import __version__
-from .agents import Agent, load_agent
+from .agents import Agent, as_agent, load_agent
 from .auth import Authenticator, Principal
 from .body_limit import BodyLimit
 from .edge import authenticate, error_body, install_error_handlers
@@ -49,7 +49,9 @@ LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 def create_app(settings: Settings | None = None, *, agent: Agent | None = None) -> FastAPI:
     """The streamctl ASGI application. ``agent`` overrides ``settings.agent`` (tests use it)."""
     settings = settings or Settings.from_env()
-    the_agent = agent if agent is not None else load_agent(settings.agent)
+    the_agent = (
+        as_agent(agent) if agent is not None else load_agent(settings.agent, model=settings.model)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -31,8 +31,9 @@ class Settings(BaseModel):
     db: Path = Field(Path("streamctl.db"), description="SQLite file holding threads, runs, events.")
     agent: str = Field(
         "demo",
-        description="The agent: `demo`, or `MODULE:ATTR` naming an agent callable.",
+        description="The agent: `demo`, `openai`, or `MODULE:ATTR` naming an agent callable.",
     )
+    model: str = Field("", description="The chat model's name, for `--agent openai`.")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "info", description="Log level of the server and of streamctl's own loggers."
     )
