@@ -21,7 +21,8 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from .settings import Settings, SettingsError
+from .errors import SettingsError
+from .settings import Settings
 
 _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
 
@@ -57,7 +58,7 @@ class Server(uvicorn.Server):
         # uvicorn only looks at should_exit every 0.1 s; readiness and new runs fail at once.
         supervisor = getattr(self.app.state, "supervisor", None)
         if supervisor is not None:
-            supervisor.stop_accepting()
+            supervisor.control.stop_accepting()
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -85,13 +86,13 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         supervisor = getattr(self.app.state, "supervisor", None)
         if supervisor is not None:
-            await supervisor.drain(self.settings.drain_grace)
+            await supervisor.control.drain(self.settings.drain_grace)
         await super().shutdown(sockets)
 
 
 def serve(settings: Settings) -> int:
     """Run streamctl until SIGINT/SIGTERM; return the process exit status."""
-    from .api import create_app
+    from .http import create_app
 
     if settings.auth == "none" and not _loopback(settings.host) and not settings.allow_no_auth:
         raise SettingsError(

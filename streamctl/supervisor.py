@@ -80,6 +80,12 @@ class Supervisor(RunQueries):
         self.recovered_runs = 0
         self.counters = Counters()
         self.stats = RunStats()
+        # TEMP(merge): composed parts land from wave-core. The HTTP layer speaks through
+        # `control`, `reads` and `streams`; until the composed supervisor arrives they are this
+        # object itself and a wrapper of its stream counting. The coordinator deletes this block.
+        self.control = self.reads = self
+        self.streams = _TempStreams(self)
+        # end TEMP(merge)
 
     @property
     def active_runs(self) -> int:
@@ -379,3 +385,18 @@ class Supervisor(RunQueries):
         if rows:
             logger.info("purged the events of %d runs that ended before the retention", len(rows))
         return len(rows)
+
+
+# TEMP(merge): composed parts land from wave-core (see Supervisor.__init__); delete at merge.
+class _TempStreams:
+    def __init__(self, sup: Supervisor) -> None:
+        self._sup = sup
+
+    def open(self, owner: str) -> None:
+        self._sup.open_stream(owner)
+
+    def close(self, owner: str) -> None:
+        self._sup.close_stream(owner)
+
+
+# end TEMP(merge)
