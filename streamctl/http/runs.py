@@ -87,7 +87,7 @@ async def list_runs(
     "/v1/runs/{run_id}",
     response_model=Run,
     response_model_exclude_unset=True,
-    responses=error_responses(*_ANY, 404),
+    responses=error_responses(*_ANY, 404, 422),
 )
 async def get_run(run_id: str, svc: Svc, sup: Sup, me: Reader) -> Any:
     """Snapshot of a run as of its ``last_seq``."""

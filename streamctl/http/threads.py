@@ -22,7 +22,7 @@ router = APIRouter(tags=["threads"])
     "/v1/threads/{thread_id}",
     response_model=Thread,
     response_model_exclude_unset=True,
-    responses=error_responses(401, 404, 503),
+    responses=error_responses(401, 404, 422, 503),
 )
 async def get_thread(thread_id: str, sup: Sup, me: Me) -> Any:
     """The thread's messages so far, its active run and its last run."""
