@@ -22,7 +22,11 @@ def _tree(cls: type[errors.StreamctlError]) -> set[type[errors.StreamctlError]]:
     return found
 
 
-@pytest.mark.parametrize("cls", sorted(_tree(errors.StreamctlError), key=lambda c: c.__name__))
+def _name(cls: type[errors.StreamctlError]) -> str:
+    return cls.__name__
+
+
+@pytest.mark.parametrize("cls", sorted(_tree(errors.StreamctlError), key=_name), ids=_name)
 def test_every_error_the_server_answers_has_a_client_or_service_status(
     cls: type[errors.StreamctlError],
 ) -> None:
