@@ -26,7 +26,10 @@ def _name(cls: type[errors.StreamctlError]) -> str:
     return cls.__name__
 
 
-@pytest.mark.parametrize("cls", sorted(_tree(errors.StreamctlError), key=_name), ids=_name)
+TREE = sorted(_tree(errors.StreamctlError), key=_name)
+
+
+@pytest.mark.parametrize("cls", TREE, ids=_name)
 def test_every_error_the_server_answers_has_a_client_or_service_status(
     cls: type[errors.StreamctlError],
 ) -> None:
