@@ -12,13 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import StreamctlError
+from .errors import SettingsError
 
 ENV_PREFIX = "STREAMCTL_"
-
-
-class SettingsError(StreamctlError):
-    code = "invalid_settings"
 
 
 class Settings(BaseModel):

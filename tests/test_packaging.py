@@ -44,7 +44,7 @@ def test_wheel_ships_migrations_and_runs_from_them(tmp_path: Path) -> None:
 def test_importing_streamctl_imports_no_adapter_dependency() -> None:
     # The adapters' libraries are optional extras: the core install must work without them.
     code = (
-        "import sys, streamctl, streamctl.agents, streamctl.api, streamctl.cli\n"
+        "import sys, streamctl, streamctl.agents, streamctl.http, streamctl.cli\n"
         "streamctl.agents.load_agent('demo')\n"
         "loaded = {name.split('.')[0] for name in sys.modules}\n"
         "heavy = {'openai', 'langgraph', 'langchain_core'} & loaded\n"
