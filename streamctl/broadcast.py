@@ -1,25 +1,25 @@
 """Fan-out: a run's committed log in memory, and subscribers that are cursors into it.
 
 A subscriber holds one integer, the last seq it sent. When the log advances it is woken, reads
-every committed frame after its cursor and writes them in one go (DESIGN.md invariant 4). There is
-no per-subscriber queue: a slow subscriber simply finds more frames waiting on its next wake, and an
-idle one costs a suspended coroutine and a cursor.
+every committed frame after its cursor and writes them in one go (docs/architecture.md, invariant
+4). There is no per-subscriber queue: a slow subscriber simply finds more frames waiting on its
+next wake, and an idle one costs a suspended coroutine and a cursor.
 
 The in-memory tail is bounded (``tail_events`` and ``tail_bytes``); a cursor older than the tail
-is served from SQLite transparently, so memory does not grow with the length of a run.
+is served from the store transparently, so memory does not grow with the length of a run.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import anyio
 
 from .events import Frame
 from .shaping import LAG_MERGE_FRAMES, Granularity, Shaper
-from .store import Store
+from .stats import Counters
+from .store.base import RunStore
 
 PING = b": ping\n"
 """A comment line, ended by one newline (a blank line would dispatch an empty event)."""
@@ -27,20 +27,6 @@ _MAX_FRAMES_PER_WRITE = 1024
 _MAX_FRAMES_PER_MERGED_WRITE = 65536
 """Shaped (batched/message) writes merge chunks, so they may cover many more events at once."""
 _DB_PAGE = LAG_MERGE_FRAMES  # a full page from SQLite is, by definition, a lagging read
-
-
-@dataclass(slots=True)
-class Counters:
-    """Process-wide fan-out counters, owned by the supervisor (for tests, readiness, metrics)."""
-
-    subscribers: int = 0
-    """Streams open right now."""
-    writes: int = 0
-    events_sent: int = 0
-    """Socket writes handed to the server (one per wake with something to send)."""
-    pings: int = 0
-    slow_closed: int = 0
-    """Streams closed because their client accepted no write within ``send_timeout``."""
 
 
 class RunLog:
@@ -135,7 +121,7 @@ def reframe(frame: Frame, id_prefix: bytes) -> bytes:
 
 
 async def follow(
-    store: Store,
+    store: RunStore,
     run_id: str,
     log: RunLog | None,
     cursor: int,
@@ -207,6 +193,55 @@ async def follow(
             if not changed.is_set():
                 counters.pings += 1
                 yield PING
+    finally:
+        counters.subscribers -= 1
+        if log is not None:
+            log.subscribers -= 1
+
+
+async def follow_frames(
+    store: RunStore,
+    run_id: str,
+    log: RunLog | None,
+    cursor: int = 0,
+    *,
+    ping_interval: float,
+    counters: Counters,
+) -> AsyncIterator[list[Frame]]:
+    """As ``follow``, the frames themselves rather than our SSE bytes: what a protocol view
+    translates (``protocols/``). Yields batches in seq order and ends after the terminal event;
+    an empty batch means the run was idle for ``ping_interval`` (the caller writes its own
+    keep-alive). Relies on the supervisor's heartbeat, which publishes logs idle for half a ping
+    interval while they have subscribers, to wake an idle reader."""
+    counters.subscribers += 1
+    if log is not None:
+        log.subscribers += 1
+    last_write = time.monotonic()
+    try:
+        while True:
+            changed = log.changed if log is not None else None  # taken before reading
+            frames: list[Frame] | None
+            if log is None:
+                frames = await store.read_frames(run_id, cursor, cursor + _DB_PAGE)
+            else:
+                frames = log.frames_after(cursor, _MAX_FRAMES_PER_WRITE)
+                if frames is None:  # behind the in-memory tail: all of that is in the store
+                    frames = await store.read_frames(
+                        run_id, cursor, min(log.first_seq - 1, cursor + _DB_PAGE)
+                    )
+            if frames:
+                cursor = frames[-1].seq
+                yield frames
+                last_write = time.monotonic()
+                continue
+            if log is None or log.closed:
+                return
+            assert changed is not None
+            if time.monotonic() - last_write >= ping_interval:
+                counters.pings += 1
+                yield []
+                last_write = time.monotonic()
+            await changed.wait()
     finally:
         counters.subscribers -= 1
         if log is not None:

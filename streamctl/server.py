@@ -13,17 +13,28 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
-import re
+import logging.config
 import socket
 import struct
+import time
 from types import FrameType
+from typing import Any
 
+import anyio
 import uvicorn
 from fastapi import FastAPI
 
-from .settings import Settings, SettingsError
+from . import __version__
+from .errors import SettingsError
+from .logs import log_config
+from .settings import Settings
 
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
+logger = logging.getLogger("streamctl.server")
+
+_DRAIN_REPORT_EVERY = 1.0
+"""Seconds between two drain progress lines."""
+
+_SECRETS = ("api_keys", "jwt_secret", "stream_token_secret")
 
 
 def _loopback(host: str) -> bool:
@@ -33,18 +44,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class RedactTokens(logging.Filter):
-    """Keep stream tokens (``?token=…``) out of the access log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a
-                for a in record.args
-            )
-        return True
 
 
 class Server(uvicorn.Server):
@@ -57,12 +56,41 @@ class Server(uvicorn.Server):
         # uvicorn only looks at should_exit every 0.1 s; readiness and new runs fail at once.
         supervisor = getattr(self.app.state, "supervisor", None)
         if supervisor is not None:
-            supervisor.stop_accepting()
+            supervisor.control.stop_accepting()
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self.app.state.abort_connection = self._abort_connection
+        if self.started:
+            self._banner()
+
+    def _banner(self) -> None:
+        s = self.settings
+        port = s.port
+        for server in self.servers:
+            for sock in server.sockets:
+                port = sock.getsockname()[1]
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        logger.info(
+            "streamctl %s serving http://%s:%d with agent %s, database %s, auth %s; limits:"
+            " %d runs (%d per owner), %d runs/min per owner, %g s per run, %g s ping, %g s drain",
+            __version__,
+            host,
+            port,
+            s.agent,
+            s.db,
+            s.auth,
+            s.max_runs,
+            s.max_runs_per_owner,
+            s.runs_per_minute,
+            s.max_run_seconds,
+            s.ping_interval,
+            s.drain_grace,
+        )
+        values = s.model_dump(mode="json")
+        settings = {k: ("[set]" if k in _SECRETS and v else v) for k, v in values.items()}
+        logger.debug("settings: %s", settings)
 
     def _abort_connection(self, client: tuple[str, int] | None) -> None:
         """Reset the connection of a client cut off for not reading (``send_timeout``).
@@ -85,26 +113,42 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         supervisor = getattr(self.app.state, "supervisor", None)
         if supervisor is not None:
-            await supervisor.drain(self.settings.drain_grace)
+            grace = self.settings.drain_grace
+            logger.info(
+                "draining: %d active runs get %g s to finish", supervisor.active_runs, grace
+            )
+            started = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._report_drain, supervisor)
+                await supervisor.control.drain(grace)
+                tg.cancel_scope.cancel()
+            logger.info("drained in %.1f s", time.monotonic() - started)
         await super().shutdown(sockets)
+
+    async def _report_drain(self, supervisor: Any) -> None:
+        while True:
+            await anyio.sleep(_DRAIN_REPORT_EVERY)
+            logger.info("draining: %d runs still active", supervisor.active_runs)
 
 
 def serve(settings: Settings) -> int:
     """Run streamctl until SIGINT/SIGTERM; return the process exit status."""
-    from .api import create_app
+    from .http import create_app
 
     if settings.auth == "none" and not _loopback(settings.host) and not settings.allow_no_auth:
         raise SettingsError(
             f"refusing to serve {settings.host} without authentication: set auth (api-key or"
             " jwt), or --allow-no-auth (STREAMCTL_ALLOW_NO_AUTH=1) if you really mean it"
         )
+    # Configured here rather than by uvicorn so that loading the agent already logs this way.
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     app = create_app(settings)
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,
         # After the drain, streams have closed; this only bounds idle keep-alive stragglers.
         timeout_graceful_shutdown=3,
         lifespan="on",

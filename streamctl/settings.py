@@ -10,15 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import StreamctlError
+from .errors import SettingsError
 
 ENV_PREFIX = "STREAMCTL_"
-
-
-class SettingsError(StreamctlError):
-    code = "invalid_settings"
 
 
 class Settings(BaseModel):
@@ -31,9 +27,15 @@ class Settings(BaseModel):
     db: Path = Field(Path("streamctl.db"), description="SQLite file holding threads, runs, events.")
     agent: str = Field(
         "demo",
-        description="The agent: `demo`, or `MODULE:ATTR` naming an agent callable.",
+        description="The agent: `demo`, `openai`, or `MODULE:ATTR` naming an agent callable.",
     )
-    log_level: str = Field("info", description="Log level of the server (uvicorn's names).")
+    model: str = Field("", description="The chat model's name, for `--agent openai`.")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="Log level of the server and of streamctl's own loggers."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as one JSON object per line."
+    )
     auth: Literal["none", "api-key", "jwt"] = Field(
         "none", description="How requests authenticate: none (development), api-key or jwt."
     )
@@ -121,6 +123,11 @@ class Settings(BaseModel):
     stop_timeout: float = Field(
         10.0, gt=0, description="Seconds `stop` waits for a run's task to exit before answering."
     )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -37,7 +37,8 @@ async def node_json(script: str, *args: str) -> dict[str, Any]:
 
 def live_runs(server: Server) -> dict[str, Any]:
     """The supervisor's live runs by id (to hold a test until a client has reconnected)."""
-    return cast(FastAPI, server.uvicorn.config.app).state.supervisor._runs  # type: ignore[no-any-return]
+    sup = cast(FastAPI, server.uvicorn.config.app).state.supervisor
+    return {run.run_id: run for run in sup.live}
 
 
 async def until_subscribers(server: Server, run_id: str, count: int) -> None:

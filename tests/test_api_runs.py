@@ -75,7 +75,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 async def until_unsubscribed(server: Server, run_id: str) -> None:
     """Wait until the server has seen every stream of the live run go (no HTTP view of this)."""
     app = cast(FastAPI, server.uvicorn.config.app)
-    log = app.state.supervisor._runs[run_id].log
+    log = app.state.supervisor.live.get(run_id).log
     while log.subscribers:
         await anyio.wait_all_tasks_blocked()
 

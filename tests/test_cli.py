@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,3 +88,37 @@ def test_readme_curl_session_works_as_written(
     assert snapshot["status"] == "cancelled" and snapshot["output"]["text"]
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
     assert server.stop() in (0, -signal.SIGTERM)
+
+
+MY_AGENTS = """
+from streamctl.events import MessageChunk
+
+async def agent(ctx):
+    yield MessageChunk(content="hello from my_agents", message_id="m1")
+"""
+
+
+def test_serve_finds_an_agent_module_in_the_current_directory(tmp_path: Path) -> None:
+    """`streamctl serve --agent my_agents:agent` from the module's directory, as `uvicorn
+    main:app` would: through the installed `streamctl` script, whose sys.path has no cwd."""
+    (tmp_path / "my_agents.py").write_text(MY_AGENTS)
+    script = Path(sys.executable).parent / "streamctl"
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(script), "serve", "--agent", "my_agents:agent", "--port", str(port)],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    try:
+        server.wait_ready()
+        body = {"input": {"messages": [{"role": "user", "content": "hi"}]}}
+        run = httpx.post(f"{server.url}/v1/runs/stream", json=body, timeout=10)
+        assert run.status_code == 200, run.text
+        assert "hello from my_agents" in run.text and '"status":"completed"' in run.text
+    finally:
+        server.stop()
+    assert (tmp_path / "streamctl.db").exists()  # the default database, in the same directory

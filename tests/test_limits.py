@@ -274,15 +274,15 @@ async def test_the_per_owner_cap_counts_each_owner_alone(db_path: Path) -> None:
         Store(db_path) as store,
         Supervisor(store, ScriptedAgent([Wait(anyio.Event())]), settings) as sup,
     ):
-        alice = [await sup.start(request, "alice") for _ in range(2)]
+        alice = [await sup.control.start(request, "alice") for _ in range(2)]
         with pytest.raises(TooManyRuns, match="you have 2 active runs"):
-            await sup.start(request, "alice")
-        await sup.start(request, "bob")  # alice's runs do not count against bob
+            await sup.control.start(request, "alice")
+        await sup.control.start(request, "bob")  # alice's runs do not count against bob
         with pytest.raises(TooManyRuns, match="maximum of 3 runs"):
-            await sup.start(request, "bob")
+            await sup.control.start(request, "bob")
         with anyio.fail_after(5):
-            await sup.stop(alice[0].run_id, "alice")
-        await sup.start(request, "bob")
+            await sup.control.stop(alice[0].run_id, "alice")
+        await sup.control.start(request, "bob")
         assert sup.active_runs == 3
 
 

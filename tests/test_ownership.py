@@ -236,19 +236,19 @@ async def test_open_streams_are_capped_per_principal(serve: StartServer) -> None
                 tg.start_soon(follow, client, url)
             await answered.wait()
             assert sorted(statuses) == [200] * 3 + [429] * 7
-            assert sup._streams == {"alice": 3}
+            assert (sup.streams.held("alice"), sup.streams.total) == (3, 3)
             async with aconnect_sse(client, "GET", bobs, headers=as_("bob")) as source:
                 assert source.response.status_code == 200  # bob's own budget is untouched
-                assert sup._streams == {"alice": 3, "bob": 1}
+                assert (sup.streams.held("alice"), sup.streams.held("bob")) == (3, 1)
             holding[0].set()  # close one of alice's streams: the count comes back
-            while sup._streams != {"alice": 2}:
+            while (sup.streams.held("alice"), sup.streams.total) != (2, 2):
                 await anyio.wait_all_tasks_blocked()
             _, events = await read_sse(client, "GET", url, limit=1, headers=as_("alice"))
             assert [e.id for e in events] == ["1"]
             for release in holding:
                 release.set()
             gate.set()
-            while sup._streams:  # every stream, closed or ended, gave its slot back
+            while sup.streams.total:  # every stream, closed or ended, gave its slot back
                 await anyio.wait_all_tasks_blocked()
 
 

@@ -250,7 +250,7 @@ async def test_a_paused_client_leaves_memory_bounded_then_catches_up(serve: Star
             async with aconnect_sse(client, "POST", "/v1/runs/stream", json=run_body()) as source:
                 events = source.aiter_sse()
                 head = [await anext(events) for _ in range(2)]  # retry block, run
-                run = sup._runs[source.response.headers["x-run-id"]]
+                run = sup.live.get(source.response.headers["x-run-id"])
                 # The client reads nothing now. Check the run's memory at every commit.
                 while not run.finished.is_set():
                     changed = run.log.changed
@@ -297,7 +297,7 @@ async def test_a_stuck_client_is_cut_off_after_send_timeout(serve: StartServer) 
     async with server.client() as client:
         with anyio.fail_after(40):
             run_id = (await client.post("/v1/runs", json=run_body())).json()["run_id"]
-            run = sup._runs[run_id]
+            run = sup.live.get(run_id)
             sock = await open_unread_stream(server.url, f"/v1/runs/{run_id}/stream")
             try:
                 while sup.counters.slow_closed == 0:  # not an event: poll, bounded
@@ -358,7 +358,7 @@ async def test_a_low_stream_far_behind_catches_up_in_merged_chunks(
     async with server.client() as client:
         with anyio.fail_after(30):
             run_id = (await client.post("/v1/runs", json=run_body())).json()["run_id"]
-            run = (await supervisor(server))._runs[run_id]
+            run = (await supervisor(server)).live.get(run_id)
             while run.log.committed_seq < n + 3:  # everything up to the gate is committed
                 await either(run.log.changed, run.finished)
             url = f"/v1/runs/{run_id}/stream"

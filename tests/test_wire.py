@@ -129,7 +129,7 @@ async def raw_stream(client: httpx.AsyncClient, url: str, **kw: Any) -> bytes:
 
 
 def live_run(server: Server, run_id: str) -> Any:
-    return cast(FastAPI, server.uvicorn.config.app).state.supervisor._runs[run_id]
+    return cast(FastAPI, server.uvicorn.config.app).state.supervisor.live.get(run_id)
 
 
 def torture_agent(gate: anyio.Event) -> ScriptedAgent:

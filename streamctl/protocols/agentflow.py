@@ -22,10 +22,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..events import Frame
+from ..http.auth import Me
+from ..http.services import Sup, Svc
+from ..http.streams import start_streaming
 from ..inputs import GraphStreamRequest, RunCreate, ThreadId
 from ..sse import EventStream
-from .common import Config, Me, Sup
-from .frames import run_frames
 from .wire import Part, ndjson_part, render, stream_response
 
 NDJSON = "application/x-ndjson"
@@ -95,6 +96,12 @@ class StreamChunkTranslator:
                 "status": "completed",
             }
             out.append(self._message(frame, f"{data['call_id']}:result", "tool", [block]))
+        elif kind in ("custom", "interrupt"):
+            # No message of AgentFlow's carries these: an `updates` chunk with our event's
+            # fields (an interrupt's answer is the next run's config.resume). Reasoning is not
+            # sent: AgentFlow's client shows only the answer.
+            self._flush(frame, out)
+            out.append(self._chunk(frame, "updates", data={"event": kind, **data}))
         elif kind == "error":
             self.error = data
         elif kind == "done":
@@ -210,70 +217,54 @@ def _envelope(data: dict[str, Any], status: int) -> JSONResponse:
     return JSONResponse({"data": data, "metadata": metadata}, status)
 
 
-def agentflow_router() -> APIRouter:
-    router = APIRouter(prefix="/v1/graph", tags=["agentflow"])
+router = APIRouter(prefix="/v1/graph", tags=["agentflow"])
 
-    @router.post("/stream", response_class=EventStream)
-    async def graph_stream(
-        body: AgentFlowStreamRequest, request: Request, sup: Sup, me: Me, settings: Config
-    ) -> Response:
-        """Start a run from an AgentFlow-shaped body; NDJSON ``StreamChunk``s when asked for
-        ``application/x-ndjson``, else our SSE."""
-        create = body.to_run_create()
-        ndjson = NDJSON in request.headers.get("accept", "")
-        sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
-        try:
-            run = await sup.control.start(create, me.name)
-            headers = {"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id}
-            if ndjson:
-                _, frames = await run_frames(sup, run.run_id, run.owner)
-                translator = StreamChunkTranslator(
-                    run.thread_id, run.run_id, body.config.thread_id is None
-                )
-                ndjson_body = render(frames, translator, ndjson_part, keepalive=b"\n")
-                return stream_response(
-                    sup,
-                    me.name,
-                    ndjson_body,
-                    content_type=NDJSON,
-                    preamble=None,
-                    send_timeout=settings.send_timeout,
-                    headers=headers,
-                    claimed=True,
-                )
-            stream = await sup.reads.subscribe(
-                run.run_id, run.owner, 0, granularity=create.granularity
-            )
-        except BaseException:
-            sup.streams.close(me.name)
-            raise
-        assert stream is not None  # a started run has committed its first event
-        token = request.app.state.auth.issue_stream_token(run.run_id, me)
-        if token is not None:
-            headers["X-Stream-Token"] = token
-        # TEMP(merge): the runs router's event_stream helper (send watch, slow-client reset)
-        # should serve this SSE branch; a bare EventStream times each write itself.
-        return EventStream(
-            stream,
-            retry_ms=settings.retry_ms,
-            send_timeout=settings.send_timeout,
-            headers=headers,
-            on_close=lambda: sup.streams.close(me.name),
-        )
 
-    @router.post("/stop")
-    async def graph_stop(body: GraphStop, sup: Sup, me: Me) -> JSONResponse:
-        """Stop the thread's active run; 200 once its task has exited (202 if still stopping)."""
-        started = time.time()
-        snapshot, finished = await sup.control.stop_thread(body.thread_id, me.scope)
-        data = {
-            "success": True,
-            "message": "stopped" if finished else "stopping",
-            "thread_id": body.thread_id,
-            "stopped_at": datetime.fromtimestamp(started, UTC).isoformat(),
-            "run": snapshot,
-            "stopping": not finished,
-        }
-        return _envelope(data, 200 if finished else 202)
+@router.post("/stream", response_class=EventStream)
+async def graph_stream(
+    body: AgentFlowStreamRequest, request: Request, svc: Svc, sup: Sup, me: Me
+) -> Response:
+    """Start a run from an AgentFlow-shaped body; NDJSON ``StreamChunk``s when asked for
+    ``application/x-ndjson``, else our SSE."""
+    create = body.to_run_create()
+    if NDJSON not in request.headers.get("accept", ""):
+        return await start_streaming(request, svc, sup, create, me)
+    sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
+    try:
+        run = await sup.control.start(create, me.name)
+        _, frames = await sup.reads.run_frames(run.run_id, run.owner)
+    except BaseException:
+        sup.streams.close(me.name)
+        raise
+    translator = StreamChunkTranslator(run.thread_id, run.run_id, body.config.thread_id is None)
+    run_id = run.run_id
+    return stream_response(
+        request,
+        svc,
+        sup,
+        me.name,
+        render(frames, translator, ndjson_part, keepalive=b"\n"),
+        content_type=NDJSON,
+        preamble=None,
+        headers={"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id},
+        on_disconnect=(
+            (lambda: sup.control.request_stop(run_id)) if create.on_disconnect == "cancel" else None
+        ),
+        claimed=True,
+    )
 
-    return router
+
+@router.post("/stop")
+async def graph_stop(body: GraphStop, sup: Sup, me: Me) -> JSONResponse:
+    """Stop the thread's active run; 200 once its task has exited (202 if still stopping)."""
+    started = time.time()
+    snapshot, finished = await sup.control.stop_thread(body.thread_id, me.scope)
+    data = {
+        "success": True,
+        "message": "stopped" if finished else "stopping",
+        "thread_id": body.thread_id,
+        "stopped_at": datetime.fromtimestamp(started, UTC).isoformat(),
+        "run": snapshot,
+        "stopping": not finished,
+    }
+    return _envelope(data, 200 if finished else 202)

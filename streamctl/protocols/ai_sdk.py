@@ -17,18 +17,19 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..agents.base import Message
 from ..errors import InvalidInput, ThreadNotFound
 from ..events import Frame
+from ..http.auth import Me
+from ..http.services import Services, Sup, Svc
 from ..inputs import RunConfig, RunCreate, RunInput, ThreadId
 from ..sse import EventStream
-from .common import PING, Config, Me, Sup, invalid, stopped
-from .contract import Supervisor
-from .frames import run_frames
+from ..supervisor import Supervisor
+from .common import PING, invalid, stopped
 from .wire import Part, render, sse_part, stream_response
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
@@ -69,13 +70,13 @@ class UIMessageTranslator:
                 out.append({"type": "text-delta", "id": self.text, "delta": data["content"]})
         elif kind == "reasoning_chunk":
             self._close_text(out)
-            part_id = str(data.get("message_id") or f"reasoning-{frame.seq}")
+            part_id = data["message_id"]  # text and reasoning parts have ids of their own kinds
             if self.reasoning != part_id:
                 self._close_reasoning(out)
                 self._open_step(out)
                 self.reasoning = part_id
                 out.append({"type": "reasoning-start", "id": part_id})
-            if data.get("content"):
+            if data["content"]:
                 out.append({"type": "reasoning-delta", "id": part_id, "delta": data["content"]})
         elif kind == "tool_start":
             self._close_text(out)
@@ -86,6 +87,7 @@ class UIMessageTranslator:
             call_id = data["call_id"]
             if call_id not in self.calls:  # an output without a start: give it its input part
                 self._close_text(out)
+                self._close_reasoning(out)
                 self._open_step(out)
                 self._tool_input(out, call_id, data["name"], {})
             self.pending.discard(call_id)
@@ -95,7 +97,14 @@ class UIMessageTranslator:
             if not self.pending:  # the model's turn that called the tools is over
                 self._close_step(out)
         elif kind == "custom":
-            out.append({"type": f"data-{data.get('name', 'custom')}", "data": data.get("data")})
+            out.append({"type": f"data-{data['name']}", "data": data["data"]})
+        elif kind == "interrupt":
+            # The UI message stream has no pause: a data part the page renders as a question;
+            # the run then finishes, and the answer is the next run's config.resume.
+            self._close_text(out)
+            self._close_reasoning(out)
+            interrupt = {"value": data["value"], "interrupt_id": data["interrupt_id"]}
+            out.append({"type": "data-interrupt", "data": interrupt})
         elif kind == "error":
             self.error = data
         elif kind == "done":
@@ -184,65 +193,63 @@ class ChatRequest(BaseModel):
 
 
 def ui_message_stream(
+    request: Request,
+    services: Services,
     sup: Supervisor,
     owner: str,
     run_id: str,
     frames: Any,
-    send_timeout: float,
     headers: dict[str, str] | None = None,
     claimed: bool = False,
 ) -> EventStream:
     body = render(frames, UIMessageTranslator(run_id), sse_part, keepalive=PING, end=DONE)
     return stream_response(
+        request,
+        services,
         sup,
         owner,
         body,
         content_type="text/event-stream",
         preamble=None,
-        send_timeout=send_timeout,
         headers={**HEADERS, **(headers or {})},
         claimed=claimed,
     )
 
 
-def ai_sdk_router() -> APIRouter:
-    router = APIRouter(prefix="/v1/ai-sdk", tags=["ai-sdk"])
+router = APIRouter(prefix="/v1/ai-sdk", tags=["ai-sdk"])
 
-    @router.post("/chat", response_class=EventStream)
-    async def chat(body: ChatRequest, sup: Sup, me: Me, settings: Config) -> Response:
-        """Start a run on the chat's thread; answer it as a UI message stream."""
-        request = body.to_run_create()
-        sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
-        try:
-            run = await sup.control.start(request, me.name)
-            _, frames = await run_frames(sup, run.run_id, run.owner)
-        except BaseException:
-            sup.streams.close(me.name)
-            raise
-        headers = {"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id}
-        return ui_message_stream(
-            sup, me.name, run.run_id, frames, settings.send_timeout, headers, claimed=True
-        )
 
-    @router.get("/chat/{chat_id}/stream", response_class=EventStream)
-    async def resume(chat_id: str, sup: Sup, me: Me, settings: Config) -> Response:
-        """The chat's active run from its start, then live; 204 when it has none."""
-        try:
-            thread = await sup.reads.get_thread(chat_id, me.scope)
-        except ThreadNotFound:
-            return Response(status_code=204)
-        active = thread["active_run"]
-        if active is None:
-            return Response(status_code=204)
-        _, frames = await run_frames(sup, active["run_id"], me.scope)
-        headers = {"X-Run-Id": active["run_id"], "X-Thread-Id": chat_id}
-        return ui_message_stream(
-            sup, me.name, active["run_id"], frames, settings.send_timeout, headers
-        )
+@router.post("/chat", response_class=EventStream)
+async def chat(body: ChatRequest, request: Request, svc: Svc, sup: Sup, me: Me) -> Response:
+    """Start a run on the chat's thread; answer it as a UI message stream."""
+    create = body.to_run_create()
+    sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
+    try:
+        run = await sup.control.start(create, me.name)
+        _, frames = await sup.reads.run_frames(run.run_id, run.owner)
+    except BaseException:
+        sup.streams.close(me.name)
+        raise
+    headers = {"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id}
+    return ui_message_stream(request, svc, sup, me.name, run.run_id, frames, headers, claimed=True)
 
-    @router.post("/chat/{chat_id}/stop")
-    async def stop(chat_id: str, sup: Sup, me: Me) -> JSONResponse:
-        """Stop the chat's active run; 200 once its task has exited (202 if still stopping)."""
-        return stopped(await sup.control.stop_thread(chat_id, me.scope))
 
-    return router
+@router.get("/chat/{chat_id}/stream", response_class=EventStream)
+async def resume(chat_id: str, request: Request, svc: Svc, sup: Sup, me: Me) -> Response:
+    """The chat's active run from its start, then live; 204 when it has none."""
+    try:
+        thread = await sup.reads.get_thread(chat_id, me.scope)
+    except ThreadNotFound:
+        return Response(status_code=204)
+    active = thread["active_run"]
+    if active is None:
+        return Response(status_code=204)
+    _, frames = await sup.reads.run_frames(active["run_id"], me.scope)
+    headers = {"X-Run-Id": active["run_id"], "X-Thread-Id": chat_id}
+    return ui_message_stream(request, svc, sup, me.name, active["run_id"], frames, headers)
+
+
+@router.post("/chat/{chat_id}/stop")
+async def stop(chat_id: str, sup: Sup, me: Me) -> JSONResponse:
+    """Stop the chat's active run; 200 once its task has exited (202 if still stopping)."""
+    return stopped(await sup.control.stop_thread(chat_id, me.scope))

@@ -1,31 +1,14 @@
-"""Dependencies and small pieces the protocol routers share."""
+"""Small pieces the protocol routers share."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from ..auth import Principal
-from ..edge import authenticate
 from ..errors import InvalidInput
-from ..settings import Settings
-from .contract import Supervisor, supervisor
 
 PING = b": ping\n"
 """An SSE comment line, ended by one newline (a blank line would dispatch an empty event)."""
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-Me = Annotated[Principal, Depends(authenticate)]
-Sup = Annotated[Supervisor, Depends(supervisor)]
-Config = Annotated[Settings, Depends(_settings)]
 
 
 def invalid(exc: ValidationError, where: str) -> InvalidInput:

@@ -14,11 +14,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import orjson
+from fastapi import Request
+from starlette.types import Scope
 
 from ..errors import CursorOutOfRange, InvalidCursor
 from ..events import Frame
-from ..sse import EventStream
-from .contract import Supervisor
+from ..http.services import Services
+from ..http.streams import slow_reset
+from ..sse import EventStream, SendWatch
+from ..supervisor import Supervisor
 
 Part = dict[str, Any]
 Encode = Callable[[Part, str], bytes]
@@ -92,8 +96,8 @@ async def render(
 
 
 class ProtocolStream(EventStream):
-    """A protocol's stream: ``EventStream``'s disconnect handling and send timeout, with the
-    protocol's content type and preamble (an NDJSON stream has no ``retry:`` line)."""
+    """A protocol's stream: ``EventStream``'s disconnect handling, send watch and slow-client
+    reset, with the protocol's content type and preamble (an NDJSON stream has no ``retry:``)."""
 
     def __init__(
         self,
@@ -103,10 +107,20 @@ class ProtocolStream(EventStream):
         preamble: bytes | None,
         send_timeout: float,
         headers: dict[str, str] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+        on_slow: Callable[[Scope], None] | None = None,
         on_close: Callable[[], None] | None = None,
+        watch: SendWatch | None = None,
     ) -> None:
         super().__init__(
-            body, retry_ms=0, send_timeout=send_timeout, headers=headers, on_close=on_close
+            body,
+            retry_ms=0,
+            send_timeout=send_timeout,
+            headers=headers,
+            on_disconnect=on_disconnect,
+            on_slow=on_slow,
+            on_close=on_close,
+            watch=watch,
         )
         self.raw_headers = [
             (b"content-type", content_type.encode("latin-1")),
@@ -116,25 +130,31 @@ class ProtocolStream(EventStream):
 
 
 def stream_response(
+    request: Request,
+    services: Services,
     sup: Supervisor,
     owner: str,
     body: AsyncIterator[bytes],
     *,
     content_type: str,
     preamble: bytes | None,
-    send_timeout: float,
     headers: dict[str, str] | None = None,
+    on_disconnect: Callable[[], None] | None = None,
     claimed: bool = False,
 ) -> ProtocolStream:
-    """The response for ``body``; counts as one of the principal's streams while open (429 past
-    the cap). ``claimed``: the caller has already opened that stream slot."""
+    """The response for ``body``, like ``http.streams.event_stream``: counts as one of the
+    principal's streams while open (429 past the cap) and is watched by the services'
+    ``SendWatch``. ``claimed``: the caller has already opened that stream slot."""
     if not claimed:
         sup.streams.open(owner)
     return ProtocolStream(
         body,
         content_type=content_type,
         preamble=preamble,
-        send_timeout=send_timeout,
+        send_timeout=services.settings.send_timeout,
         headers=headers,
+        on_disconnect=on_disconnect,
+        on_slow=slow_reset(request, sup),
         on_close=lambda: sup.streams.close(owner),
+        watch=services.watch,
     )

@@ -1,4 +1,4 @@
-"""The SQLite store: schema migrations, one group-committing writer, and a reader for replay.
+"""The SQLite store: one group-committing writer, and a reader for replay and lookups.
 
 Writes never await per event. ``append`` puts an encoded event on the pending batch and returns;
 the writer task commits whatever is pending in one transaction (one ``executemany``), and while it
@@ -6,51 +6,42 @@ commits the next batch accumulates. There is no timer in front of the first even
 store commits a lone event at once and a busy one commits in ever larger batches.
 
 Only after a batch is committed does the writer hand its events to their ``CommitSink`` (the run's
-log), which is what lets subscribers see them: commit before send (DESIGN.md invariant 3).
+log), which is what lets subscribers see them: commit before send (docs/architecture.md,
+invariant 3).
 
-Reads go through a second connection; in WAL mode they never block the writer.
-``sqlite3`` errors are translated into ``StoreError`` here and nowhere else.
+Reads go through a second connection; in WAL mode they never block the writer. One process holds
+the file, so the runs it finds active that it did not create have lost their owner.
+``sqlite3`` errors are translated into ``StoreError`` in this package and nowhere else.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import aiosqlite
 import anyio
+import orjson
 from anyio.abc import TaskGroup
 
-from .errors import StoreError
-from .events import Frame
-from .metrics import Buckets
+from ..errors import StoreError
+from ..events import Frame
+from ..stats import StoreStats
+from . import statements as sql
+from .base import CommitSink, FinalState, NewRun, Orphan, RunRecord, ThreadRecord
+from .migrate import connect, migrate
 
 logger = logging.getLogger("streamctl.store")
 
-_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_INSERT_EVENT = "INSERT INTO events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)"
+CLOSE_TIMEOUT = 30.0
+"""Default bound on closing: committing what is queued, then closing the connections."""
 
-
-def migrations_dir() -> Path:
-    """Where the schema lives: inside the installed wheel, or beside the package in a checkout."""
-    packaged = Path(__file__).with_name("migrations")
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "migrations"
-
-
-class CommitSink(Protocol):
-    """Receives a run's events once they are durable (the run's log)."""
-
-    def committed(self, frame: Frame, event: object) -> None: ...
-
-    def publish(self) -> None: ...
+Pending = tuple[str, Frame, object, CommitSink]
 
 
 class _Batch:
@@ -63,36 +54,37 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-class Store:
-    """One SQLite file. Use as ``async with Store(path) as store``."""
+class SqliteStore:
+    """One SQLite file. Use as ``async with SqliteStore(path) as store``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, close_timeout: float = CLOSE_TIMEOUT) -> None:
         self.path = Path(path)
+        self.close_timeout = close_timeout
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._tg: TaskGroup | None = None
-        self._events: list[tuple[str, Frame, object, CommitSink]] = []
+        self._events: list[Pending] = []
         self._statements: list[tuple[str, Sequence[Any]]] = []
         self._pending = _Batch()
         self._inflight: _Batch | None = None
+        self._commit_scope: anyio.CancelScope | None = None
         self._wake = anyio.Event()
         self._idle = False
         """True while the writer waits on ``_wake`` (a plain flag: appends check it per event)."""
         self._closing = False
-        self.batches = 0
-        """Transactions committed so far (for tests and benchmarks)."""
-        self.committed_events = 0
-        self.batch_sizes = Buckets((1, 2, 5, 10, 50, 100, 500, 1000, 5000, 20000))
-        self.commit_seconds = Buckets((0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+        self._abandoned = False
+        self._owned: set[str] = set()
+        """Runs this store created and has not finished: their owner is alive."""
+        self.stats = StoreStats()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Store:
+    async def __aenter__(self) -> SqliteStore:
         try:
-            self._writer = await _connect(self.path)
+            self._writer = await connect(self.path)
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await migrate(self._writer)
-            self._reader = await _connect(self.path)
+            self._reader = await connect(self.path)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._close_connections()
@@ -110,16 +102,23 @@ class Store:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with anyio.CancelScope(shield=True):
+        # Shielded, so a cancelled shutdown still commits what it can, but bounded: a commit
+        # that never returns (a hung disk) must not hold the process for ever.
+        with anyio.move_on_after(self.close_timeout, shield=True) as bound:
             try:
                 await self.flush()
             except StoreError:
                 logger.exception("last batch could not be committed at shutdown")
         self._closing = True
         self._wake.set()
+        if bound.cancelled_caught:
+            logger.error("the store did not commit within %g s; closing anyway", self.close_timeout)
+            self._abandoned = True
+            if self._commit_scope is not None:
+                self._commit_scope.cancel()  # the writer gives up its batch and returns
         assert self._tg is not None
         await self._tg.__aexit__(None, None, None)
-        with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(self.close_timeout, shield=True):
             await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -137,7 +136,44 @@ class Store:
             self._idle = False
             self._wake.set()
 
-    def execute_later(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def create_run(self, run: NewRun) -> None:
+        # Encoded before anything is queued: if this raised, nothing half-written would remain.
+        input_json, config_json = orjson.dumps(run.input), orjson.dumps(run.config)
+        self._execute_later(sql.INSERT_THREAD, (run.thread_id, run.owner, run.created_at))
+        self._execute_later(
+            sql.INSERT_RUN,
+            (
+                run.run_id,
+                run.thread_id,
+                run.owner,
+                run.status,
+                input_json,
+                config_json,
+                run.created_at,
+                run.started_at,
+            ),
+        )
+        self._owned.add(run.run_id)
+
+    def mark_running(self, run_id: str, started_at: float) -> None:
+        self._execute_later(sql.MARK_RUNNING, (started_at, run_id))
+
+    def finish_run(self, run_id: str, final: FinalState) -> None:
+        self._execute_later(
+            sql.FINAL_UPDATE,
+            (
+                final.status,
+                final.ended_at,
+                final.last_seq,
+                orjson.dumps(final.error) if final.error else None,
+                orjson.dumps({"tokens": final.tokens, **(final.usage or {})}),
+                orjson.dumps({"reason": final.reason, "output": final.output}),
+                run_id,
+            ),
+        )
+        self._owned.discard(run_id)
+
+    def _execute_later(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue a statement for the next group commit (before that batch's events)."""
         self._statements.append((sql, params))
         if self._idle:
@@ -159,6 +195,10 @@ class Store:
         conn = self._writer
         assert conn is not None
         while True:
+            if self._abandoned:  # closing took too long: what is still queued is lost
+                self._pending.error = StoreError("the store closed before committing")
+                self._pending.done.set()
+                return
             if not (self._events or self._statements):
                 if self._closing:
                     return
@@ -173,23 +213,30 @@ class Store:
             self._inflight = batch
             began = time.perf_counter()
             try:
-                with anyio.CancelScope(shield=True):
+                # Shielded: a cancelled caller must not abandon a commit halfway. Only closing
+                # the store cancels it (``__aexit__``, past its bound).
+                with anyio.CancelScope(shield=True) as scope:
+                    self._commit_scope = scope
                     await self._commit(conn, statements, events)
+                if scope.cancelled_caught:
+                    raise sqlite3.OperationalError("the store closed before the commit ended")
             except sqlite3.Error as exc:
                 logger.exception("group commit of %d events failed", len(events))
                 batch.error = exc
                 self._abandon(events, exc)
             else:
-                self.batches += 1
-                self.committed_events += len(events)
-                self.batch_sizes.observe(len(events))
-                self.commit_seconds.observe(time.perf_counter() - began)
+                stats = self.stats
+                stats.batches += 1
+                stats.committed_events += len(events)
+                stats.batch_sizes.observe(len(events))
+                stats.commit_seconds.observe(time.perf_counter() - began)
                 _deliver(events)
             finally:
+                self._commit_scope = None
                 self._inflight = None
                 batch.done.set()
 
-    def _abandon(self, events: list[tuple[str, Frame, object, CommitSink]], exc: Exception) -> None:
+    def _abandon(self, events: list[Pending], exc: Exception) -> None:
         """A batch is lost: its runs must not number on past the hole (dense ids), so their
         later events still pending are dropped too, and each run is told it has failed."""
         lost = {id(sink): sink for _, _, _, sink in events}
@@ -212,14 +259,14 @@ class Store:
     async def _commit(
         conn: aiosqlite.Connection,
         statements: list[tuple[str, Sequence[Any]]],
-        events: list[tuple[str, Frame, object, CommitSink]],
+        events: list[Pending],
     ) -> None:
         try:
-            for sql, params in statements:
-                await conn.execute(sql, params)
+            for statement, params in statements:
+                await conn.execute(statement, params)
             if events:
                 await conn.executemany(
-                    _INSERT_EVENT,
+                    sql.INSERT_EVENT,
                     [(run_id, f.seq, f.type, f.data, f.created_at) for run_id, f, _, _ in events],
                 )
             await conn.commit()
@@ -230,6 +277,8 @@ class Store:
     # -- reading ---------------------------------------------------------------------------------
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        """One row of any query (for inspection and tests; the domain asks through the methods
+        of ``RunStore``)."""
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
 
@@ -243,16 +292,59 @@ class Store:
 
     async def read_frames(self, run_id: str, after: int, upto: int | None = None) -> list[Frame]:
         """Committed events of a run with ``after < seq <= upto``, in order."""
-        sql = "SELECT seq, type, data, created_at FROM events WHERE run_id = ? AND seq > ?"
-        params: list[Any] = [run_id, after]
-        if upto is not None:
-            sql += " AND seq <= ?"
-            params.append(upto)
-        rows = await self.fetch_all(sql + " ORDER BY seq", params)
+        if upto is None:
+            rows = await self.fetch_all(sql.FRAMES_AFTER, (run_id, after))
+        else:
+            rows = await self.fetch_all(sql.FRAMES_BETWEEN, (run_id, after, upto))
         return [Frame.build(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
 
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        row = await self.fetch_one(sql.RUN, (run_id,))
+        return None if row is None else sql.run_record(row)
 
-def _deliver(events: list[tuple[str, Frame, object, CommitSink]]) -> None:
+    async def list_runs(
+        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        if thread_id is None:
+            rows = await self.fetch_all(sql.RUNS_OF_OWNER, (owner, limit))
+        else:
+            rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))
+        return [sql.run_record(row) for row in rows]
+
+    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
+        row = await self.fetch_one(sql.THREAD, (thread_id,))
+        if row is None:
+            return None
+        return ThreadRecord(row["thread_id"], row["owner"], row["created_at"])
+
+    async def thread_runs(self, thread_id: str) -> list[RunRecord]:
+        rows = await self.fetch_all(sql.RUNS_ON_THREAD, (thread_id,))
+        return [sql.run_record(row) for row in rows]
+
+    async def next_run_on_thread(self, thread_id: str, run_id: str) -> str | None:
+        row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (thread_id, run_id))
+        return None if row is None else str(row["run_id"])
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    async def claim_orphans(self) -> list[Orphan]:
+        rows = await self.fetch_all(sql.ACTIVE_RUNS)
+        orphans = [
+            Orphan(r["run_id"], r["thread_id"]) for r in rows if r["run_id"] not in self._owned
+        ]
+        self._owned.update(orphan.run_id for orphan in orphans)
+        return orphans
+
+    async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
+        rows = await self.fetch_all(sql.PURGEABLE_RUNS, (ended_before, limit))
+        for row in rows:
+            self._execute_later(sql.DELETE_EVENTS, (row["run_id"],))
+            self._execute_later(sql.MARK_PURGED, (now, row["run_id"]))
+        await self.flush()
+        return len(rows)
+
+
+def _deliver(events: list[Pending]) -> None:
     sinks: dict[int, CommitSink] = {}
     for run_id, frame, event, sink in events:
         try:
@@ -265,56 +357,3 @@ def _deliver(events: list[tuple[str, Frame, object, CommitSink]]) -> None:
             sink.publish()
         except Exception:
             logger.exception("waking subscribers failed")
-
-
-async def _connect(path: Path) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path)
-    conn.row_factory = sqlite3.Row
-    await conn.execute("PRAGMA synchronous=NORMAL")
-    await conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-async def migrate(conn: aiosqlite.Connection) -> list[str]:
-    """Apply the migrations this database has not seen, each in its own transaction, in order."""
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-    )
-    await conn.commit()
-    done = {row[0] for row in await conn.execute_fetchall("SELECT version FROM schema_migrations")}
-    applied: list[str] = []
-    for path in sorted(migrations_dir().glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
-        if match is None:
-            raise StoreError(f"migration file {path.name!r} is not named NNNN_name.sql")
-        version = int(match.group(1))
-        if version in done:
-            continue
-        # One script, one transaction: the schema change and its record land together or not at all.
-        script = (
-            f"BEGIN;\n{path.read_text(encoding='utf-8')}\n;\n"
-            f"INSERT INTO schema_migrations VALUES ({version}, '{path.name}', {time.time()});\n"
-            "COMMIT;"
-        )
-        try:
-            await conn.executescript(script)
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                await conn.rollback()
-            raise StoreError(f"migration {path.name} failed: {exc}") from exc
-        applied.append(path.name)
-    return applied
-
-
-async def migrate_file(path: str | Path) -> list[str]:
-    """Open ``path`` (creating it), switch it to WAL and apply pending migrations."""
-    try:
-        conn = await _connect(Path(path))
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open store {str(path)!r}: {exc}") from exc
-    try:
-        await conn.execute("PRAGMA journal_mode=WAL")
-        return await migrate(conn)
-    finally:
-        await conn.close()

@@ -1,48 +1,47 @@
-"""How one run executes, from its first row to its final row.
+"""How one run executes, from its first row to its final row: the body of a run's task.
 
-``Runner.run`` is the body of a run's task: it writes the run's row and first event, waits for the
+``RunTask.run`` is the body of a run's task: it writes the run's row and first event, waits for the
 runs ahead of it when queued, iterates the agent inside the run's own cancel scope, and always ends
 with the terminal events and the final row, written in shielded clean-up after the agent's code is
-gone (DESIGN.md invariants 6 and 7). An agent's exception is caught here, at the per-run
+gone (docs/architecture.md, invariants 6 and 7). An agent's exception is caught here, at the per-run
 boundary, and fails that run alone (invariant 9).
+
+``finalise_orphans`` ends the runs a store hands over because their owner is gone.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import anyio
 import anyio.lowlevel
-import orjson
 from anyio.abc import TaskGroup, TaskStatus
 
 from .agents.base import Agent, AgentContext, Message
-from .errors import StreamctlError
+from .errors import AgentProtocolError, RecursionLimitExceeded, StreamctlError
 from .events import (
+    Custom,
     Done,
     ErrorEvent,
     Frame,
+    Interrupt,
     MessageChunk,
+    ReasoningChunk,
     RunStarted,
     TerminalStatus,
     ToolEnd,
     ToolStart,
+    Usage,
 )
 from .runs import Run, RunOutput
 from .settings import Settings
-from .store import Store
+from .store.base import ACTIVE_STATUSES, FinalState, NewRun, RunStore
 
-logger = logging.getLogger("streamctl.runner")
+logger = logging.getLogger("streamctl.run_task")
 
 _FINISH_TIMEOUT = 30.0
 """Upper bound on the shielded clean-up of one run (flush, terminal event, final row)."""
-
-_FINAL_UPDATE = (
-    "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?, usage = ?, snapshot = ?"
-    " WHERE run_id = ?"
-)
 
 _CHECKPOINT_EVERY = 128
 """Events an agent may emit without awaiting before the run yields to the event loop once."""
@@ -50,18 +49,10 @@ _CHECKPOINT_EVERY = 128
 Outcome = tuple[TerminalStatus, str, dict[str, str] | None]
 
 
-class RecursionLimitExceeded(Exception):
-    """The agent took more steps than the run's recursion limit allows."""
+class RunTask:
+    """The body of every run's task (one ``run`` call per run), for the supervisor."""
 
-
-class AgentProtocolError(Exception):
-    """The agent yielded something that is not an ``AgentEvent``."""
-
-
-class Runner:
-    """Executes runs for the supervisor (one ``run`` call per run task)."""
-
-    def __init__(self, store: Store, agent: Agent, settings: Settings, tg: TaskGroup) -> None:
+    def __init__(self, store: RunStore, agent: Agent, settings: Settings, tg: TaskGroup) -> None:
         self.store = store
         self.agent = agent
         self.settings = settings
@@ -83,29 +74,30 @@ class Runner:
             # it once the runs ahead of it (whose output belongs in it) have ended.
             history = await self._history(run.thread_id, run.run_id)
             run.started_at = time.time()
-        # Encoded before anything is queued: if this raised, nothing half-written would remain.
-        input_json, config_json = orjson.dumps(run.input), orjson.dumps(run.config)
-        store.execute_later(
-            "INSERT OR IGNORE INTO threads (thread_id, owner, created_at) VALUES (?, ?, ?)",
-            (run.thread_id, run.owner, run.created_at),
-        )
-        store.execute_later(
-            "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at,"
-            " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                run.run_id,
-                run.thread_id,
-                run.owner,
-                status,
-                input_json,
-                config_json,
-                run.created_at,
-                run.started_at,
-            ),
+        store.create_run(
+            NewRun(
+                run_id=run.run_id,
+                thread_id=run.thread_id,
+                owner=run.owner,
+                status=status,
+                input=run.input,
+                config=run.config,
+                created_at=run.created_at,
+                started_at=run.started_at,
+            )
         )
         run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id, status=status))
         await store.flush()
         task_status.started()
+        logger.info(
+            "run started",
+            extra={
+                "run_id": run.run_id,
+                "thread_id": run.thread_id,
+                "owner": run.owner,
+                "status": status,
+            },
+        )
 
         # If the supervisor itself is cancelled (it should not be: shutdown stops runs first),
         # the run still ends with a terminal event.
@@ -136,10 +128,7 @@ class Runner:
                         await ahead.finished.wait()
                     run.ahead = []
                     run.started_at = time.time()
-                    self.store.execute_later(
-                        "UPDATE runs SET status = 'running', started_at = ? WHERE run_id = ?",
-                        (run.started_at, run.run_id),
-                    )
+                    self.store.mark_running(run.run_id, run.started_at)
                     run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id))
                     history = await self._history(run.thread_id, run.run_id)
                 assert history is not None
@@ -164,15 +153,13 @@ class Runner:
         return "completed", "the agent finished", None
 
     async def _history(self, thread_id: str, run_id: str) -> list[Message]:
-        rows = await self.store.fetch_all(
-            "SELECT input, snapshot FROM runs WHERE thread_id = ? AND run_id != ?"
-            " AND status NOT IN ('queued', 'running') ORDER BY created_at, rowid",
-            (thread_id, run_id),
-        )
+        """The thread's finished runs before this one, as the conversation the agent continues."""
         history: list[Message] = []
-        for row in rows:
-            history += [Message(**m) for m in orjson.loads(row["input"])["messages"]]
-            text = orjson.loads(row["snapshot"])["output"]["text"] if row["snapshot"] else ""
+        for record in await self.store.thread_runs(thread_id):
+            if record.run_id == run_id or record.status in ACTIVE_STATUSES:
+                continue
+            history += [Message(**m) for m in record.input["messages"]]
+            text = record.output["text"] if record.output is not None else ""
             history.append(Message(role="assistant", content=text))
         return history
 
@@ -204,10 +191,14 @@ class Runner:
                         steps += 1
                 elif isinstance(event, ToolStart):
                     steps += 1
-                elif not isinstance(event, ToolEnd):
+                elif isinstance(event, Usage):  # added up into `done`, never sent
+                    event.add_to(run.usage)
+                    continue
+                elif not isinstance(event, ToolEnd | ReasoningChunk | Custom | Interrupt):
                     raise AgentProtocolError(
-                        f"agent yielded {type(event).__name__}; "
-                        "expected MessageChunk, ToolStart or ToolEnd"
+                        f"agent yielded {type(event).__name__}; expected an AgentEvent"
+                        " (MessageChunk, ReasoningChunk, ToolStart, ToolEnd, Custom, Interrupt"
+                        " or Usage)"
                     )
                 if steps > limit:
                     raise RecursionLimitExceeded(f"the run took more than {limit} steps")
@@ -245,20 +236,34 @@ class Runner:
             status=status,
             reason=reason,
             tokens=run.output.tokens,
+            usage=run.usage or None,
         )
         run.emit(done)
-        write_final_row(
-            store,
+        store.finish_run(
             run.run_id,
-            status=status,
-            reason=reason,
-            error=error,
-            tokens=run.output.tokens,
-            last_seq=run.last_seq,
-            output=run.output.as_json(),
-            ended_at=run.ended_at,
+            FinalState(
+                status=status,
+                reason=reason,
+                error=error,
+                tokens=run.output.tokens,
+                last_seq=run.last_seq,
+                output=run.output.as_json(),
+                ended_at=run.ended_at,
+                usage=run.usage,
+            ),
         )
         await store.flush()
+        logger.info(
+            "run ended",
+            extra={
+                "run_id": run.run_id,
+                "thread_id": run.thread_id,
+                "owner": run.owner,
+                "status": status,
+                "duration": round(run.ended_at - run.created_at, 3),
+                "events": run.last_seq,
+            },
+        )
 
     async def _watch(self, run: Run) -> None:
         """End the run as ``timed_out`` when it runs too long or its agent goes quiet too long.
@@ -283,67 +288,45 @@ class Runner:
                 await run.finished.wait()
 
 
-def write_final_row(
-    store: Store,
-    run_id: str,
-    *,
-    status: str,
-    reason: str | None,
-    error: dict[str, Any] | None,
-    tokens: int,
-    last_seq: int,
-    output: dict[str, Any],
-    ended_at: float,
-) -> None:
-    """Queue the run's final row: status, timings, error, usage, and the output snapshot."""
-    store.execute_later(
-        _FINAL_UPDATE,
-        (
-            status,
-            ended_at,
-            last_seq,
-            orjson.dumps(error) if error else None,
-            orjson.dumps({"tokens": tokens}),
-            orjson.dumps({"reason": reason, "output": output}),
-            run_id,
-        ),
-    )
+class _Discard:
+    """The sink of an orphan's `done`: no log in memory follows an orphan."""
+
+    def committed(self, frame: Frame, event: object) -> None:
+        pass
+
+    def publish(self) -> None:
+        pass
 
 
-async def recover(store: Store) -> int:
-    """Finalise runs the store still shows as active (the process died under them): each gets a
-    ``done`` with status ``interrupted`` at its next seq, and its final row."""
-    rows = await store.fetch_all(
-        "SELECT run_id, thread_id FROM runs WHERE status IN ('queued', 'running')"
-    )
+async def finalise_orphans(store: RunStore) -> int:
+    """Finalise the runs the store hands over because their owner is gone (the process died
+    under them): each gets a ``done`` with status ``interrupted`` at its next seq, and its final
+    row, with the output folded from its stored events."""
+    orphans = await store.claim_orphans()
     now = time.time()
-    for row in rows:
-        frames = await store.read_frames(row["run_id"], 0)
-        output = RunOutput.fold(frames)
+    for orphan in orphans:
+        output = RunOutput.fold(await store.read_frames(orphan.run_id, 0))
         seq = output.last_seq + 1
         done = Done(
-            run_id=row["run_id"],
-            thread_id=row["thread_id"],
+            run_id=orphan.run_id,
+            thread_id=orphan.thread_id,
             status="interrupted",
             reason="the server stopped while the run was active",
             tokens=output.tokens,
         )
-        frame = Frame.encode(seq, done, now)
-        store.execute_later(
-            "INSERT INTO events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
-            (row["run_id"], seq, frame.type, frame.data, now),
+        store.append(orphan.run_id, Frame.encode(seq, done, now), done, _Discard())
+        store.finish_run(
+            orphan.run_id,
+            FinalState(
+                status=done.status,
+                reason=done.reason,
+                error=output.error,
+                tokens=output.tokens,
+                last_seq=seq,
+                output=output.as_json(),
+                ended_at=now,
+            ),
         )
-        write_final_row(
-            store,
-            row["run_id"],
-            status=done.status,
-            reason=done.reason,
-            error=output.error,
-            tokens=output.tokens,
-            last_seq=seq,
-            output=output.as_json(),
-            ended_at=now,
-        )
-        logger.warning("run %s was active at the last shutdown: interrupted", row["run_id"])
+        logger.warning("run %s was active when its owner stopped: interrupted", orphan.run_id)
     await store.flush()
-    return len(rows)
+    return len(orphans)
