@@ -15,6 +15,7 @@ from pydantic import TypeAdapter
 
 from streamctl.agents import ScriptedAgent, Wait
 from streamctl.agents.scripted import Fail, Step
+from streamctl.events import Custom, Interrupt, MessageChunk, ReasoningChunk
 
 from .conftest import StartServer, chunks, tool_call
 from .node_clients import node_json, require_node, until_subscribers
@@ -70,6 +71,31 @@ async def test_http_agent_accepts_a_normal_run(serve: StartServer, ag_ui: None) 
     async with server.client() as client:
         run = (await client.get("/v1/runs/run-1")).json()  # the client's runId is the run's id
     assert run["status"] == "completed" and run["thread_id"] == "t1"
+
+
+async def test_http_agent_accepts_reasoning_custom_events_and_an_interrupt(
+    serve: StartServer, ag_ui: None
+) -> None:
+    steps: list[Step] = [
+        ReasoningChunk(content="The user wants", message_id="m1"),
+        MessageChunk(content="Refund 20 EUR?", message_id="m1"),
+        Custom(name="progress", data={"pct": 50}),
+        Interrupt(value="Approve the refund?", interrupt_id="i1"),
+    ]
+    server = await serve(agent=ScriptedAgent(steps))
+    with anyio.fail_after(30):
+        result = await node_json("ag_ui.mjs", server.url, "t1", "run-1", "run")
+    assert result["error"] is None  # the client's verifier accepts the reasoning events
+    events = result["events"]
+    check_models(events)
+    kinds = [e["type"] for e in events]
+    assert kinds.count("REASONING_START") == kinds.count("REASONING_END") == 1
+    custom = [(e["name"], e["value"]) for e in events if e["type"] == "CUSTOM"]
+    assert custom == [("progress", {"pct": 50}), ("on_interrupt", "Approve the refund?")]
+    assert events[-1]["outcome"] == {
+        "type": "interrupt",
+        "interrupts": [{"id": "i1", "reason": "input_required", "message": "Approve the refund?"}],
+    }
 
 
 async def test_http_agent_accepts_a_stopped_run(serve: StartServer, ag_ui: None) -> None:

@@ -16,7 +16,15 @@ import pytest
 
 from streamctl.agents import ScriptedAgent, Wait
 from streamctl.agents.scripted import Fail, Step
-from streamctl.events import Frame, ToolEnd, ToolStart
+from streamctl.events import (
+    Custom,
+    Frame,
+    Interrupt,
+    MessageChunk,
+    ReasoningChunk,
+    ToolEnd,
+    ToolStart,
+)
 from streamctl.protocols.ai_sdk import UIMessageTranslator
 
 from .conftest import StartServer, chunks, tool_call
@@ -63,6 +71,28 @@ async def test_use_chat_sends_and_streams_text_tools_and_finish(
         snapshot = (await client.get(f"/v1/runs/{message['id']}")).json()
     assert snapshot["status"] == "completed" and snapshot["thread_id"] == CHAT
     assert again["status"] == "ready" and again["messages"] == [] and again["chunks"] == []
+
+
+async def test_use_chat_takes_reasoning_custom_data_and_an_interrupt(
+    serve: StartServer, ai: None
+) -> None:
+    steps: list[Step] = [
+        ReasoningChunk(content="The user wants", message_id="m1"),
+        MessageChunk(content="Refund 20 EUR?", message_id="m1"),
+        Custom(name="progress", data={"pct": 50}),
+        Interrupt(value="Approve the refund?", interrupt_id="i1"),
+    ]
+    server = await serve(agent=ScriptedAgent(steps))
+    with anyio.fail_after(30):
+        result = await node_json("ai_sdk.mjs", server.url, CHAT, "send")
+    assert result["status"] == "ready" and result["error"] is None and result["errors"] == []
+    parts = [p for p in assistant(result)["parts"] if p["type"] != "step-start"]
+    assert [(p["type"], p.get("text", p.get("data"))) for p in parts] == [
+        ("reasoning", "The user wants"),
+        ("text", "Refund 20 EUR?"),
+        ("data-progress", {"pct": 50}),
+        ("data-interrupt", {"value": "Approve the refund?", "interrupt_id": "i1"}),
+    ]
 
 
 async def test_stop_endpoint_stops_the_run_mid_answer(serve: StartServer, ai: None) -> None:

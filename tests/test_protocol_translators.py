@@ -116,3 +116,97 @@ def test_part_cursors() -> None:
     assert parse_part_cursor(None, "r", 5) == (0, 0) == parse_part_cursor("", "r", 5)
     assert parse_part_cursor("5", "r", 5) == (5, 0)
     assert parse_part_cursor("4.2", "r", 5) == (4, 2)
+
+
+def interrupted_log() -> list[Frame]:
+    """A run that reasons, sends a custom event, then pauses on an ``interrupt`` and completes."""
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("run", {"run_id": "r", "thread_id": "t", "status": "running"}),
+        ("reasoning_chunk", {"content": "let me see", "message_id": "m1"}),
+        ("reasoning_chunk", {"content": "", "message_id": "m1"}),
+        ("message_chunk", {"role": "assistant", "content": "I need", "message_id": "m1"}),
+        ("custom", {"name": "progress", "data": None}),
+        ("reasoning_chunk", {"content": "hm", "message_id": "m2"}),
+        ("interrupt", {"value": "Approve the refund?", "interrupt_id": None}),
+        ("interrupt", {"value": {"ask": "amount"}, "interrupt_id": "i2"}),
+        ("done", {"run_id": "r", "thread_id": "t", "status": "completed", "reason": "x"}),
+    ]
+    return [Frame.build(i, t, orjson.dumps(d), 1.5) for i, (t, d) in enumerate(events, start=1)]
+
+
+def test_ag_ui_reasoning_custom_and_interrupts() -> None:
+    out = [p for batch in parts(AGUITranslator("t", "r"), interrupted_log()) for p in batch]
+    for event in out:
+        EVENT.validate_python(event)
+    kinds = [e["type"] for e in out]
+    assert kinds == [
+        "RUN_STARTED",
+        "REASONING_START",
+        "REASONING_MESSAGE_START",
+        "REASONING_MESSAGE_CONTENT",
+        "REASONING_MESSAGE_END",
+        "REASONING_END",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "CUSTOM",
+        "TEXT_MESSAGE_END",
+        "REASONING_START",
+        "REASONING_MESSAGE_START",
+        "REASONING_MESSAGE_CONTENT",
+        "REASONING_MESSAGE_END",
+        "REASONING_END",
+        "CUSTOM",
+        "CUSTOM",
+        "RUN_FINISHED",
+    ]
+    assert out[1]["messageId"] == "m1:reasoning" and out[6]["messageId"] == "m1"
+    assert out[8] == {"type": "CUSTOM", "timestamp": 1500, "name": "progress", "value": None}
+    assert [(e["name"], e["value"]) for e in out[-3:-1]] == [
+        ("on_interrupt", "Approve the refund?"),
+        ("on_interrupt", {"ask": "amount"}),
+    ]
+    assert out[-1]["outcome"] == {
+        "type": "interrupt",
+        "interrupts": [
+            {"id": "r:7", "reason": "input_required", "message": "Approve the refund?"},
+            {"id": "i2", "reason": "input_required"},
+        ],
+    }
+
+
+def test_ui_message_reasoning_custom_and_interrupts() -> None:
+    out = [p for batch in parts(UIMessageTranslator("r"), interrupted_log()) for p in batch]
+    assert [p["type"] for p in out] == [
+        "start",
+        "start-step",
+        "reasoning-start",
+        "reasoning-delta",
+        "reasoning-end",
+        "text-start",
+        "text-delta",
+        "data-progress",
+        "text-end",
+        "reasoning-start",
+        "reasoning-delta",
+        "reasoning-end",
+        "data-interrupt",
+        "data-interrupt",
+        "finish-step",
+        "finish",
+    ]
+    assert out[-4]["data"] == {"value": "Approve the refund?", "interrupt_id": None}
+    assert out[-3]["data"] == {"value": {"ask": "amount"}, "interrupt_id": "i2"}
+
+
+def test_stream_chunks_carry_custom_events_and_interrupts_as_updates() -> None:
+    out = [
+        p
+        for batch in parts(StreamChunkTranslator("t", "r", False), interrupted_log())
+        for p in batch
+    ]
+    updates = [c["data"] for c in out if c["event"] == "updates" and "event" in c["data"]]
+    assert updates == [
+        {"event": "custom", "name": "progress", "data": None},
+        {"event": "interrupt", "value": "Approve the refund?", "interrupt_id": None},
+        {"event": "interrupt", "value": {"ask": "amount"}, "interrupt_id": "i2"},
+    ]
