@@ -25,7 +25,7 @@ from streamctl.events import (
     ToolEnd,
     ToolStart,
 )
-from streamctl.protocols.ai_sdk import UIMessageTranslator
+from streamctl.http.protocols.ai_sdk import UIMessageTranslator
 
 from .conftest import StartServer, chunks, tool_call
 from .node_clients import live_runs, node_json, require_node, until_subscribers

@@ -13,10 +13,10 @@ from ag_ui.core import Event
 from pydantic import TypeAdapter
 
 from streamctl.events import Frame
-from streamctl.protocols.ag_ui import AGUITranslator
-from streamctl.protocols.agentflow import StreamChunkTranslator
-from streamctl.protocols.ai_sdk import UIMessageTranslator
-from streamctl.protocols.wire import Translator, parse_part_cursor
+from streamctl.http.protocols.ag_ui import AGUITranslator
+from streamctl.http.protocols.agentflow import StreamChunkTranslator
+from streamctl.http.protocols.ai_sdk import UIMessageTranslator
+from streamctl.http.protocols.wire import Translator, parse_part_cursor
 
 EVENT: TypeAdapter[Any] = TypeAdapter(Event)
 

@@ -11,6 +11,7 @@ errors.py      domain error → status and JSON error body
 models.py      the response bodies, for response_model and /openapi.json
 streams.py     SSE answers: a stream slot per principal, then EventStream
 body_limit.py  BodyLimit, the request body's size limit (ASGI middleware)
+protocols/     the frontends' protocols: AI SDK, AG-UI, AgentFlow (/v1/ai-sdk, /v1/ag-ui, /v1/graph)
 """
 
 from __future__ import annotations

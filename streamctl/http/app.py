@@ -19,7 +19,6 @@ from .. import __version__
 from ..agents import Agent, as_agent, load_agent
 from ..auth import Authenticator
 from ..metrics import registry_for
-from ..protocols import ag_ui, agentflow, ai_sdk
 from ..settings import Settings
 from ..sse import SendWatch
 from ..store import Store
@@ -27,6 +26,7 @@ from ..supervisor import Supervisor
 from . import page, runs, system, threads
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
+from .protocols import ag_ui, agentflow, ai_sdk
 from .services import STATE_KEY, Services
 
 ROUTERS = (

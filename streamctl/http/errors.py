@@ -144,7 +144,7 @@ _WHEN = {
     400: "`invalid_json`, `invalid_cursor` or `cursor_out_of_range`",
     401: "authentication failed (`WWW-Authenticate` says why)",
     404: "no such run, thread or path, or not yours",
-    409: "`thread_busy`: the thread has an active run",
+    409: "`thread_busy`: the thread has an active run; `run_id_taken`: a chosen run id in use",
     410: "`run_purged`: retention deleted the run's events",
     413: "`body_too_large`",
     422: "`invalid_request` (with `details`) or `invalid_input`",

@@ -21,15 +21,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..agents.base import Message
-from ..errors import InvalidInput, ThreadNotFound
-from ..events import Frame
-from ..http.auth import Me
-from ..http.services import Services, Sup, Svc
-from ..inputs import RunConfig, RunCreate, RunInput, ThreadId
-from ..sse import EventStream
-from ..supervisor import Supervisor
-from .common import PING, invalid, stopped
+from ...agents.base import Message
+from ...errors import InvalidInput, ThreadNotFound
+from ...events import Frame
+from ...inputs import RunConfig, RunCreate, RunInput, ThreadId
+from ...sse import EventStream
+from ...supervisor import Supervisor
+from ..auth import Me
+from ..services import Services, Sup, Svc
+from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped
 from .wire import Part, render, sse_part, stream_response
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
@@ -219,7 +219,7 @@ def ui_message_stream(
 router = APIRouter(prefix="/v1/ai-sdk", tags=["ai-sdk"])
 
 
-@router.post("/chat", response_class=EventStream)
+@router.post("/chat", response_class=EventStream, responses=START_STREAM)
 async def chat(body: ChatRequest, request: Request, svc: Svc, sup: Sup, me: Me) -> Response:
     """Start a run on the chat's thread; answer it as a UI message stream."""
     create = body.to_run_create()
@@ -234,7 +234,7 @@ async def chat(body: ChatRequest, request: Request, svc: Svc, sup: Sup, me: Me) 
     return ui_message_stream(request, svc, sup, me.name, run.run_id, frames, headers, claimed=True)
 
 
-@router.get("/chat/{chat_id}/stream", response_class=EventStream)
+@router.get("/chat/{chat_id}/stream", response_class=EventStream, responses=READ_STREAM)
 async def resume(chat_id: str, request: Request, svc: Svc, sup: Sup, me: Me) -> Response:
     """The chat's active run from its start, then live; 204 when it has none."""
     try:
@@ -249,7 +249,7 @@ async def resume(chat_id: str, request: Request, svc: Svc, sup: Sup, me: Me) -> 
     return ui_message_stream(request, svc, sup, me.name, active["run_id"], frames, headers)
 
 
-@router.post("/chat/{chat_id}/stop")
+@router.post("/chat/{chat_id}/stop", responses=STOP)
 async def stop(chat_id: str, sup: Sup, me: Me) -> JSONResponse:
     """Stop the chat's active run; 200 once its task has exited (202 if still stopping)."""
     return stopped(await sup.control.stop_thread(chat_id, me.scope))

@@ -21,12 +21,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..events import Frame
-from ..http.auth import Me
-from ..http.services import Sup, Svc
-from ..http.streams import start_streaming
-from ..inputs import GraphStreamRequest, RunCreate, ThreadId
-from ..sse import EventStream
+from ...events import Frame
+from ...inputs import GraphStreamRequest, RunCreate, ThreadId
+from ...sse import EventStream
+from ..auth import Me
+from ..services import Sup, Svc
+from ..streams import start_streaming
+from .common import START_STREAM, STOP
 from .wire import Part, ndjson_part, render, stream_response
 
 NDJSON = "application/x-ndjson"
@@ -220,7 +221,7 @@ def _envelope(data: dict[str, Any], status: int) -> JSONResponse:
 router = APIRouter(prefix="/v1/graph", tags=["agentflow"])
 
 
-@router.post("/stream", response_class=EventStream)
+@router.post("/stream", response_class=EventStream, responses=START_STREAM)
 async def graph_stream(
     body: AgentFlowStreamRequest, request: Request, svc: Svc, sup: Sup, me: Me
 ) -> Response:
@@ -254,7 +255,7 @@ async def graph_stream(
     )
 
 
-@router.post("/stop")
+@router.post("/stop", responses=STOP)
 async def graph_stop(body: GraphStop, sup: Sup, me: Me) -> JSONResponse:
     """Stop the thread's active run; 200 once its task has exited (202 if still stopping)."""
     started = time.time()

@@ -20,16 +20,16 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..agents.base import Message
-from ..auth import Principal
-from ..errors import InvalidInput, RunIdTaken, RunNotFound
-from ..events import Frame
-from ..http.auth import Me
-from ..http.services import Services, Sup, Svc
-from ..inputs import RunConfig, RunCreate, RunId, RunInput, ThreadId
-from ..sse import EventStream
-from ..supervisor import Supervisor
-from .common import PING, invalid, stopped
+from ...agents.base import Message
+from ...auth import Principal
+from ...errors import InvalidInput, RunIdTaken, RunNotFound
+from ...events import Frame
+from ...inputs import RunConfig, RunCreate, RunId, RunInput, ThreadId
+from ...sse import EventStream
+from ...supervisor import Supervisor
+from ..auth import Me
+from ..services import Services, Sup, Svc
+from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped
 from .wire import Part, parse_part_cursor, render, sse_part, stream_response
 
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
@@ -332,7 +332,7 @@ async def _existing(sup: Supervisor, body: RunAgentInput, me: Principal) -> bool
 router = APIRouter(prefix="/v1/ag-ui", tags=["ag-ui"])
 
 
-@router.post("", response_class=EventStream)
+@router.post("", response_class=EventStream, responses=START_STREAM)
 async def run_agent(
     body: RunAgentInput,
     request: Request,
@@ -358,7 +358,7 @@ async def run_agent(
         raise
 
 
-@router.get("/runs/{run_id}/stream", response_class=EventStream)
+@router.get("/runs/{run_id}/stream", response_class=EventStream, responses=READ_STREAM)
 async def resume(
     run_id: str,
     request: Request,
@@ -371,7 +371,7 @@ async def resume(
     return await _join(request, svc, sup, me, run_id, last_event_id)
 
 
-@router.post("/runs/{run_id}/stop")
+@router.post("/runs/{run_id}/stop", responses=STOP)
 async def stop(run_id: str, sup: Sup, me: Me) -> JSONResponse:
     """Stop the run; 200 with its final state once its task has exited (202: stopping)."""
     return stopped(await sup.control.stop(run_id, me.scope))

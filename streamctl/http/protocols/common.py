@@ -5,10 +5,17 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from ..errors import InvalidInput
+from ...errors import InvalidInput
+from ..errors import error_responses
 
 PING = b": ping\n"
 """An SSE comment line, ended by one newline (a blank line would dispatch an empty event)."""
+
+
+# The error answers of the protocols' routes, for /openapi.json (JSON ``Error`` bodies).
+START_STREAM = error_responses(400, 401, 404, 409, 413, 422, 429, 503, stream=True)
+READ_STREAM = error_responses(400, 401, 404, 410, 422, 429, 503, stream=True)
+STOP = error_responses(401, 404, 413, 422, 503)
 
 
 def invalid(exc: ValidationError, where: str) -> InvalidInput:

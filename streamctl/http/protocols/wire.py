@@ -17,12 +17,12 @@ import orjson
 from fastapi import Request
 from starlette.types import Scope
 
-from ..errors import CursorOutOfRange, InvalidCursor
-from ..events import Frame
-from ..http.services import Services
-from ..http.streams import slow_reset
-from ..sse import EventStream, SendWatch
-from ..supervisor import Supervisor
+from ...errors import CursorOutOfRange, InvalidCursor
+from ...events import Frame
+from ...sse import EventStream, SendWatch
+from ...supervisor import Supervisor
+from ..services import Services
+from ..streams import slow_reset
 
 Part = dict[str, Any]
 Encode = Callable[[Part, str], bytes]
