@@ -78,6 +78,7 @@ async def test_json_answers_and_errors_reference_named_schemas(serve: StartServe
         "reasoning",
         "interrupt",
     }
+    assert _items_ref(openapi, "Output", "reasoning") == "Reasoning"
     assert _items_ref(openapi, "Output", "tool_calls") == "ToolCall"
     assert _items_ref(openapi, "RunList", "runs") == "Run"
     assert _items_ref(openapi, "EventsPage", "events") == "EventRecord"

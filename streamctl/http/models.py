@@ -41,14 +41,14 @@ class ToolCall(_Body):
     seq: int = Field(0, description="Seq of the call's tool_start.")
 
 
-class ReasoningPart(_Body):
+class Reasoning(_Body):
     message_id: str
     content: str = ""
-    seq: int = Field(0, description="Seq of the part's first reasoning_chunk.")
+    seq: int = Field(0, description="Seq of the reasoning's first chunk.")
 
 
-class PendingInterrupt(_Body):
-    value: Any = Field(None, description="What the agent asks (any JSON value).")
+class Interrupt(_Body):
+    value: Any = None
     interrupt_id: str | None = None
 
 
@@ -58,9 +58,11 @@ class Output(_Body):
     text: str = ""
     messages: list[OutputMessage] = Field(default_factory=list)
     tool_calls: list[ToolCall] = Field(default_factory=list)
-    reasoning: list[ReasoningPart] = Field(default_factory=list)
-    interrupt: PendingInterrupt | None = Field(
-        None, description="The agent paused for input; answer with config.resume on the thread."
+    reasoning: list[Reasoning] = Field(
+        default_factory=list, description="Reasoning the model streamed, per message."
+    )
+    interrupt: Interrupt | None = Field(
+        None, description="The run paused for input (LangGraph `interrupt()`): what it asks."
     )
 
 
@@ -70,7 +72,9 @@ class RunError(_Body):
 
 
 class Usage(_Body):
-    tokens: int = Field(description="Message chunks the run produced.")
+    tokens: int = Field(description="Message chunks the run produced (not model tokens).")
+    input_tokens: int | None = Field(None, description="Model input tokens, when reported.")
+    output_tokens: int | None = Field(None, description="Model output tokens, when reported.")
 
 
 class Run(_Body):
