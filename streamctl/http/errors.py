@@ -8,11 +8,13 @@ error's own ``code``. ``error_responses`` documents the same answers in ``/opena
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
@@ -75,48 +77,91 @@ def error_response(exc: StreamctlError) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message), status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error the app answers, in the one JSON shape (``Error``)."""
+async def domain_error(request: Request, exc: StreamctlError) -> JSONResponse:
+    response = error_response(exc)
+    if response.status_code >= 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return response
 
-    @app.exception_handler(StreamctlError)
-    async def domain_error(request: Request, exc: StreamctlError) -> JSONResponse:
-        response = error_response(exc)
-        if response.status_code >= 500:
-            logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return response
 
-    @app.exception_handler(RecursionError)
-    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
-        message = "the request body is nested too deeply"
-        return JSONResponse(error_body("invalid_json", message), 400)
+async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+    message = "the request body is nested too deeply"
+    return JSONResponse(error_body("invalid_json", message), 400)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        details = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
-            for e in errors
-        ]
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse(
-                error_body("invalid_json", "the request body is not valid JSON", details=details),
-                400,
-            )
-        first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    details = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+        for e in errors
+    ]
+    if any(e.get("type") == "json_invalid" for e in errors):
         return JSONResponse(
-            error_body("invalid_request", f"{where}: {first['msg']}", details=details), 422
+            error_body("invalid_json", "the request body is not valid JSON", details=details),
+            400,
         )
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return JSONResponse(
+        error_body("invalid_request", f"{where}: {first['msg']}", details=details), 422
+    )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error"), 500)
+_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse(error_body("internal_error", "internal server error"), 500)
+
+
+async def error_answer(request: Request, exc: Exception) -> JSONResponse:
+    """The JSON answer to any exception a route lets out."""
+    if isinstance(exc, StreamctlError):
+        return await domain_error(request, exc)
+    if isinstance(exc, RequestValidationError):
+        return await invalid_request(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return await http_error(request, exc)
+    if isinstance(exc, RecursionError):
+        return await too_deep(request, exc)
+    return await internal_error(request, exc)
+
+
+class StreamctlRoute(APIRoute):
+    """A route that answers its own errors in the one JSON shape.
+
+    Exception handlers belong to an application; a host that only does
+    ``app.include_router(sc.router)`` has none of streamctl's, and would answer a ``RunNotFound``
+    with a bare 500. Every streamctl route is of this class, and ``include_router`` keeps a
+    route's class, so the errors of its dependencies (authentication included) and of its
+    endpoint are mapped wherever it is mounted.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return await error_answer(request, exc)
+
+        return answer
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app answers (outside routes too: 404, 405), in the one JSON shape."""
+    app.add_exception_handler(StreamctlError, domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RecursionError, too_deep)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, internal_error)
 
 
 _DESCRIPTIONS = {

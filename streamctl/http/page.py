@@ -14,9 +14,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from .errors import StreamctlRoute
+
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
-router = APIRouter(tags=["page"])
+router = APIRouter(tags=["page"], route_class=StreamctlRoute)
 _files = StaticFiles(directory=STATIC)
 
 

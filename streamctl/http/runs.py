@@ -10,12 +10,12 @@ from ..inputs import GraphStreamRequest, RunCreate, StopTarget
 from ..shaping import Granularity
 from ..sse import EventStream, parse_cursor
 from .auth import Me, Reader
-from .errors import error_responses
+from .errors import StreamctlRoute, error_responses
 from .models import EventsPage, Run, RunList, Stopped
 from .services import Sup, Svc
 from .streams import event_stream, start_streaming
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], route_class=StreamctlRoute)
 
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 

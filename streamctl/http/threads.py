@@ -9,13 +9,13 @@ from fastapi import APIRouter, Request, Response
 from ..shaping import Granularity
 from ..sse import EventStream, parse_thread_cursor
 from .auth import Me
-from .errors import error_responses
+from .errors import StreamctlRoute, error_responses
 from .models import Stopped, Thread
 from .runs import STOP_RESPONSES, LastEventId, stop_answer
 from .services import Sup, Svc
 from .streams import event_stream
 
-router = APIRouter(tags=["threads"])
+router = APIRouter(tags=["threads"], route_class=StreamctlRoute)
 
 
 @router.get(
