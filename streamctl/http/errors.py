@@ -12,6 +12,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi import routing as fastapi_routing
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -143,16 +145,57 @@ class StreamctlRoute(APIRoute):
     endpoint are mapped wherever it is mounted.
     """
 
+    strict_query = True
+    """Refuse query parameters the route does not take (422), rather than ignore them: a
+    misspelt ``?status=`` must not silently list everything."""
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        known = _query_names(self) if self.strict_query else None
 
         async def answer(request: Request) -> Response:
             try:
+                if known is not None:
+                    unknown = sorted(set(request.query_params) - known)
+                    if unknown:
+                        return _unknown_query(unknown, known)
                 return await handler(request)
             except Exception as exc:
                 return await error_answer(request, exc)
 
         return answer
+
+
+_ALWAYS_KNOWN = frozenset({"token"})
+"""Read by the authentication itself (a stream token on a GET), not declared by routes."""
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameters of the route, its dependencies' included (a host's ``authenticate``
+    may take its own). Included into another router, the route is built with that inclusion's
+    dependencies (FastAPI >= 0.16x passes them in a context variable)."""
+    dependant = route.dependant
+    context_var = getattr(fastapi_routing, "_effective_route_context_var", None)
+    context = context_var.get() if context_var is not None else None
+    if context is not None and getattr(context, "original_route", None) is route:
+        dependant = context.dependant
+    names: set[str] = set()
+    pending: list[Dependant] = [dependant]
+    while pending:
+        current = pending.pop()
+        names.update(field.alias for field in current.query_params)
+        pending.extend(current.dependencies)
+    return _ALWAYS_KNOWN | names
+
+
+def _unknown_query(unknown: list[str], known: frozenset[str]) -> JSONResponse:
+    taken = ", ".join(sorted(known - _ALWAYS_KNOWN)) or "none"
+    message = f"unknown query parameter {unknown[0]!r}; this route takes: {taken}"
+    details = [
+        {"loc": ["query", name], "msg": "unknown query parameter", "type": "extra_forbidden"}
+        for name in unknown
+    ]
+    return JSONResponse(error_body("invalid_request", message, details=details), 422)
 
 
 def install_error_handlers(app: FastAPI) -> None:

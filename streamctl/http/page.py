@@ -18,7 +18,12 @@ from .errors import StreamctlRoute
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
-router = APIRouter(tags=["page"], route_class=StreamctlRoute)
+
+class PageRoute(StreamctlRoute):
+    strict_query = False  # a browser's URL may carry anything (tracking tags, cache busters)
+
+
+router = APIRouter(tags=["page"], route_class=PageRoute)
 _files = StaticFiles(directory=STATIC)
 
 

@@ -309,9 +309,15 @@ class SqliteStore:
         return None if row is None else sql.run_record(row)
 
     async def list_runs(
-        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
     ) -> list[RunRecord]:
-        if thread_id is None:
+        if status is not None:
+            rows = await self.fetch_all(sql.RUNS_FILTERED, (owner, thread_id, status, limit))
+        elif thread_id is None:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER, (owner, limit))
         else:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))
