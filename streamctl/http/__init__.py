@@ -19,5 +19,9 @@ from __future__ import annotations
 from .app import create_app
 from .body_limit import BodyLimit
 from .embedding import Streamctl
+from .errors import error_answer as error_handler
 
-__all__ = ["BodyLimit", "Streamctl", "create_app"]
+__all__ = ["BodyLimit", "Streamctl", "create_app", "error_handler"]
+"""``error_handler``: for a host's own routes that call ``Streamctl``'s methods,
+``app.add_exception_handler(streamctl.StreamctlError, error_handler)`` answers streamctl's errors
+(``RunNotFound``, ``TooManyRuns``...) in streamctl's JSON shape and status."""

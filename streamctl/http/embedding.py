@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -286,6 +287,7 @@ class _RunStream(Response):
         settings = sc.settings
         response = EventStream(
             stream,
+            headers={"X-Run-Id": self.run_id},
             retry_ms=settings.retry_ms,
             send_timeout=settings.send_timeout,
             on_slow=lambda _scope: None,
@@ -318,7 +320,7 @@ def _principal_from(authenticate: Callable[..., Any], services: Services) -> Cal
     """The API routers' dependency: the host's ``authenticate``, its answer as a ``Principal``."""
     admins = services.auth.admins
 
-    async def principal(request: Request, who: Annotated[Any, Depends(authenticate)]) -> None:
+    async def principal(request: Request, who: Any) -> None:
         if isinstance(who, Principal):
             found = who
         elif isinstance(who, str) and who:
@@ -330,4 +332,16 @@ def _principal_from(authenticate: Callable[..., Any], services: Services) -> Cal
             )
         request.scope[PRINCIPAL_KEY] = found
 
+    # A real signature, not annotations: under `from __future__ import annotations` FastAPI
+    # would have to evaluate "Depends(authenticate)" where `authenticate` is not a global.
+    principal.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
+            inspect.Parameter(
+                "who",
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[Any, Depends(authenticate)],
+            ),
+        ]
+    )
     return principal
