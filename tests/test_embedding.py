@@ -239,3 +239,31 @@ async def test_the_lifespan_is_entered_once(db_path: Path) -> None:
                 pass
         run = await sc.start([{"role": "user", "content": "x"}], owner="carol")
         assert (await sc.snapshot(run["run_id"], owner="carol"))["run_id"] == run["run_id"]
+
+
+def ten_lines(doc: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / doc).read_text()
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", text, re.S)
+    return next(b for b in blocks if "Streamctl(" in b)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/embedding.md"])
+async def test_the_ten_lines_of_the_docs_work(
+    doc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    block = ten_lines(doc)
+    monkeypatch.chdir(tmp_path)  # db="app.db" lands here
+    namespace: dict[str, Any] = {"my_agent": ScriptedAgent(chunks(2)), "current_user": current_user}
+    exec(compile(block, doc, "exec"), namespace)
+    app: FastAPI = namespace["app"]
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://h") as client,
+    ):
+        assert (await client.get("/agent/")).status_code == 200
+        assert (await client.get("/agent/v1/runs")).status_code == 401  # current_user refuses
+        run = await client.post("/agent/v1/runs", json=ask("x"), headers=ALICE)
+        assert run.status_code == 201
+        stop = await client.post(f"/agent/v1/runs/{run.json()['run_id']}/stop", headers=ALICE)
+        assert stop.status_code == 200
+    assert (tmp_path / "app.db").exists()
