@@ -267,3 +267,25 @@ async def test_the_ten_lines_of_the_docs_work(
         stop = await client.post(f"/agent/v1/runs/{run.json()['run_id']}/stop", headers=ALICE)
         assert stop.status_code == 200
     assert (tmp_path / "app.db").exists()
+
+
+async def test_built_in_auth_and_stream_tokens_under_a_prefix(db_path: Path) -> None:
+    # Without `authenticate`, the settings' auth applies: here API keys, with stream tokens.
+    key = "k" * 24
+    sc = Streamctl(
+        agent=ScriptedAgent(chunks(3)),
+        settings=settings(db_path, auth="api-key", api_keys=f"dana:{key}"),
+    )
+    async with served(host(sc)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        with anyio.fail_after(10):
+            assert (await client.post("/agent/v1/runs", json=ask("x"))).status_code == 401
+            bearer = {"Authorization": f"Bearer {key}"}
+            run = (await client.post("/agent/v1/runs", json=ask("x"), headers=bearer)).json()
+            token = run["stream_token"]
+            assert token.startswith("st.")
+            _, events = await read_sse(
+                client, "GET", f"/agent/v1/runs/{run['run_id']}/stream", params={"token": token}
+            )
+            assert [e.event for e in events][-1] == "done"
+            listing = await client.get("/agent/v1/runs", params={"token": token})
+            assert listing.status_code == 401  # a stream token opens its run's stream only
