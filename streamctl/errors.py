@@ -139,6 +139,12 @@ class StoreError(StreamctlError):
     code = "store_error"
 
 
+class DatabaseInUse(StoreError):
+    """Another process holds the database's lock (``store/lock.py``): one process owns it."""
+
+    code = "database_in_use"
+
+
 class InvalidAgentConfig(StreamctlError):
     """An agent's ``validate_config`` refused the request's options (a 422 for the request, not a
     failed run)."""

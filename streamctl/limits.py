@@ -80,6 +80,9 @@ class RunCaps:
         self.settings = settings
         self._live = live
         self._rate = SlidingWindow(settings.runs_per_minute, 60.0)
+        self.per_principal = settings.auth != "none"
+        """Whether the per-principal caps apply: with auth=none everyone is one principal
+        (``anonymous``), and a per-principal cap would cap the whole server."""
 
     def check(self, owner: str) -> None:
         """``TooManyRuns`` past a cap; otherwise the start counts against the rate."""
@@ -88,6 +91,8 @@ class RunCaps:
             raise TooManyRuns(
                 f"the server is running its maximum of {settings.max_runs} runs; retry shortly"
             )
+        if not self.per_principal:
+            return
         if self._live.count(owner) >= settings.max_runs_per_owner:
             raise TooManyRuns(
                 f"you have {settings.max_runs_per_owner} active runs, the most allowed at once;"
@@ -108,11 +113,13 @@ class StreamCaps:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._held: dict[str, int] = {}
+        self.per_principal = settings.auth != "none"
+        """As ``RunCaps.per_principal``: streams are still counted, not capped, without it."""
 
     def open(self, owner: str) -> None:
         """Count a stream the principal opens; ``TooManyStreams`` past the cap."""
         held = self._held.get(owner, 0)
-        if held >= self.settings.max_streams_per_owner:
+        if self.per_principal and held >= self.settings.max_streams_per_owner:
             raise TooManyStreams(
                 f"you have {held} streams open, the most allowed at once; close one first"
             )

@@ -57,9 +57,13 @@ class RunReads:
         return record_json(await self.run_record(run_id, owner))
 
     async def list_runs(
-        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
     ) -> list[dict[str, Any]]:
-        records = await self.store.list_runs(owner, thread_id, limit)
+        records = await self.store.list_runs(owner, thread_id, limit, status)
         return [
             run.snapshot() if (run := self.live.get(r.run_id, owner)) else record_json(r)
             for r in records

@@ -38,6 +38,9 @@ from .runs import Run, RunOutput
 from .settings import Settings
 from .store.base import ACTIVE_STATUSES, FinalState, NewRun, RunStore
 
+AGENT_ERROR_MESSAGE = "the agent failed; the server's log has the details"
+"""What clients see of an agent's exception (its text goes to the log only)."""
+
 logger = logging.getLogger("streamctl.run_task")
 
 _FINISH_TIMEOUT = 30.0
@@ -141,8 +144,9 @@ class RunTask:
             logger.error("run %s failed: %s", run.run_id, exc)
             return "failed", exc.message, {"code": exc.code, "message": exc.message}
         except Exception as exc:  # the per-run boundary: one agent's failure is its run's alone
-            logger.warning("run %s: agent failed", run.run_id, exc_info=True)
-            message = f"{type(exc).__name__}: {exc}"
+            # The exception's text stays in the log: upstream errors carry URLs, keys, prompts.
+            logger.warning("run %s: agent failed: %r", run.run_id, exc, exc_info=True)
+            message = AGENT_ERROR_MESSAGE
             return (
                 "failed",
                 "the agent raised an error",

@@ -16,11 +16,8 @@ import logging
 import logging.config
 import socket
 import struct
-import time
 from types import FrameType
-from typing import Any
 
-import anyio
 import uvicorn
 from fastapi import FastAPI
 
@@ -28,6 +25,7 @@ from . import __version__
 from .errors import SettingsError
 from .logs import log_config
 from .settings import Settings
+from .store.lock import DatabaseLock
 
 logger = logging.getLogger("streamctl.server")
 
@@ -60,6 +58,9 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        embedding = getattr(self.app.state, "embedding", None)
+        if embedding is not None:
+            embedding.drain_on_signal = False  # `shutdown` below drains, before uvicorn waits
         await super().startup(sockets)
         self.app.state.abort_connection = self._abort_connection
         if self.started:
@@ -111,24 +112,10 @@ class Server(uvicorn.Server):
                 transport.abort()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        supervisor = getattr(self.app.state, "supervisor", None)
-        if supervisor is not None:
-            grace = self.settings.drain_grace
-            logger.info(
-                "draining: %d active runs get %g s to finish", supervisor.active_runs, grace
-            )
-            started = time.monotonic()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._report_drain, supervisor)
-                await supervisor.control.drain(grace)
-                tg.cancel_scope.cancel()
-            logger.info("drained in %.1f s", time.monotonic() - started)
+        embedding = getattr(self.app.state, "embedding", None)
+        if embedding is not None and embedding.supervisor is not None:
+            await embedding.drain()
         await super().shutdown(sockets)
-
-    async def _report_drain(self, supervisor: Any) -> None:
-        while True:
-            await anyio.sleep(_DRAIN_REPORT_EVERY)
-            logger.info("draining: %d runs still active", supervisor.active_runs)
 
 
 def serve(settings: Settings) -> int:
@@ -142,6 +129,10 @@ def serve(settings: Settings) -> int:
         )
     # Configured here rather than by uvicorn so that loading the agent already logs this way.
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
+    # Before binding the port: a second server on a database in use refuses and touches nothing
+    # (the store takes the same lock again when the lifespan opens it).
+    lock = DatabaseLock(settings.db)
+    lock.acquire()
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -160,5 +151,8 @@ def serve(settings: Settings) -> int:
     # of its way; cycles are still collected, just less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    server.run()
+    try:
+        server.run()
+    finally:
+        lock.release()
     return 0 if server.started else 1

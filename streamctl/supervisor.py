@@ -43,7 +43,16 @@ class Supervisor:
     """Starts, queues, stops and drains runs (``control``); answers every question about them
     (``reads``); counts streams (``streams``)."""
 
-    def __init__(self, store: RunStore, agent: Agent, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        agent: Agent,
+        settings: Settings,
+        *,
+        per_principal: bool | None = None,
+    ) -> None:
+        """``per_principal``: whether the per-principal caps apply (default: auth is on; a host's
+        ``authenticate`` tells principals apart too). ``max_runs`` always applies."""
         self.store = store
         self.agent = agent
         self.settings = settings
@@ -53,6 +62,8 @@ class Supervisor:
         self.streams = StreamCaps(settings)
         self.reads = RunReads(store, self.live, settings, self.counters)
         self.control = RunControl(store, agent, settings, self.live, self.reads, self.stats)
+        if per_principal is not None:
+            self.control.caps.per_principal = self.streams.per_principal = per_principal
         self.recovered_runs = 0
         """Runs finalised at entry because their owner was gone."""
         self._tg: TaskGroup | None = None

@@ -18,6 +18,7 @@ from httpx_sse import ServerSentEvent
 from streamctl.agents import AgentContext, Fail, ScriptedAgent
 from streamctl.agents.scripted import Step
 from streamctl.events import AgentEvent, MessageChunk, ToolEnd, ToolStart
+from streamctl.run_task import AGENT_ERROR_MESSAGE
 
 from .conftest import Server, StartServer, chunks, read_sse, run_body
 
@@ -305,7 +306,7 @@ async def test_no_text_can_make_an_sse_field(
     payload = [orjson.loads(e.data) for e in events]
     assert payload[1]["content"] == text and payload[2]["args"] == {"q": text}
     assert payload[3]["output"] == {"text": text, "list": [text]} and payload[2]["name"] == text
-    assert payload[4]["message"] == f"RuntimeError: {text}"
+    assert payload[4]["message"] == AGENT_ERROR_MESSAGE  # the exception's text is only logged
     assert payload[5]["status"] == "failed"
     # The retry line opens the first event's block (one newline: no empty event of its own).
     assert wire.startswith(b"retry: 2000\nid: 1\n")

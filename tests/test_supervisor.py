@@ -16,6 +16,7 @@ from streamctl.agents import Agent, AgentContext, Fail, Message, ScriptedAgent, 
 from streamctl.errors import RunNotFound, ThreadBusy, ThreadNotFound, Unavailable
 from streamctl.events import AgentEvent, Done, Frame, MessageChunk, RunStarted, ToolEnd
 from streamctl.inputs import RunCreate
+from streamctl.run_task import AGENT_ERROR_MESSAGE
 from streamctl.runs import Run
 from streamctl.settings import Settings
 from streamctl.store import RunRecord, Store
@@ -108,7 +109,7 @@ async def test_agent_failure_fails_only_its_run(db_path: Path) -> None:
         log = await events(sup, failing.run_id)
         assert types(log) == ["run", CHUNK, "error", "done"]
         assert_one_terminal_done(log, "failed")
-        error = {"code": "agent_error", "message": "RuntimeError: boom"}
+        error = {"code": "agent_error", "message": AGENT_ERROR_MESSAGE}
         assert log[2][2] == error
         snapshot = await sup.reads.get_run(failing.run_id, USER)
         assert (snapshot["status"], snapshot["error"]) == ("failed", error)
@@ -122,7 +123,9 @@ async def test_agent_failure_fails_only_its_run(db_path: Path) -> None:
         assert healthy.snapshot()["output"]["text"] == "w0 w1 w0 w1 "
 
 
-async def test_agent_yielding_a_run_owned_event_fails_the_run(db_path: Path) -> None:
+async def test_agent_yielding_a_run_owned_event_fails_the_run(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def agent(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
         yield MessageChunk(content="a", message_id="m")
         yield Done(run_id=ctx.run_id, thread_id="t", status="completed", reason="x")  # type: ignore[misc]
@@ -132,7 +135,8 @@ async def test_agent_yielding_a_run_owned_event_fails_the_run(db_path: Path) -> 
         await finish(run)
         log = await events(sup, run.run_id)
         assert_one_terminal_done(log, "failed")
-        assert log[-2][2]["message"].startswith("AgentProtocolError: agent yielded Done")
+        assert log[-2][2] == {"code": "agent_error", "message": AGENT_ERROR_MESSAGE}
+    assert "AgentProtocolError('agent yielded Done" in caplog.text  # the detail: in the log
 
 
 async def test_stop_returns_after_the_task_exited_and_keeps_partial_output(db_path: Path) -> None:

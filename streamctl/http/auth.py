@@ -16,10 +16,15 @@ from fastapi import Depends, Request
 
 from ..auth import STREAM_TOKEN_PREFIX, Principal
 from ..errors import AuthError, RunNotFound
-from .services import Services, get_services
+from .services import PRINCIPAL_KEY, Services, get_services
 
 
 async def _principal(request: Request, services: Services) -> Principal:
+    if services.host_auth:  # the host's authenticate ran first (a dependency of the router)
+        found: Principal | None = request.scope.get(PRINCIPAL_KEY)
+        if found is None:
+            raise AuthError("missing_token", "the host's authenticate named no principal")
+        return found
     auth = services.auth
     token: str | None = None
     header = request.headers.get("authorization")

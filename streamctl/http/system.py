@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse, Response
 from ..errors import Unavailable
 from ..events import event_json_schema
 from ..metrics import CONTENT_TYPE, render
-from .errors import error_body, error_responses
+from .errors import StreamctlRoute, error_body, error_responses
 from .models import Health, Ready
-from .services import STATE_KEY, Services, Svc
+from .services import Svc, find_services
 
-router = APIRouter(tags=["service"])
+router = APIRouter(tags=["service"], route_class=StreamctlRoute)
 
 
 @router.get("/healthz", response_model=Health)
@@ -26,7 +26,7 @@ async def healthz() -> Any:
 @router.get("/readyz", response_model=Ready, responses=error_responses(503))
 async def readyz(request: Request) -> Any:
     """Readiness: the store is open and the server accepts runs."""
-    services: Services | None = getattr(request.app.state, STATE_KEY, None)
+    services = find_services(request)
     sup = services.supervisor if services is not None else None
     if sup is None or not sup.accepting:
         # Without Retry-After, unlike other 503s: a probe polls on its own schedule.

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Request, Response
 from ..shaping import Granularity
 from ..sse import EventStream, parse_thread_cursor
 from .auth import Me
-from .errors import error_responses
+from .errors import StreamctlRoute, error_responses
 from .models import Stopped, Thread
-from .runs import STOP_RESPONSES, LastEventId, stop_answer
+from .runs import STOP_RESPONSES, JSONLine, LastEventId, stop_answer
 from .services import Sup, Svc
 from .streams import event_stream
 
-router = APIRouter(tags=["threads"])
+router = APIRouter(tags=["threads"], route_class=StreamctlRoute)
 
 
 @router.get(
@@ -56,6 +56,7 @@ async def thread_stream(
     "/v1/threads/{thread_id}/stop",
     response_model=Stopped,
     response_model_exclude_unset=True,
+    response_class=JSONLine,
     responses=STOP_RESPONSES,
 )
 async def stop_thread(thread_id: str, response: Response, sup: Sup, me: Me) -> Any:

@@ -156,9 +156,14 @@ class RunStore(Protocol):
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     async def list_runs(
-        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
     ) -> list[RunRecord]:
-        """Runs newest first, of ``owner`` (``None``: everyone's), optionally of one thread."""
+        """Runs newest first, of ``owner`` (``None``: everyone's), optionally of one thread,
+        optionally in one ``status``."""
         ...
 
     async def get_thread(self, thread_id: str) -> ThreadRecord | None: ...

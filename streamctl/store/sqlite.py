@@ -34,6 +34,7 @@ from ..events import Frame
 from ..stats import StoreStats
 from . import statements as sql
 from .base import CommitSink, FinalState, NewRun, Orphan, RunRecord, ThreadRecord
+from .lock import DatabaseLock
 from .migrate import connect, migrate
 
 logger = logging.getLogger("streamctl.store")
@@ -76,10 +77,13 @@ class SqliteStore:
         self._owned: set[str] = set()
         """Runs this store created and has not finished: their owner is alive."""
         self.stats = StoreStats()
+        self.lock = DatabaseLock(self.path)
+        """One process owns the file (``lock.py``): taken before anything is read."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> SqliteStore:
+        self.lock.acquire()  # DatabaseInUse: another process serves this file; nothing touched
         try:
             self._writer = await connect(self.path)
             await self._writer.execute("PRAGMA journal_mode=WAL")
@@ -88,6 +92,7 @@ class SqliteStore:
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._close_connections()
+            self.lock.release()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"cannot open store {str(self.path)!r}: {exc}") from exc
             raise
@@ -120,6 +125,7 @@ class SqliteStore:
         await self._tg.__aexit__(None, None, None)
         with anyio.move_on_after(self.close_timeout, shield=True):
             await self._close_connections()
+        self.lock.release()
 
     async def _close_connections(self) -> None:
         for conn in (self._reader, self._writer):
@@ -303,9 +309,15 @@ class SqliteStore:
         return None if row is None else sql.run_record(row)
 
     async def list_runs(
-        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
     ) -> list[RunRecord]:
-        if thread_id is None:
+        if status is not None:
+            rows = await self.fetch_all(sql.RUNS_FILTERED, (owner, thread_id, status, limit))
+        elif thread_id is None:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER, (owner, limit))
         else:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))

@@ -44,6 +44,10 @@ RUNS_OF_OWNER_ON_THREAD = (
     "SELECT * FROM runs WHERE ifnull(?, owner) = owner AND thread_id = ?"
     " ORDER BY created_at DESC, rowid DESC LIMIT ?"
 )
+RUNS_FILTERED = (
+    "SELECT * FROM runs WHERE ifnull(?, owner) = owner AND ifnull(?, thread_id) = thread_id"
+    " AND status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"
+)
 THREAD = "SELECT * FROM threads WHERE thread_id = ?"
 RUNS_ON_THREAD = "SELECT * FROM runs WHERE thread_id = ? ORDER BY created_at, rowid"
 NEXT_RUN_ON_THREAD = (

@@ -28,6 +28,7 @@ from ...inputs import RunConfig, RunCreate, RunId, RunInput, ThreadId
 from ...sse import EventStream
 from ...supervisor import Supervisor
 from ..auth import Me
+from ..errors import StreamctlRoute
 from ..services import Services, Sup, Svc
 from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped
 from .wire import Part, parse_part_cursor, render, sse_part, stream_response
@@ -329,7 +330,7 @@ async def _existing(sup: Supervisor, body: RunAgentInput, me: Principal) -> bool
     return True
 
 
-router = APIRouter(prefix="/v1/ag-ui", tags=["ag-ui"])
+router = APIRouter(prefix="/v1/ag-ui", tags=["ag-ui"], route_class=StreamctlRoute)
 
 
 @router.post("", response_class=EventStream, responses=START_STREAM)

@@ -25,6 +25,7 @@ from ...events import Frame
 from ...inputs import GraphStreamRequest, RunCreate, ThreadId
 from ...sse import EventStream
 from ..auth import Me
+from ..errors import StreamctlRoute
 from ..services import Sup, Svc
 from ..streams import start_streaming
 from .common import START_STREAM, STOP
@@ -218,7 +219,7 @@ def _envelope(data: dict[str, Any], status: int) -> JSONResponse:
     return JSONResponse({"data": data, "metadata": metadata}, status)
 
 
-router = APIRouter(prefix="/v1/graph", tags=["agentflow"])
+router = APIRouter(prefix="/v1/graph", tags=["agentflow"], route_class=StreamctlRoute)
 
 
 @router.post("/stream", response_class=EventStream, responses=START_STREAM)

@@ -28,6 +28,7 @@ from ...inputs import RunConfig, RunCreate, RunInput, ThreadId
 from ...sse import EventStream
 from ...supervisor import Supervisor
 from ..auth import Me
+from ..errors import StreamctlRoute
 from ..services import Services, Sup, Svc
 from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped
 from .wire import Part, render, sse_part, stream_response
@@ -216,7 +217,7 @@ def ui_message_stream(
     )
 
 
-router = APIRouter(prefix="/v1/ai-sdk", tags=["ai-sdk"])
+router = APIRouter(prefix="/v1/ai-sdk", tags=["ai-sdk"], route_class=StreamctlRoute)
 
 
 @router.post("/chat", response_class=EventStream, responses=START_STREAM)
