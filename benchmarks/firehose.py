@@ -3,17 +3,17 @@
 Against a real ``streamctl serve`` (temporary SQLite) with API-key auth and two principals,
 ``firehose`` and ``probe``:
 
-1. idle: the probe alone for ``probe_seconds``: small runs one after another (``POST /v1/runs``,
-   20 tokens 10 ms apart, then ``GET .../stream`` to its ``done``). Its POST latency and its event
-   lag (receive time - the event's ``created_at``, read afterwards from the server's SQLite file;
-   both wall-clock times on this machine) are the baseline of the table's ratios.
+1. idle: the probe alone for ``probe_seconds``: a small run started every 100 ms (``POST
+   /v1/runs``, 20 tokens 10 ms apart, then ``GET .../stream`` to its ``done``). Its POST latency
+   and its event lag (receive time - the event's ``created_at``, read afterwards from the
+   server's SQLite file; both wall-clock times on this machine) are the baseline of the ratios.
 2. firehose: the firehose principal starts ``{"demo": {"tokens": N, "delay_ms": 0, "tool":
    false}}`` with ``POST /v1/runs``; one reader in another process (so that its parsing does not
    delay the probe's reads) streams it to its ``done``, keeping only the first and last 64 KiB.
    Meanwhile the probe goes on as in 1. The server's VmRSS is read from /proc every 100 ms.
 3. stop: ``firehose_stops`` times, on a fresh server each: a firehose run with its reader,
-   stopped 0.5 s after it started: ``POST .../stop`` -> its answer, and -> the read holding the
-   ``done`` at the reader.
+   stopped 0.5 s after its first 100 events were stored: ``POST .../stop`` -> its answer, and
+   -> the read holding the ``done`` at the reader.
 
 Bounded so that it always finishes: a server whose RSS passes ``--rss-limit-mb`` is SIGKILLed
 (reported as ``exceeded``), and a firehose run not done after ``firehose_seconds`` is cut the same
@@ -108,54 +108,72 @@ def _ready() -> bool:
 
 @dataclass
 class Probe:
-    """Small runs one after another as another principal: POST latency and event lag."""
+    """Another principal's small runs, started at a fixed pace whatever the server's speed (so a
+    slow server does not lower the number of samples it is judged on): each one ``POST /v1/runs``
+    on a new keep-alive connection (timed from the send), then ``GET .../stream`` on it to the
+    ``done``. At most ``MAX_IN_FLIGHT`` at once; a start skipped for that is counted."""
 
     port: int
     key: str
-    skip: int = 0
-    """Runs not recorded first (a warm-up)."""
+    every_s: float = 0.1
     post_s: list[float] = field(default_factory=list)
     streams: list[tuple[str, list[int], list[float]]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: int = 0
 
-    async def run(self, until: asyncio.Event) -> None:
-        headers = Keys.header(self.key)
-        ctl = await Conn.open(self.port, headers)
+    MAX_IN_FLIGHT = 50
+
+    async def one(self, record: bool = True) -> None:
         try:
-            while not until.is_set():
-                t0 = time.perf_counter()
-                status, run = await request(self.port, "POST", "/v1/runs", PROBE_BODY, ctl)
-                posted = time.perf_counter() - t0
-                if status != 201:
-                    raise RuntimeError(f"probe: POST /v1/runs answered {status}: {run}")
-                conn = await Conn.open(self.port, headers)
-                try:
-                    resp = conn.send("GET", f"/v1/runs/{run['run_id']}/stream")
-                    await asyncio.wait_for(resp.done, 60)
-                finally:
-                    conn.close()
-                if self.skip > 0:
-                    self.skip -= 1
-                    continue
-                self.post_s.append(posted)
-                chunks = [i for i, ty in enumerate(resp.types) if ty == b"message_chunk"]
-                ids, times = [resp.ids[i] for i in chunks], [resp.times[i] for i in chunks]
-                self.streams.append((run["run_id"], ids, times))
-                await asyncio.sleep(0.05)
+            conn = await Conn.open(self.port, Keys.header(self.key))
+            try:
+                post = conn.send("POST", "/v1/runs", PROBE_BODY)
+                await asyncio.wait_for(post.done, 60)
+                if post.status != 201:
+                    raise RuntimeError(f"POST /v1/runs answered {post.status}: {post.body[:200]!r}")
+                run_id = post.json()["run_id"]
+                resp = conn.send("GET", f"/v1/runs/{run_id}/stream")
+                await asyncio.wait_for(resp.done, 60)
+            finally:
+                conn.close()
         except (ConnectionError, OSError, TimeoutError, RuntimeError) as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}")  # the server killed, or stuck
-        finally:
-            ctl.close()
+            return
+        if record:
+            self.post_s.append(post.end_at - post.sent_at)
+            chunks = [i for i, ty in enumerate(resp.types) if ty == b"message_chunk"]
+            ids, times = [resp.ids[i] for i in chunks], [resp.times[i] for i in chunks]
+            self.streams.append((run_id, ids, times))
+
+    async def run(self, until: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        in_flight: set[asyncio.Task[None]] = set()
+        next_at = time.perf_counter()
+        while not until.is_set() and not self.errors:
+            if len(in_flight) < self.MAX_IN_FLIGHT:
+                task = loop.create_task(self.one())
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            else:
+                self.skipped += 1
+            next_at += self.every_s
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        await asyncio.gather(*in_flight)
 
     def summary(self, db: Path, wall_offset: float) -> dict[str, Any]:
         lags: list[float] = []
         gaps: list[float] = []
         for run_id, ids, times in self.streams:
-            created = created_at(db, run_id)
+            try:
+                created = created_at(db, run_id)
+            except sqlite3.Error as exc:
+                self.errors.append(f"reading created_at: {exc}")
+                continue
             lags += [t + wall_offset - created[s] for s, t in zip(ids, times, strict=True)]
             gaps += [b - a - 0.010 for a, b in pairwise(times)]
         return {
             "runs": len(self.streams),
+            "starts_skipped": self.skipped,
             "post_ms": dist_ms(self.post_s),
             "event_lag_ms": dist_ms(lags),
             "gap_minus_10ms_ms": dist_ms(gaps),
@@ -164,6 +182,8 @@ class Probe:
 
 
 async def _probe_for(probe: Probe, seconds: float) -> None:
+    for _ in range(3):  # warm-up, not recorded
+        await probe.one(record=False)
     until = asyncio.Event()
     task = asyncio.get_running_loop().create_task(probe.run(until))
     await asyncio.sleep(seconds)
@@ -207,13 +227,17 @@ class RssWatch:
         return round(kib / 1024, 1)
 
 
-def _stored_events(db: Path, run_id: str) -> int:
+def _stored_events(db: Path, run_id: str) -> int | None:
     """Events of a run in the server's SQLite file (read after the run, or after a kill)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        row = conn.execute("SELECT count(*) FROM events WHERE run_id = ?", (run_id,)).fetchone()
-    finally:
-        conn.close()
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            sql = "SELECT count(*) FROM events WHERE run_id = ?"
+            row = conn.execute(sql, (run_id,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
     return int(row[0])
 
 
@@ -239,7 +263,7 @@ async def _firehose_phase(opts: Options, pool: Pool) -> dict[str, Any]:
         "streamctl", opts.src, env=keys.env(), headers=Keys.header(keys.probe)
     ) as sc:
         wall_offset = time.time() - time.perf_counter()
-        idle = Probe(sc.port, keys.probe, skip=3)
+        idle = Probe(sc.port, keys.probe)
         await _probe_for(idle, sizes.probe_seconds)
         busy = Probe(sc.port, keys.probe)
         watch = RssWatch(sc, opts.rss_limit_mb * 1024)
@@ -303,6 +327,7 @@ async def _stop_once(opts: Options, pool: Pool) -> dict[str, Any]:
         run_id = await start_run(sc.port, demo_body(opts.sizes.firehose_tokens), headers=headers)
         path = f"/v1/runs/{run_id}/stream"
         reader = loop.run_in_executor(pool, read_stream, sc.port, keys.firehose, path, 60.0)
+        await _until_streaming(sc.port, run_id, headers)
         await asyncio.sleep(STOP_AFTER_S)
         sent = time.perf_counter()
         try:
@@ -323,6 +348,17 @@ async def _stop_once(opts: Options, pool: Pool) -> dict[str, Any]:
         "exceeded": watch.exceeded,
         "rss_peak_mb": watch.mb(max((k for _, k in watch.samples), default=0)),
     }
+
+
+async def _until_streaming(port: int, run_id: str, headers: dict[str, str]) -> None:
+    """Until the run has emitted its first events: the demo agent plans its whole answer first
+    (about 0.4 s per 100,000 words), and a stop then would not be a stop mid-firehose."""
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        status, snap = await request(port, "GET", f"/v1/runs/{run_id}", headers=headers)
+        if status != 200 or snap.get("last_seq", 0) >= 100 or snap.get("status") != "running":
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _stop_phase(opts: Options, pool: Pool) -> dict[str, Any]:
