@@ -47,6 +47,10 @@ def _spread_of(values: Sequence[Value]) -> Value:
     return None
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def combine(median_rows: list[Row], repetitions: list[list[Row]]) -> list[dict[str, Any]]:
     """The table: the median's rows, with spreads and per-repetition ratios when N > 1."""
     out: list[dict[str, Any]] = []
@@ -57,7 +61,7 @@ def combine(median_rows: list[Row], repetitions: list[list[Row]]) -> list[dict[s
             "measurement": row.measurement,
             "streamctl": row.streamctl,
             "baseline": row.baseline,
-            "ratio": statistics.median(ratios) if ratios else row.ratio_value(),
+            "ratio": _round(statistics.median(ratios) if ratios else row.ratio_value()),
             "target": row.target,
             "met": row.met,
             "repetitions": len(same),
@@ -65,7 +69,7 @@ def combine(median_rows: list[Row], repetitions: list[list[Row]]) -> list[dict[s
         if len(same) > 1:
             cell["streamctl_spread"] = _spread_of([s.streamctl for s in same])
             cell["baseline_spread"] = _spread_of([s.baseline for s in same])
-            cell["ratio_spread"] = spread(ratios) if ratios else None
+            cell["ratio_spread"] = tuple(map(_round, spread(ratios))) if ratios else None
         out.append(cell)
     return out
 
@@ -109,21 +113,25 @@ def render(rows: list[dict[str, Any]]) -> str:
         else:
             cells += [fmt(r["baseline"])]
         cells += [
-            "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+            fmt(r["ratio"]),
             r["target"] or "-",
             {True: "yes", False: "NO", None: "-"}[r["met"]],
         ]
         body.append(cells)
+    # A column with nothing in any row (e.g. no baseline in this table) is left out.
+    keep = [i for i in range(len(head)) if i < 2 or any(cells[i] != "-" for cells in body)]
+    numeric = {head[i] for i in range(1, len(head) - 2)}  # right-aligned: values up to the ratio
+    head = [head[i] for i in keep]
+    body = [[cells[i] for i in keep] for cells in body]
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    numeric = range(1, len(head) - 2)  # right-aligned: every value column up to the ratio
     lines = [
         "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     for cells in body:
         padded = [
-            c.rjust(w) if i in numeric else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            c.rjust(w) if h in numeric else c.ljust(w)
+            for h, c, w in zip(head, cells, widths, strict=True)
         ]
         lines.append("| " + " | ".join(padded) + " |")
     return "\n".join(lines)

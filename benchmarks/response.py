@@ -121,10 +121,13 @@ class Response:
             self.reads.append((t, self.raw_bytes))
         if self.mode == "count":
             self.tail = (self.tail + data)[-HEAD_BYTES:]
+        # The last bytes of the previous read too: a needle may straddle two reads.
+        if self.done_seen_at is None and b"event: done\n" in self._tail + data[:16]:
+            self.done_seen_at = t
         if self.done_seen_at is None and b"event: done\n" in data:
             self.done_seen_at = t
-        self._tail = (self._tail + data[-5:])[-5:]
-        return self._tail == b"0\r\n\r\n"  # the last chunk (a data chunk ends "\n\n\r\n")
+        self._tail = (self._tail + data[-16:])[-16:]
+        return self._tail.endswith(b"0\r\n\r\n")  # the last chunk (a data chunk ends "\n\n\r\n")
 
     def first_raw(self, needle: bytes) -> float:
         """Raw mode: receive time of the read that completed the first ``needle`` (NaN if it is

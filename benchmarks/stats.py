@@ -40,6 +40,8 @@ def median_of(results: Sequence[Any]) -> Any:
         if not values:
             return float("nan")
         middle = statistics.median(values)
+        if all(isinstance(v, int) for v in values) and float(middle).is_integer():
+            return int(middle)  # a count stays a count
         return round(middle, 4) if isinstance(middle, float) else middle
     if isinstance(first, dict):
         return {
