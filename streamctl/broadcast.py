@@ -39,6 +39,7 @@ class RunLog:
         "bytes",
         "closed",
         "committed_seq",
+        "failure",
         "last_publish",
         "run_id",
         "subscribers",
@@ -60,6 +61,9 @@ class RunLog:
         self.committed_seq = committed_seq
         self.closed = False
         """True once the terminal event is committed: nothing will follow it."""
+        self.failure: bytes | None = None
+        """An SSE ``error`` without ``id:``: the store cannot write the run's end for now, so
+        each subscriber sends it once caught up, and closes (see ``fail``)."""
         self.subscribers = 0
         self.last_publish = time.monotonic()
         """When subscribers were last woken (the supervisor's heartbeat wakes idle logs)."""
@@ -95,6 +99,11 @@ class RunLog:
             drop += 1
         del frames[:drop]
         self.bytes = size
+
+    def fail(self, sse: bytes) -> None:
+        """End every stream of the run with ``sse`` (not part of the log) once caught up."""
+        self.failure = sse
+        self.publish()
 
     def publish(self) -> None:
         """Wake every subscriber waiting on this log."""
@@ -178,6 +187,9 @@ async def follow(
                         await anyio.sleep(pause)
                 continue
             if log is None or log.closed:
+                return
+            if log.failure is not None:
+                yield log.failure
                 return
             assert changed is not None
             if heartbeat:
