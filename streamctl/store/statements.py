@@ -44,7 +44,10 @@ _RUN_COLUMNS = (
 only when the run ends, and a run whose owner could not end it must not show 0)."""
 
 RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
-RUNS_OF_OWNER = f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner ORDER BY created_at DESC, rowid DESC LIMIT ?"
+RUNS_OF_OWNER = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner"
+    " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+)
 RUNS_OF_OWNER_ON_THREAD = (
     f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner AND thread_id = ?"
     " ORDER BY created_at DESC, rowid DESC LIMIT ?"
