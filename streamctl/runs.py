@@ -189,10 +189,7 @@ class Run:
         """Wait until the store has caught up with this run: its backlog is down to half of
         both bounds (hysteresis: one wait per half a bound, not one per event). Backpressure:
         the agent is not advanced meanwhile. Cancelled by ``stop`` like any await of the run."""
-        stats = self.store.stats
-        stats.backpressure_waits += 1
-        stats.max_backlog_events = max(stats.max_backlog_events, self.backlog_events)
-        stats.max_backlog_bytes = max(stats.max_backlog_bytes, self.backlog_bytes)
+        self.store.stats.backpressure_waits += 1
         try:
             while not self._below_half():
                 self._drained = anyio.Event()

@@ -74,6 +74,7 @@ class StoreStats:
     """The largest transaction so far, in rows and in bytes (bounded by the batch caps)."""
     max_backlog_events: int = 0
     max_backlog_bytes: int = 0
-    """The largest uncommitted backlog of one run so far (bounded by the backlog caps)."""
+    """The largest backlog of one run in the store so far (queued or being committed, in rows
+    and bytes of the byte caps): what ``max_backlog_events`` / ``max_backlog_bytes`` bound."""
     backpressure_waits: int = 0
     """Times a run waited at an emit for the store to catch up with it."""

@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 
 from ..events import Frame
+from ..stats import StoreStats
 from .base import CommitSink
 
 Pending = tuple[str, Frame, object, CommitSink]
@@ -51,14 +52,23 @@ class Statement:
 Item = Pending | Statement
 
 
+def size_of(item: Item) -> int:
+    """What an item weighs against the byte caps."""
+    if isinstance(item, Statement):
+        return item.size
+    return len(item[1].data) + EVENT_OVERHEAD
+
+
 class Lane:
     """One run's queued writes, in order."""
 
-    __slots__ = ("items", "key", "losses", "queued", "settled")
+    __slots__ = ("bytes", "items", "key", "losses", "queued", "settled")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.items: deque[Item] = deque()
+        self.bytes = 0
+        """Bytes of the items not settled yet (queued or in the batch being committed)."""
         self.queued = 0
         """Items ever queued in this lane (item k is the k-th, from 1)."""
         self.settled = 0
@@ -73,8 +83,8 @@ class Batch:
 
     statements: list[Statement] = field(default_factory=list)
     events: list[Pending] = field(default_factory=list)
-    lanes: dict[Lane, int] = field(default_factory=dict)
-    """How many items each lane gave."""
+    lanes: dict[Lane, list[int]] = field(default_factory=dict)
+    """How many items, and how many bytes, each lane gave."""
     bytes: int = 0
 
     @property
@@ -104,9 +114,11 @@ class Mark:
 class WriteQueue:
     """Lanes with something queued, and the batches the writer takes from them."""
 
-    def __init__(self, max_rows: int, max_bytes: int) -> None:
+    def __init__(self, max_rows: int, max_bytes: int, stats: StoreStats) -> None:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.stats = stats
+        """Where the high-water marks of a lane's backlog go."""
         self._lanes: dict[str, Lane] = {}
         self._ready: deque[Lane] = deque()
         """Lanes with items waiting, in round-robin order."""
@@ -124,6 +136,15 @@ class WriteQueue:
             self._ready.append(lane)
         lane.items.append(item)
         lane.queued += 1
+        lane.bytes += size_of(item)
+        if isinstance(item, Statement):
+            return  # a run's rows are not what backpressure bounds (the final one is big)
+        # High-water marks: what the backlog bounds (``Run.backlogged``) must keep small.
+        stats = self.stats
+        if lane.queued - lane.settled > stats.max_backlog_events:
+            stats.max_backlog_events = lane.queued - lane.settled
+        if lane.bytes > stats.max_backlog_bytes:
+            stats.max_backlog_bytes = lane.bytes
 
     def marks(self) -> list[Mark]:
         """Everything queued so far that is not settled yet, lane by lane."""
@@ -141,11 +162,10 @@ class WriteQueue:
         full = False
         while ready and not full:
             lane = ready.popleft()
-            items, taken = lane.items, 0
+            items, taken, bytes_before = lane.items, 0, batch.bytes
             while items and taken < quantum:
                 item = items[0]
-                size = item.size if isinstance(item, Statement) else len(item[1].data)
-                size += 0 if isinstance(item, Statement) else EVENT_OVERHEAD
+                size = size_of(item)
                 if batch.rows and (
                     batch.rows >= self.max_rows or batch.bytes + size > self.max_bytes
                 ):
@@ -159,7 +179,9 @@ class WriteQueue:
                 batch.bytes += size
                 taken += 1
             if taken:
-                batch.lanes[lane] = batch.lanes.get(lane, 0) + taken
+                given = batch.lanes.setdefault(lane, [0, 0])
+                given[0] += taken
+                given[1] += batch.bytes - bytes_before
             if items:
                 ready.append(lane)  # served: to the back of the line
             full = full or batch.rows >= self.max_rows
@@ -169,14 +191,15 @@ class WriteQueue:
         """The batch has ended. If it was lost, its lanes lose what they still queue too (a run
         must not number on past a hole): returns those dropped events."""
         dropped: list[Pending] = []
-        for lane, count in batch.lanes.items():
+        for lane, (count, size) in batch.lanes.items():
             if error is None:
                 lane.settled += count
+                lane.bytes -= size
             else:
                 dropped += (item for item in lane.items if not isinstance(item, Statement))
                 lane.items.clear()
                 lane.losses.append((lane.settled, lane.queued, error))
-                lane.settled = lane.queued
+                lane.settled, lane.bytes = lane.queued, 0
                 if lane in self._ready:
                     self._ready.remove(lane)
             if lane.settled == lane.queued and self._lanes.get(lane.key) is lane:

@@ -65,7 +65,8 @@ class SqliteStore:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._tg: TaskGroup | None = None
-        self._queue = WriteQueue(max_batch_events, max_batch_bytes)
+        self.stats = StoreStats()
+        self._queue = WriteQueue(max_batch_events, max_batch_bytes, self.stats)
         self._inflight: Batch | None = None
         """The batch being committed, if any."""
         self._commit_scope: anyio.CancelScope | None = None
@@ -76,7 +77,6 @@ class SqliteStore:
         self._abandoned = False
         self._owned: set[str] = set()
         """Runs this store created and has not finished: their owner is alive."""
-        self.stats = StoreStats()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
