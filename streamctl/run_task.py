@@ -44,7 +44,7 @@ _RETRY_BACKOFF = (0.1, 5.0)
 
 _STORE_LOST = "the store could not write the run's events"
 
-_CHECKPOINT_EVERY = 128
+_CHECKPOINT_EVERY = 32
 """Events an agent may emit without awaiting before the run yields to the event loop once."""
 
 Outcome = tuple[TerminalStatus, str, dict[str, str] | None]

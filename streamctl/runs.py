@@ -29,6 +29,25 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+class TextParts(list[str]):
+    """A message's text as parts, compacted as it grows: every ``_COMPACT`` parts become one
+    string, so a run of a million chunks holds its text, not a million small objects."""
+
+    __slots__ = ("_joined",)
+    _COMPACT = 4096
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._joined = 0
+        """Parts before this index are already compacted blocks."""
+
+    def append(self, part: str) -> None:
+        super().append(part)
+        if len(self) - self._joined >= self._COMPACT:
+            self[self._joined :] = ["".join(self[self._joined :])]
+            self._joined += 1
+
+
 class RunOutput:
     """What a run has produced, folded from its events in seq order."""
 
@@ -45,7 +64,7 @@ class RunOutput:
     )
 
     def __init__(self, status: RunStatus = "running") -> None:
-        self._parts: list[str] = []
+        self._parts: list[str] = TextParts()
         self._messages: dict[str, list[str]] = {}
         self._message_seq: dict[str, int] = {}
         """Seq of each message's first chunk, so clients can order text and tool calls."""
@@ -63,7 +82,7 @@ class RunOutput:
             self._parts.append(content)
             parts = self._messages.get(data["message_id"])
             if parts is None:
-                parts = self._messages[data["message_id"]] = []
+                parts = self._messages[data["message_id"]] = TextParts()
                 self._message_seq[data["message_id"]] = seq
             parts.append(content)
             self.tokens += 1
