@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.lowlevel
 
 from .events import Frame
 from .shaping import LAG_MERGE_FRAMES, Granularity, Shaper
@@ -23,8 +24,9 @@ from .store.base import RunStore
 
 PING = b": ping\n\n"
 _MAX_FRAMES_PER_WRITE = 1024
-_MAX_FRAMES_PER_MERGED_WRITE = 65536
-"""Shaped (batched/message) writes merge chunks, so they may cover many more events at once."""
+_MAX_FRAMES_PER_MERGED_WRITE = 8192
+"""Shaped (batched/message) writes merge chunks, so they may cover more events at once; bounded
+so that one subscriber's merge (a JSON decode per chunk) holds the event loop a few ms at most."""
 _DB_PAGE = LAG_MERGE_FRAMES  # a full page from SQLite is, by definition, a lagging read
 
 
@@ -185,6 +187,10 @@ async def follow(
                         # Caught up: let the next chunks gather into one event. (Behind, the
                         # next read already has plenty to merge: no reason to wait.)
                         await anyio.sleep(pause)
+                else:
+                    # Nothing to send yet (a `message` stream holds text back): the next page
+                    # may be in memory too, so let the loop turn before merging it.
+                    await anyio.lowlevel.checkpoint()
                 continue
             if log is None or log.closed:
                 return
