@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.lowlevel
 
 from .events import Frame
 from .shaping import LAG_MERGE_FRAMES, Granularity, Shaper
@@ -24,8 +25,9 @@ from .store.base import RunStore
 PING = b": ping\n"
 """A comment line, ended by one newline (a blank line would dispatch an empty event)."""
 _MAX_FRAMES_PER_WRITE = 1024
-_MAX_FRAMES_PER_MERGED_WRITE = 65536
-"""Shaped (batched/message) writes merge chunks, so they may cover many more events at once."""
+_MAX_FRAMES_PER_MERGED_WRITE = 8192
+"""Shaped (batched/message) writes merge chunks, so they may cover more events at once; bounded
+so that one subscriber's merge (a JSON decode per chunk) holds the event loop a few ms at most."""
 _DB_PAGE = LAG_MERGE_FRAMES  # a full page from SQLite is, by definition, a lagging read
 
 
@@ -40,6 +42,7 @@ class RunLog:
         "bytes",
         "closed",
         "committed_seq",
+        "failure",
         "last_publish",
         "run_id",
         "subscribers",
@@ -61,6 +64,9 @@ class RunLog:
         self.committed_seq = committed_seq
         self.closed = False
         """True once the terminal event is committed: nothing will follow it."""
+        self.failure: bytes | None = None
+        """An SSE ``error`` without ``id:``: the store cannot write the run's end for now, so
+        each subscriber sends it once caught up, and closes (see ``fail``)."""
         self.subscribers = 0
         self.last_publish = time.monotonic()
         """When subscribers were last woken (the supervisor's heartbeat wakes idle logs)."""
@@ -96,6 +102,11 @@ class RunLog:
             drop += 1
         del frames[:drop]
         self.bytes = size
+
+    def fail(self, sse: bytes) -> None:
+        """End every stream of the run with ``sse`` (not part of the log) once caught up."""
+        self.failure = sse
+        self.publish()
 
     def publish(self) -> None:
         """Wake every subscriber waiting on this log."""
@@ -177,8 +188,15 @@ async def follow(
                         # Caught up: let the next chunks gather into one event. (Behind, the
                         # next read already has plenty to merge: no reason to wait.)
                         await anyio.sleep(pause)
+                else:
+                    # Nothing to send yet (a `message` stream holds text back): the next page
+                    # may be in memory too, so let the loop turn before merging it.
+                    await anyio.lowlevel.checkpoint()
                 continue
             if log is None or log.closed:
+                return
+            if log.failure is not None:
+                yield log.failure
                 return
             assert changed is not None
             if heartbeat:

@@ -123,6 +123,24 @@ class Settings(BaseModel):
     stop_timeout: float = Field(
         10.0, gt=0, description="Seconds `stop` waits for a run's task to exit before answering."
     )
+    # -- bounds under pressure (issue 11): backpressure and a failing store -----------------------
+    max_backlog_events: int = Field(
+        2000,
+        ge=2,
+        description="Uncommitted events one run may have; past it the agent waits at its next"
+        " event until the store is down to half (backpressure).",
+    )
+    max_backlog_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Uncommitted SSE bytes one run may have; past it the agent waits likewise.",
+    )
+    store_retry_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="How long a run whose events the store could not write retries writing its"
+        " terminal events (with backoff); then the next start finalises it.",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

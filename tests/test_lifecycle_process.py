@@ -177,13 +177,17 @@ def test_sigterm_drains_every_run_and_stream_then_exits_promptly(
         readers = [StreamReader(server.url, run_id) for run_id in slow_ids]
         for reader in readers:
             reader.start()
+        deadline = time.monotonic() + 10.0
+        # The short run starts once the slow streams are open (opening 30 of them on a loaded
+        # machine can take longer than the short run lasts).
+        for reader in readers:
+            assert reader.opened.wait(max(0.0, deadline - time.monotonic()))
+            assert reader.status_code == 200 and reader.error is None, reader.error
         short_id = start_run(client, SHORT)
         short = StreamReader(server.url, short_id)
         short.start()
-        deadline = time.monotonic() + 10.0
-        for reader in [*readers, short]:
-            assert reader.opened.wait(max(0.0, deadline - time.monotonic()))
-            assert reader.status_code == 200 and reader.error is None, reader.error
+        assert short.opened.wait(max(0.0, deadline - time.monotonic()))
+        assert short.status_code == 200 and short.error is None, short.error
         assert client.get(f"/v1/runs/{short_id}").json()["status"] == "running"
 
         sigterm_at = time.monotonic()

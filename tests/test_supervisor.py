@@ -441,9 +441,10 @@ async def test_another_principal_cannot_touch_a_run_on_a_thread_being_created(
     assert sorted(seen.values()) == ["ThreadNotFound", "running"], seen
 
 
-async def test_a_failed_final_commit_is_contained_to_its_run(db_path: Path) -> None:
-    """Disk trouble while one run's `done` is committed: that run's streams end, the supervisor
-    and the other runs go on, and the next start finalises the run (invariant 9)."""
+async def test_a_failed_final_commit_is_contained_and_retried(db_path: Path) -> None:
+    """Disk trouble while one run's `done` is committed: the supervisor and the other runs go
+    on, and the run's terminal events are written once the store accepts writes again (a retry,
+    no restart): it ends `failed` (`store_error`) with dense ids (invariants 2, 6, 9)."""
     gate = anyio.Event()
     agent = ScriptedAgent([*chunks(2), Wait(gate)])
     async with supervisor(db_path, agent) as sup:
@@ -451,26 +452,32 @@ async def test_a_failed_final_commit_is_contained_to_its_run(db_path: Path) -> N
         commit = store._commit
         failing = True
 
-        async def fail_the_done(conn: Any, statements: Any, events: Any) -> None:
+        async def fail_the_done(conn: Any, batch: Any) -> None:
             nonlocal failing
-            if failing and any(frame.type == "done" for _, frame, _, _ in events):
+            if failing and any(frame.type == "done" for _, frame, _, _ in batch.events):
                 failing = False
                 raise sqlite3.OperationalError("disk I/O error (simulated)")
-            await commit(conn, statements, events)
+            await commit(conn, batch)
 
         store._commit = fail_the_done  # type: ignore[method-assign]
         doomed = await sup.control.start(request(), USER)
         other = await sup.control.start(request(), USER)
         with anyio.fail_after(5):
-            await sup.control.stop(doomed.run_id, USER)
-            assert doomed.finished.is_set() and doomed.log.closed
-            assert sup.accepting and other.output.status == "running"
+            await sup.control.stop(doomed.run_id, USER, wait=False)
+            await doomed.finished.wait()
+            assert doomed.log.closed and sup.accepting and other.output.status == "running"
             gate.set()
             await other.finished.wait()
         assert other.snapshot()["status"] == "completed"
+        snapshot = await sup.reads.get_run(doomed.run_id, USER)
+        page = await sup.reads.events_page(doomed.run_id, USER, 0, 100)
+    seqs = [e["seq"] for e in page["events"]]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [e["type"] for e in page["events"]][-2:] == ["error", "done"]
+    assert page["events"][-2]["data"]["code"] == "store_error"
+    assert snapshot["status"] == "failed" and snapshot["last_seq"] == seqs[-1]
     async with supervisor(db_path, ScriptedAgent([])) as again:
-        assert again.recovered_runs == 1
-        assert (await again.reads.get_run(doomed.run_id, USER))["status"] == "interrupted"
+        assert again.recovered_runs == 0
 
 
 async def test_a_lost_batch_ends_its_run_with_dense_ids(db_path: Path) -> None:
@@ -483,14 +490,14 @@ async def test_a_lost_batch_ends_its_run_with_dense_ids(db_path: Path) -> None:
         commit = store._commit
         failing = True
 
-        async def fail_once(conn: Any, statements: Any, events: Any) -> None:
+        async def fail_once(conn: Any, batch: Any) -> None:
             nonlocal failing
             if failing and any(
-                frame.type == "message_chunk" and frame.seq > 3 for _, frame, _, _ in events
+                frame.type == "message_chunk" and frame.seq > 3 for _, frame, _, _ in batch.events
             ):
                 failing = False
                 raise sqlite3.OperationalError("disk I/O error (simulated)")
-            await commit(conn, statements, events)
+            await commit(conn, batch)
 
         store._commit = fail_once  # type: ignore[method-assign]
         run = await sup.control.start(request(), USER)
