@@ -128,7 +128,8 @@ class Health(_Body):
 
 class Ready(_Body):
     status: Literal["ready"]
-    active_runs: int
+    active_runs: int | None = None
+    """Only for the metrics token or an admin while auth is on (docs/security.md)."""
 
 
 class ErrorDetail(_Body):
