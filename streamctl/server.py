@@ -14,6 +14,7 @@ import gc
 import ipaddress
 import logging
 import logging.config
+import signal
 import socket
 import struct
 import time
@@ -124,6 +125,10 @@ class Server(uvicorn.Server):
                 tg.cancel_scope.cancel()
             logger.info("drained in %.1f s", time.monotonic() - started)
         await super().shutdown(sockets)
+        # uvicorn re-raises the signals it caught once it has returned, so a server that drained
+        # cleanly on SIGTERM died of it (status 143, a failure to systemd and to orchestrators).
+        # A completed drain is the clean exit SIGTERM asks for: 0. SIGINT is still re-raised.
+        self._captured_signals[:] = [s for s in self._captured_signals if s != signal.SIGTERM]
 
     async def _report_drain(self, supervisor: Any) -> None:
         while True:

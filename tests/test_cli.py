@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -86,8 +85,8 @@ def test_readme_curl_session_works_as_written(
     assert run_id is not None
     snapshot = httpx.get(f"{server.url}/v1/runs/{run_id.group(1)}").json()
     assert snapshot["status"] == "cancelled" and snapshot["output"]["text"]
-    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
-    assert server.stop() in (0, -signal.SIGTERM)
+    # A clean drain on SIGTERM exits 0 (uvicorn would re-raise the signal: 143).
+    assert server.stop() == 0
 
 
 MY_AGENTS = """
