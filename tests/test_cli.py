@@ -35,7 +35,11 @@ def test_migrate_applies_once(db_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "nothing (up to date)" in second.stdout
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [
+            (1,),
+            (2,),
+            (3,),
+        ]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 

@@ -120,6 +120,10 @@ class Thread(_Body):
     messages: list[ThreadMessage]
     active_run: Run | None
     last_run: Run | None
+    has_more: bool = Field(False, description="Older runs than this page's remain.")
+    next_before: str | None = Field(
+        None, description="With `has_more`: pass as `before=` for the page of older runs."
+    )
 
 
 class Health(_Body):
