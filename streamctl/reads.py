@@ -122,6 +122,7 @@ class RunReads:
             granularity=granularity,
             batch_ms=self.settings.batch_ms,
             heartbeat=True,
+            message_buffer=self.settings.max_message_buffer,
         )
 
     async def get_thread(
