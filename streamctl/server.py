@@ -10,6 +10,7 @@ receives its ``done`` and closes; then uvicorn's own shutdown finds nothing left
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ipaddress
 import logging
@@ -18,6 +19,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -63,6 +65,7 @@ class Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self.app.state.abort_connection = self._abort_connection
+        self.app.state.unsent_probe = self._unsent_probe
         if self.started:
             self._banner()
 
@@ -92,6 +95,35 @@ class Server(uvicorn.Server):
         values = s.model_dump(mode="json")
         settings = {k: ("[set]" if k in _SECRETS and v else v) for k, v in values.items()}
         logger.debug("settings: %s", settings)
+
+    def _transport(self, client: tuple[str, int] | None) -> asyncio.Transport | None:
+        for connection in list(self.server_state.connections):
+            if client is not None and getattr(connection, "client", None) == client:
+                transport: asyncio.Transport | None = getattr(connection, "transport", None)
+                return transport
+        return None
+
+    def _unsent_probe(self, client: tuple[str, int] | None) -> Callable[[], int] | None:
+        """For the connection of ``client``: a function giving the bytes written to it that its
+        client has not taken yet (the transport's buffer and the kernel's send queue, unsent or
+        unacknowledged). None where the kernel does not tell (not Linux)."""
+        try:
+            import fcntl
+            import termios
+        except ImportError:  # not a POSIX system
+            return None
+        transport = self._transport(client)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if transport is None or sock is None or not hasattr(termios, "TIOCOUTQ"):
+            return None
+        fd = sock.fileno()
+        request = termios.TIOCOUTQ  # = SIOCOUTQ on a TCP socket
+
+        def unsent() -> int:
+            queued = struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
+            return transport.get_write_buffer_size() + int(queued)
+
+        return unsent
 
     def _abort_connection(self, client: tuple[str, int] | None) -> None:
         """Reset the connection of a client cut off for not reading (``send_timeout``).

@@ -4,13 +4,18 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Callable
+
+import httpx
 import pytest
 
 from streamctl.agents import ScriptedAgent
 from streamctl.events import Frame, MessageChunk
 from streamctl.shaping import Shaper
 
-from .conftest import StartServer, run_body
+from .conftest import ServerProcess, StartServer, run_body
 from .sse_reference import check_shaped, fetch_log, text
 from .test_slow_clients import stream
 
@@ -41,3 +46,43 @@ async def test_a_message_stream_sends_a_long_message_in_bounded_parts(serve: Sta
     assert all(len(part) <= 500 + 9 for part in parts), [len(p) for p in parts]
     check_shaped(received, log, 0, None)  # each part continues the last: resumable anywhere
     assert text(received) == "".join(w.content for w in words)
+
+
+# -- a client that never reads ---------------------------------------------------------------------
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_a_client_that_never_reads_is_cut_at_model_speed_while_the_run_goes_on(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    # A model's pace: ≈50 small events a second, far too little to fill a socket's buffers
+    # (≈1.7 MB) within the run, which once kept the stuck stream (and its slot) for the whole run.
+    server = spawn_server(env={"STREAMCTL_SEND_TIMEOUT": "0.5", "STREAMCTL_LOG_LEVEL": "info"})
+    demo = {"tokens": 100_000, "delay_ms": 20, "tool": False}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        run_id = client.post("/v1/runs", json=run_body(config={"demo": demo})).json()["run_id"]
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.connect((host, int(port)))
+            sock.sendall(f"GET /v1/runs/{run_id}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            deadline = time.monotonic() + 30
+            while metric(client, "streamctl_slow_subscribers_closed_total") < 1:
+                assert time.monotonic() < deadline, "the stuck stream was never cut off"
+                time.sleep(0.05)  # another process: poll its metrics, bounded
+            snapshot = client.get(f"/v1/runs/{run_id}").json()
+            assert snapshot["status"] == "running"  # the run goes on without its reader
+            assert metric(client, "streamctl_subscribers") == 0
+            # Far less than the socket buffers could have held: cut for not reading, not for
+            # a blocked write.
+            assert snapshot["last_seq"] < 20_000
+            assert client.post(f"/v1/runs/{run_id}/stop").json()["status"] == "cancelled"
+    assert server.stop() == 0
+    log = server.output()
+    assert "Traceback" not in log and " ERROR " not in log, log

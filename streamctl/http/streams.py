@@ -48,6 +48,10 @@ def event_stream(
         if abort is not None:
             abort(scope.get("client"))
 
+    # Under `streamctl serve`: how much of what was written the client has not taken yet, so a
+    # client that stopped reading is cut off even while the socket's buffers still take writes.
+    probe_for = getattr(app.state, "unsent_probe", None)
+    probe = probe_for(request.scope.get("client")) if probe_for is not None else None
     settings = services.settings
     return EventStream(
         stream,
@@ -58,6 +62,7 @@ def event_stream(
         on_slow=slow,
         on_close=lambda: sup.streams.close(me.name),
         watch=services.watch,
+        probe=probe,
     )
 
 
