@@ -168,6 +168,44 @@ class Server(uvicorn.Server):
             logger.info("draining: %d runs still active", supervisor.active_runs)
 
 
+_FD_RESERVE = 64
+"""File descriptors kept for the database, logs and the listening socket beyond connections."""
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one (an idle client costs one descriptor,
+    and the common soft default, 1,024, is reached by 1,100 idle sockets). Returns the limit."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return 1 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20  # macOS refuses "infinity" as a soft limit
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+        return soft
+    return hard
+
+
+def connection_cap(settings: Settings, open_files: int) -> int:
+    """``max_connections``, lowered to fit the open files limit (past it, accept() fails and
+    even ``/healthz`` goes unanswered; under the cap, a request over it gets 503)."""
+    fitting = max(open_files - _FD_RESERVE, 16)
+    if settings.max_connections > fitting:
+        logger.warning(
+            "max_connections %d lowered to %d to fit the open files limit (%d)",
+            settings.max_connections,
+            fitting,
+            open_files,
+        )
+    return min(settings.max_connections, fitting)
+
+
 def serve(settings: Settings) -> int:
     """Run streamctl until SIGINT/SIGTERM; return the process exit status."""
     from .http import create_app
@@ -180,12 +218,15 @@ def serve(settings: Settings) -> int:
     # Configured here rather than by uvicorn so that loading the agent already logs this way.
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     app = create_app(settings)
+    open_files = raise_open_files_limit()
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
+        # Connections (idle or half-sent ones included) and requests at once; beyond, 503.
+        limit_concurrency=connection_cap(settings, open_files),
         # After the drain, streams have closed; this only bounds idle keep-alive stragglers.
         timeout_graceful_shutdown=3,
         lifespan="on",
