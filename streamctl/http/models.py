@@ -48,7 +48,7 @@ class ReasoningPart(_Body):
 
 
 class PendingInterrupt(_Body):
-    interrupt_id: str | None = None
+    interrupt_id: str
     value: Any = None
 
 
