@@ -41,27 +41,12 @@ class ToolCall(_Body):
     seq: int = Field(0, description="Seq of the call's tool_start.")
 
 
-class ReasoningPart(_Body):
-    message_id: str
-    content: str = ""
-    seq: int = Field(0, description="Seq of the part's first reasoning chunk.")
-
-
-class PendingInterrupt(_Body):
-    interrupt_id: str
-    value: Any = None
-
-
 class Output(_Body):
     """What the run has produced up to the snapshot's ``last_seq``."""
 
     text: str = ""
     messages: list[OutputMessage] = Field(default_factory=list)
     tool_calls: list[ToolCall] = Field(default_factory=list)
-    reasoning: list[ReasoningPart] = Field(default_factory=list)
-    interrupt: PendingInterrupt | None = Field(
-        None, description="The interrupt the run ended on, if any."
-    )
 
 
 class RunError(_Body):
