@@ -21,7 +21,8 @@ from .shaping import LAG_MERGE_FRAMES, MESSAGE_BUFFER_CHARS, Granularity, Shaper
 from .stats import Counters
 from .store.base import RunStore
 
-PING = b": ping\n\n"
+PING = b": ping\n"
+"""A comment line, ended by one newline (a blank line would dispatch an empty event)."""
 _MAX_FRAMES_PER_WRITE = 1024
 _MAX_FRAMES_PER_MERGED_WRITE = 65536
 """Shaped (batched/message) writes merge chunks, so they may cover many more events at once."""
@@ -193,6 +194,55 @@ async def follow(
             if not changed.is_set():
                 counters.pings += 1
                 yield PING
+    finally:
+        counters.subscribers -= 1
+        if log is not None:
+            log.subscribers -= 1
+
+
+async def follow_frames(
+    store: RunStore,
+    run_id: str,
+    log: RunLog | None,
+    cursor: int = 0,
+    *,
+    ping_interval: float,
+    counters: Counters,
+) -> AsyncIterator[list[Frame]]:
+    """As ``follow``, the frames themselves rather than our SSE bytes: what a protocol view
+    translates (``protocols/``). Yields batches in seq order and ends after the terminal event;
+    an empty batch means the run was idle for ``ping_interval`` (the caller writes its own
+    keep-alive). Relies on the supervisor's heartbeat, which publishes logs idle for half a ping
+    interval while they have subscribers, to wake an idle reader."""
+    counters.subscribers += 1
+    if log is not None:
+        log.subscribers += 1
+    last_write = time.monotonic()
+    try:
+        while True:
+            changed = log.changed if log is not None else None  # taken before reading
+            frames: list[Frame] | None
+            if log is None:
+                frames = await store.read_frames(run_id, cursor, cursor + _DB_PAGE)
+            else:
+                frames = log.frames_after(cursor, _MAX_FRAMES_PER_WRITE)
+                if frames is None:  # behind the in-memory tail: all of that is in the store
+                    frames = await store.read_frames(
+                        run_id, cursor, min(log.first_seq - 1, cursor + _DB_PAGE)
+                    )
+            if frames:
+                cursor = frames[-1].seq
+                yield frames
+                last_write = time.monotonic()
+                continue
+            if log is None or log.closed:
+                return
+            assert changed is not None
+            if time.monotonic() - last_write >= ping_interval:
+                counters.pings += 1
+                yield []
+                last_write = time.monotonic()
+            await changed.wait()
     finally:
         counters.subscribers -= 1
         if log is not None:

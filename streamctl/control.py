@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .agents.base import Agent
-from .errors import ThreadBusy, ThreadNotFound, Unavailable
+from .errors import RunIdTaken, ThreadBusy, ThreadNotFound, Unavailable
 from .events import TERMINAL_STATUSES, TerminalStatus
 from .inputs import RunCreate
 from .limits import RunCaps, check_input
@@ -89,8 +89,12 @@ class RunControl:
 
     # -- starting --------------------------------------------------------------------------------
 
-    async def start(self, request: RunCreate, owner: str) -> Run:
-        """Start (or queue) a run; return once its row and its first event are committed."""
+    async def start(self, request: RunCreate, owner: str, *, run_id: str | None = None) -> Run:
+        """Start (or queue) a run; return once its row and its first event are committed.
+
+        ``run_id``: an id the client chose (AG-UI's ``runId``); ``RunIdTaken`` if a run has it
+        already, live or stored, whoever's it is (the caller decides whether to join that run).
+        """
         if not self.accepting or self._tg is None:
             raise Unavailable("the server is not accepting new runs (starting up or shutting down)")
         settings = self.settings
@@ -98,12 +102,21 @@ class RunControl:
         # Threads are (owner, thread_id): another principal's `user-1` is not this one's, so a
         # thread id can be neither probed nor squatted.
         thread_id = request.thread_id or new_id()
+        if run_id is not None and (
+            self.live.get(run_id) is not None or await self.store.get_run(run_id) is not None
+        ):
+            raise RunIdTaken(run_id)  # before make_room: a taken id must not interrupt a run
         ahead = await self._make_room(owner, thread_id, request.multitask)
         if not self.accepting:  # a drain began while this request awaited: it must not slip in
             raise Unavailable("the server is shutting down and accepts no new runs")
+        if run_id is not None and self.live.get(run_id) is not None:
+            # Checked with no await before registering: two starts of one id cannot both pass.
+            # (A run of that id that started and ended while this request awaited is not
+            # caught here: its stored row then makes this start fail in the store.)
+            raise RunIdTaken(run_id)
         self.caps.check(owner)
         run = Run(
-            run_id=new_id(),
+            run_id=run_id or new_id(),
             thread_id=thread_id,
             owner=owner,
             input=request.input.model_dump(),

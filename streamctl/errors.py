@@ -16,7 +16,13 @@
     ├── StoreError             the store failed (raised from the backend's error)
     ├── AgentNotFound          --agent MODULE:ATTR does not name an agent (start-up)
     ├── SettingsError          the settings do not hold together (start-up)
-    └── ClientError            the Python client got an error answer from a server
+    ├── ClientError            the Python client got an error answer from a server
+    └── RunFailure             fails one run (its code is the run's `error` event); never an answer
+        ├── ModelError         the model server failed the request (agents.openai)
+        │   ├── ModelRateLimited   it answered 429
+        │   └── ModelUnreachable   it could not be reached
+        └── TooManyTurns       the agent took more turns or super-steps than its recursion limit
+            └── GraphRecursionLimit  a LangGraph graph did (agents.langgraph)
 
     Exception (not a StreamctlError: they fail a run, and its `error` event says why)
     ├── RecursionLimitExceeded the agent took more steps than the run's recursion limit allows
@@ -67,6 +73,16 @@ class ThreadBusy(StreamctlError):
         )
         self.thread_id = thread_id
         self.active_run_id = active_run_id
+
+
+class RunIdTaken(StreamctlError):
+    """A client-chosen run id (AG-UI's ``runId``) that names another principal's run, or a run of
+    another thread (HTTP 409)."""
+
+    code = "run_id_taken"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run id {run_id!r} is already in use; choose another")
 
 
 class InvalidCursor(StreamctlError):
@@ -162,3 +178,37 @@ class RecursionLimitExceeded(Exception):
 
 class AgentProtocolError(Exception):
     """The agent yielded something that is not an ``AgentEvent``."""
+
+
+# -- errors that fail one run (raised inside an agent, caught at the per-run boundary) ----------
+
+
+class RunFailure(StreamctlError):
+    """Fails the run that raised it: its ``code`` becomes the code of the run's ``error`` event.
+    Raised inside a run's task only, so it is never an HTTP answer."""
+
+    code = "run_failed"
+
+
+class ModelError(RunFailure):
+    """The model server failed the request (an HTTP error, or an error in mid-stream)."""
+
+    code = "model_error"
+
+
+class ModelRateLimited(ModelError):
+    code = "model_rate_limited"
+
+
+class ModelUnreachable(ModelError):
+    code = "model_unreachable"
+
+
+class TooManyTurns(RunFailure):
+    """The model kept calling tools for more turns than the run's recursion limit."""
+
+    code = "recursion_limit"
+
+
+class GraphRecursionLimit(TooManyTurns):
+    """The graph took more super-steps than the run's recursion limit."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .broadcast import follow
+from .broadcast import follow, follow_frames
 from .errors import CursorOutOfRange, InvalidCursor, RunNotFound, RunPurged, ThreadNotFound
+from .events import Frame
 from .registry import LiveRuns
 from .runs import iso, record_json
 from .settings import Settings
@@ -124,6 +125,27 @@ class RunReads:
             heartbeat=True,
             message_buffer=self.settings.max_message_buffer,
         )
+
+    async def run_frames(
+        self, run_id: str, owner: str | None
+    ) -> tuple[dict[str, Any], AsyncIterator[list[Frame]]]:
+        """The run's snapshot and its committed frames from the first on, then its live tail
+        (``broadcast.follow_frames``): what a protocol view translates. A translator keeps
+        state, so a view always reads a run from its first frame."""
+        run = self.live.get(run_id, owner)
+        snapshot = run.snapshot() if run is not None else await self.get_run(run_id, owner)
+        if run is None:
+            run = self.live.get(run_id, owner)  # it may have started meanwhile (a chosen id)
+        if run is None and snapshot["events_purged_at"] is not None and snapshot["last_seq"] > 0:
+            raise RunPurged(run_id, snapshot["events_purged_at"])
+        frames = follow_frames(
+            self.store,
+            run_id,
+            run.log if run is not None else None,
+            ping_interval=self.settings.ping_interval,
+            counters=self.counters,
+        )
+        return snapshot, frames
 
     async def get_thread(
         self, owner: str, thread_id: str, limit: int | None = None, before: str | None = None

@@ -103,6 +103,9 @@ class EventStream(Response):
         self.status_code = status_code  # always 200; the keyword is for FastAPI's OpenAPI
         self.body_iter = body
         self.retry_ms = retry_ms
+        # One newline, not a blank line: a blank line would end an empty event, which some
+        # parsers (httpx-sse, fetch-event-source) surface as an event with no data.
+        self.preamble = b"retry: %d\n" % retry_ms
         self.on_disconnect = on_disconnect
         self.send_timeout = send_timeout
         self.on_slow = on_slow
@@ -166,13 +169,10 @@ class EventStream(Response):
                 await send(
                     {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
                 )
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": b"retry: %d\n\n" % self.retry_ms,
-                        "more_body": True,
-                    }
-                )
+                if self.preamble:
+                    await send(
+                        {"type": "http.response.body", "body": self.preamble, "more_body": True}
+                    )
                 async for chunk in self.body_iter:
                     # The server's send waits while the client's socket is full (backpressure):
                     # the subscriber falls behind by a cursor, not a queue. A client that accepts

@@ -46,7 +46,7 @@ from langgraph.errors import GraphRecursionError
 from langgraph.pregel import Pregel
 from langgraph.types import Command
 
-from ..errors import StreamctlError
+from ..errors import GraphRecursionLimit
 from ..events import (
     AgentEvent,
     Custom,
@@ -63,12 +63,6 @@ __all__ = ["GraphRecursionLimit", "LangGraphAgent"]
 
 _QUEUE = 256
 """Stream items buffered between the graph's task and the run: a slow run holds the graph back."""
-
-
-class GraphRecursionLimit(StreamctlError):
-    """The graph took more super-steps than the run's recursion limit."""
-
-    code = "recursion_limit"
 
 
 class LangGraphAgent:

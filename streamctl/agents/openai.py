@@ -39,33 +39,13 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
 from pydantic import BaseModel, ValidationError, create_model
 
-from ..errors import StreamctlError
+from ..errors import ModelError, ModelRateLimited, ModelUnreachable, TooManyTurns
 from ..events import AgentEvent, MessageChunk, ReasoningChunk, ToolEnd, ToolStart, Usage
 from .base import AgentContext, Message
 
 __all__ = ["ChatAgent", "ModelError", "ModelRateLimited", "ModelUnreachable", "TooManyTurns"]
 
 logger = logging.getLogger("streamctl.agents.openai")
-
-
-class ModelError(StreamctlError):
-    """The model server failed the request (an HTTP error, or an error in mid-stream)."""
-
-    code = "model_error"
-
-
-class ModelRateLimited(ModelError):
-    code = "model_rate_limited"
-
-
-class ModelUnreachable(ModelError):
-    code = "model_unreachable"
-
-
-class TooManyTurns(StreamctlError):
-    """The model kept calling tools for more turns than the run's recursion limit."""
-
-    code = "recursion_limit"
 
 
 class Tool:

@@ -1,7 +1,7 @@
 """The HTTP API (docs/api.md): the only package that knows HTTP status codes.
 
 app.py         create_app: lifespan (store, supervisor), middleware, the routers
-runs.py        /v1/runs…, /v1/graph/stream, /stop
+runs.py        /v1/runs…, /stop
 threads.py     /v1/threads/{thread_id}…
 system.py      /healthz, /readyz, /metrics, /v1/schema/events
 page.py        /, /static/…
@@ -11,6 +11,7 @@ errors.py      domain error → status and JSON error body
 models.py      the response bodies, for response_model and /openapi.json
 streams.py     SSE answers: a stream slot per principal, then EventStream
 body_limit.py  BodyLimit, the request body's size limit (ASGI middleware)
+protocols/     the frontends' protocols: AI SDK, AG-UI, AgentFlow (/v1/ai-sdk, /v1/ag-ui, /v1/graph)
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The lifespan opens the store, then the supervisor, and hands them to the routes through the
 application's ``Services`` (``services.py``); the routers (``runs``, ``threads``, ``system``,
-``page``) hold no state of their own. Middleware: the body limit, then CORS when configured.
+``page``, and the protocols' ``ai_sdk``, ``ag_ui``, ``agentflow``) hold no state of their own.
+Middleware: the body limit, then CORS when configured.
 """
 
 from __future__ import annotations
@@ -25,9 +26,19 @@ from ..supervisor import Supervisor
 from . import page, runs, system, threads
 from .body_limit import BodyLimit
 from .errors import install_error_handlers
+from .protocols import ag_ui, agentflow, ai_sdk
 from .services import STATE_KEY, Services
 
-ROUTERS = (runs.router, threads.router, page.router, system.router)
+ROUTERS = (
+    runs.router,
+    threads.router,
+    page.router,
+    system.router,
+    # The frontends' protocols, views over the same runs (agentflow owns /v1/graph/*).
+    ai_sdk.router,
+    ag_ui.router,
+    agentflow.router,
+)
 
 
 def create_app(settings: Settings | None = None, *, agent: Agent | None = None) -> FastAPI:

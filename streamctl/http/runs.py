@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from ..inputs import GraphStreamRequest, RunCreate, StopTarget
+from ..inputs import RunCreate, StopTarget
 from ..shaping import Granularity
 from ..sse import EventStream, parse_cursor
 from .auth import Me, Reader
@@ -57,14 +57,6 @@ async def create_run_stream(
 ) -> Response:
     """Start a run and stream its events (SSE)."""
     return await start_streaming(request, svc, sup, body, me)
-
-
-@router.post("/v1/graph/stream", response_class=EventStream, responses=_START_STREAM)
-async def graph_stream(
-    request: Request, body: GraphStreamRequest, svc: Svc, sup: Sup, me: Me
-) -> Response:
-    """Start a run from an AgentFlow-shaped body and stream it (SSE)."""
-    return await start_streaming(request, svc, sup, body.to_run_create(), me)
 
 
 @router.get(
