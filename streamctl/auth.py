@@ -90,6 +90,10 @@ class Authenticator:
         return self.mode != "none"
 
     def authenticate(self, token: str | None) -> Principal:
+        if token is not None and self.enabled and not _encodable(token):
+            # A JSON body may carry a lone surrogate ("\ud800"): no credential is one, and every
+            # check below encodes the token (hmac, PyJWT), which would raise, not answer 401.
+            raise AuthError("malformed_token", "the token is not valid UTF-8 text")
         if token is not None and token.startswith(STREAM_TOKEN_PREFIX) and self.enabled:
             return self._stream_principal(token)
         if not self.enabled:
@@ -104,7 +108,7 @@ class Authenticator:
         return Principal(name, admin=name in self.admins)
 
     def _key_principal(self, token: str) -> Principal:
-        given = token.encode("utf-8", "surrogateescape")
+        given = token.encode()
         found: str | None = None
         for key, name in self._keys:  # every key compared, in constant time each
             if hmac.compare_digest(key, given):
@@ -172,6 +176,14 @@ class Authenticator:
         if check_expiry and expires < time.time():
             raise AuthError("expired_token", "the stream token has expired")
         return Principal(subject, admin=subject in self.admins, stream_run=run_id)
+
+
+def _encodable(token: str) -> bool:
+    try:
+        token.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read(path: Path) -> str:

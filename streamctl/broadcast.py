@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 
 from .events import Frame
-from .shaping import LAG_MERGE_FRAMES, Granularity, Shaper
+from .shaping import LAG_MERGE_FRAMES, MESSAGE_BUFFER_CHARS, Granularity, Shaper
 from .stats import Counters
 from .store.base import RunStore
 
@@ -143,6 +143,7 @@ async def follow(
     granularity: Granularity = "low",
     batch_ms: float = 50.0,
     heartbeat: bool = False,
+    message_buffer: int = MESSAGE_BUFFER_CHARS,
 ) -> AsyncIterator[bytes]:
     """Yield the SSE bytes of every committed event after ``cursor``, then the live tail.
 
@@ -153,7 +154,7 @@ async def follow(
     shaped by ``granularity`` (see ``shaping.py``).
     """
     counters = counters if counters is not None else Counters()
-    shaper = Shaper(granularity)
+    shaper = Shaper(granularity, message_buffer)
     pause = batch_ms / 1000 if granularity == "batched" else 0.0
     limit = _MAX_FRAMES_PER_WRITE if granularity == "low" else _MAX_FRAMES_PER_MERGED_WRITE
     counters.subscribers += 1

@@ -99,16 +99,14 @@ class RunControl:
             raise Unavailable("the server is not accepting new runs (starting up or shutting down)")
         settings = self.settings
         check_input(request, self.agent, settings)
+        # Threads are (owner, thread_id): another principal's `user-1` is not this one's, so a
+        # thread id can be neither probed nor squatted.
         thread_id = request.thread_id or new_id()
-        if request.thread_id is not None:
-            thread = await self.store.get_thread(thread_id)
-            if thread is not None and thread.owner != owner:
-                raise ThreadNotFound(thread_id)
         if run_id is not None and (
             self.live.get(run_id) is not None or await self.store.get_run(run_id) is not None
         ):
             raise RunIdTaken(run_id)  # before make_room: a taken id must not interrupt a run
-        ahead = await self._make_room(thread_id, owner, request.multitask)
+        ahead = await self._make_room(owner, thread_id, request.multitask)
         if not self.accepting:  # a drain began while this request awaited: it must not slip in
             raise Unavailable("the server is shutting down and accepts no new runs")
         if run_id is not None and self.live.get(run_id) is not None:
@@ -146,13 +144,11 @@ class RunControl:
         self.stats.started += 1
         return run
 
-    async def _make_room(self, thread_id: str, owner: str, multitask: str) -> list[Run]:
+    async def _make_room(self, owner: str, thread_id: str, multitask: str) -> list[Run]:
         """Apply ``multitask`` to a busy thread. Returns the runs to queue behind (enqueue)."""
-        queue = self.live.on_thread(thread_id)
+        queue = self.live.on_thread(owner, thread_id)
         if not queue:
             return []
-        if queue[0].owner != owner:  # a thread another principal is creating right now
-            raise ThreadNotFound(thread_id)
         if multitask == "enqueue":
             return queue
         if multitask == "interrupt":
@@ -161,7 +157,7 @@ class RunControl:
             with anyio.move_on_after(self.settings.stop_timeout):
                 for run in queue:
                     await run.finished.wait()
-            active = self.live.active(thread_id)
+            active = self.live.active(owner, thread_id)
             if active is None:
                 return []
             raise ThreadBusy(
@@ -203,13 +199,14 @@ class RunControl:
                 await run.finished.wait()
         return run.snapshot(), run.finished.is_set()
 
-    async def stop_thread(self, thread_id: str, owner: str | None) -> tuple[dict[str, Any], bool]:
-        """Stop the thread's active run; with none active, return its last run's final state."""
-        active = self.live.active(thread_id)
-        if active is not None and owner in (None, active.owner):
+    async def stop_thread(self, owner: str, thread_id: str) -> tuple[dict[str, Any], bool]:
+        """Stop the thread ``(owner, thread_id)``'s active run; with none active, return its last
+        run's final state. The caller has checked that it may address ``owner``'s threads."""
+        active = self.live.active(owner, thread_id)
+        if active is not None:
             return await self.stop(active.run_id, owner)
-        await self.reads.thread_record(thread_id, owner)
-        last = await self.store.list_runs(None, thread_id, limit=1)
+        await self.reads.thread_record(owner, thread_id)
+        last = await self.store.thread_runs(owner, thread_id, limit=1)
         if not last:
             raise ThreadNotFound(thread_id)
         return record_json(last[0]), True

@@ -3,6 +3,7 @@
 - ``check_input``: a run's input (number and length of messages; the agent's own options).
 - ``RunCaps``: runs at once (server-wide and per principal) and runs started per minute.
 - ``StreamCaps``: open streams per principal.
+- ``history_window``: the part of a thread's history an agent receives.
 
 Each check and its claim are one synchronous step, so a burst of parallel requests cannot slip
 past a cap. The request body's size is capped at the HTTP edge (``BodyLimit``).
@@ -14,7 +15,7 @@ import math
 import time
 from collections import deque
 
-from .agents.base import Agent
+from .agents.base import Agent, Message
 from .errors import InvalidInput, TooManyRuns, TooManyStreams
 from .inputs import RunCreate
 from .registry import LiveRuns
@@ -140,3 +141,17 @@ class StreamCaps:
     def total(self) -> int:
         """Streams open right now, every principal's."""
         return sum(self._held.values())
+
+
+def history_window(messages: list[Message], count: int, size: int) -> list[Message]:
+    """The latest whole ``messages`` that fit in ``count`` messages and ``size`` bytes (UTF-8 of
+    their content), oldest first."""
+    kept: list[Message] = []
+    total = 0
+    for message in reversed(messages):
+        total += len(message.content.encode("utf-8", "surrogatepass"))
+        if len(kept) == count or total > size:
+            break
+        kept.append(message)
+    kept.reverse()
+    return kept

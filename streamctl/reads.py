@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .broadcast import follow, follow_frames
-from .errors import CursorOutOfRange, RunNotFound, RunPurged, ThreadNotFound
+from .errors import CursorOutOfRange, InvalidCursor, RunNotFound, RunPurged, ThreadNotFound
 from .events import Frame
 from .registry import LiveRuns
 from .runs import iso, record_json
@@ -25,7 +25,8 @@ from .store.base import RunRecord, RunStore, ThreadRecord
 class RunReads:
     """Snapshots, event pages, run and thread streams, threads. ``owner`` scopes every lookup:
     another principal's run or thread is not found, exactly like a missing one; ``None`` (an
-    admin) sees everything."""
+    admin) sees every run. A thread is ``(owner, thread_id)``: thread lookups take the owner whose
+    namespace is addressed (the HTTP layer decides whom a principal may address)."""
 
     def __init__(
         self, store: RunStore, live: LiveRuns, settings: Settings, counters: Counters
@@ -42,10 +43,10 @@ class RunReads:
             raise RunNotFound(run_id)
         return record
 
-    async def thread_record(self, thread_id: str, owner: str | None) -> ThreadRecord:
-        """The thread's stored record; ``ThreadNotFound`` if missing or another principal's."""
-        thread = await self.store.get_thread(thread_id)
-        if thread is None or owner not in (None, thread.owner):
+    async def thread_record(self, owner: str, thread_id: str) -> ThreadRecord:
+        """The thread's stored record; ``ThreadNotFound`` if ``owner`` has no such thread."""
+        thread = await self.store.get_thread(owner, thread_id)
+        if thread is None:
             raise ThreadNotFound(thread_id)
         return thread
 
@@ -126,6 +127,7 @@ class RunReads:
             granularity=granularity,
             batch_ms=self.settings.batch_ms,
             heartbeat=True,
+            message_buffer=self.settings.max_message_buffer,
         )
 
     async def run_frames(
@@ -149,14 +151,26 @@ class RunReads:
         )
         return snapshot, frames
 
-    async def get_thread(self, thread_id: str, owner: str | None) -> dict[str, Any]:
-        """The thread's checkpoint: every run's input and assistant output, and its active run."""
-        thread = await self.thread_record(thread_id, owner)
+    async def get_thread(
+        self, owner: str, thread_id: str, limit: int | None = None, before: str | None = None
+    ) -> dict[str, Any]:
+        """The thread's checkpoint: its runs' inputs and assistant outputs, and its active run.
+        A page: the newest ``limit`` runs created before the run ``before`` (oldest first);
+        ``has_more`` says whether older runs remain, fetched with ``before=next_before``."""
+        thread = await self.thread_record(owner, thread_id)
+        if before is not None:
+            anchor = await self.store.get_run(before)
+            if anchor is None or (anchor.owner, anchor.thread_id) != (owner, thread_id):
+                raise InvalidCursor(f"before={before!r} is not a run of this thread")
+        page = None if limit is None else limit + 1  # one more says whether older runs remain
+        records = await self.store.thread_runs(owner, thread_id, limit=page, before=before)
+        has_more = limit is not None and len(records) > limit
+        if has_more:
+            records = records[1:]
         messages: list[dict[str, Any]] = []
         runs = []
-        for record in await self.store.thread_runs(thread_id):
-            live = self.live.get(record.run_id, owner)
-            run = live.snapshot() if live is not None else record_json(record)
+        for record in records:
+            run = self._json(record, owner)
             runs.append(run)
             for message in record.input["messages"]:
                 messages.append({**message, "run_id": run["run_id"]})
@@ -169,27 +183,37 @@ class RunReads:
                     "output": run["output"],
                 }
             )
-        active = self.live.active(thread_id)
+        active = self.live.active(owner, thread_id)
+        last_run = runs[-1] if runs else None
+        if before is not None:  # the thread's last run, not the page's
+            newest = await self.store.thread_runs(owner, thread_id, limit=1)
+            last_run = self._json(newest[0], owner) if newest else None
         return {
             "thread_id": thread_id,
             "created_at": iso(thread.created_at),
             "messages": messages,
             "active_run": active.snapshot() if active is not None else None,
-            "last_run": runs[-1] if runs else None,
+            "last_run": last_run,
+            "has_more": has_more,
+            "next_before": runs[0]["run_id"] if has_more else None,
         }
+
+    def _json(self, record: RunRecord, owner: str | None) -> dict[str, Any]:
+        live = self.live.get(record.run_id, owner)
+        return live.snapshot() if live is not None else record_json(record)
 
     async def subscribe_thread(
         self,
+        owner: str,
         thread_id: str,
-        owner: str | None,
         cursor: tuple[str, int] | None,
         granularity: Granularity = "low",
     ) -> AsyncIterator[bytes] | None:
         """Follow the thread: after ``cursor`` (``(run_id, seq)``) in its run, then the thread's
         next run; without a cursor, its active run. Ids are ``run_id:seq``. None: nothing left."""
-        await self.thread_record(thread_id, owner)
+        await self.thread_record(owner, thread_id)
         if cursor is None:
-            active = self.live.active(thread_id)
+            active = self.live.active(owner, thread_id)
             if active is None:
                 return None
             return await self.subscribe(
@@ -205,7 +229,7 @@ class RunReads:
         if stream is not None:
             return stream
         # That run is over and fully read: go on with the thread's next run, if there is one.
-        following = await self.store.next_run_on_thread(thread_id, run_id)
+        following = await self.store.next_run_on_thread(owner, thread_id, run_id)
         if following is None:
             return None
         return await self.subscribe(

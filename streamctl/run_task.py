@@ -34,6 +34,7 @@ from .events import (
     ToolStart,
     Usage,
 )
+from .limits import history_window
 from .runs import Run, RunOutput
 from .settings import Settings
 from .store.base import ACTIVE_STATUSES, FinalState, NewRun, RunStore
@@ -82,7 +83,7 @@ class RunTask:
         if not run.ahead:
             # Read before the start is reported, so the agent starts at once; a queued run reads
             # it once the runs ahead of it (whose output belongs in it) have ended.
-            history = await self._history(run.thread_id, run.run_id)
+            history = await self._history(run)
             run.started_at = time.time()
         store.create_run(
             NewRun(
@@ -145,7 +146,7 @@ class RunTask:
                     run.started_at = time.time()
                     self.store.mark_running(run.run_id, run.started_at)
                     run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id))
-                    history = await self._history(run.thread_id, run.run_id)
+                    history = await self._history(run)
                 assert history is not None
                 run.last_event_at = time.time()
                 self._tg.start_soon(self._watch, run)
@@ -168,16 +169,25 @@ class RunTask:
             return run.stop_status, run.stop_reason, None
         return "completed", "the agent finished", None
 
-    async def _history(self, thread_id: str, run_id: str) -> list[Message]:
-        """The thread's finished runs before this one, as the conversation the agent continues."""
+    async def _history(self, run: Run) -> list[Message]:
+        """The thread's finished runs before this one, as the conversation the agent continues:
+        only its latest messages (``history_messages``, ``history_bytes``), so a new run's cost
+        does not grow with the thread. Each finished run gives at least one message, so the
+        latest ``history_messages`` runs hold every message the window can keep."""
+        count = self.settings.history_messages
+        if count == 0:
+            return []
+        records = await self.store.thread_runs(
+            run.owner, run.thread_id, limit=count, before=run.run_id
+        )
         history: list[Message] = []
-        for record in await self.store.thread_runs(thread_id):
-            if record.run_id == run_id or record.status in ACTIVE_STATUSES:
+        for record in records:
+            if record.run_id == run.run_id or record.status in ACTIVE_STATUSES:
                 continue
             history += [Message(**m) for m in record.input["messages"]]
             text = record.output["text"] if record.output is not None else ""
             history.append(Message(role="assistant", content=text))
-        return history
+        return history_window(history, count, self.settings.history_bytes)
 
     async def _iterate(self, run: Run, history: list[Message]) -> None:
         """Emit what the agent yields; count steps (new messages, tool calls) against the limit."""

@@ -141,6 +141,34 @@ class Settings(BaseModel):
         description="How long a run whose events the store could not write retries writing its"
         " terminal events (with backoff); then the next start finalises it.",
     )
+    # -- bounds per stream, thread and connection; operator endpoints (issue 11, sections 3-4) --
+    metrics_token: str = Field(
+        "",
+        description="Bearer token for `/metrics` and the detail of `/readyz` (admins may use"
+        " theirs); when auth is on and this is empty, only admins see them.",
+    )
+    max_message_buffer: int = Field(
+        65_536,
+        ge=1,
+        description="Characters a `message`-granularity stream holds for one message before it"
+        " sends them as a part.",
+    )
+    history_messages: int = Field(
+        100, ge=0, description="Most earlier thread messages handed to an agent (the latest)."
+    )
+    history_bytes: int = Field(
+        1_048_576,
+        ge=0,
+        description="Most bytes of earlier thread messages handed to an agent (the latest).",
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client may take between two parts of a request body."
+    )
+    max_connections: int = Field(
+        2000,
+        ge=1,
+        description="Connections and requests served at once; beyond, new requests answer 503.",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

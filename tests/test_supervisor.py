@@ -272,7 +272,7 @@ async def test_multitask_reject_and_interrupt(db_path: Path) -> None:
         assert first.snapshot()["reason"] == "interrupted by a newer run on the thread"
         assert_one_terminal_done(await events(sup, first.run_id), "cancelled")
         assert not second.finished.is_set()
-        assert (await sup.reads.get_thread("t1", USER))["active_run"]["run_id"] == second.run_id
+        assert (await sup.reads.get_thread(USER, "t1"))["active_run"]["run_id"] == second.run_id
         gate.set()
         await finish(second)
         assert second.snapshot()["status"] == "completed"
@@ -413,7 +413,7 @@ async def test_cancelled_start_leaves_no_run_without_done(db_path: Path) -> None
     assert [d["run_id"] for d in dones] == [r["run_id"] for r in rows]
 
 
-async def test_another_principal_cannot_touch_a_run_on_a_thread_being_created(
+async def test_two_principals_starting_the_same_thread_id_get_a_thread_each(
     db_path: Path,
 ) -> None:
     agent = ScriptedAgent([Wait(anyio.Event())])
@@ -436,9 +436,14 @@ async def test_another_principal_cannot_touch_a_run_on_a_thread_being_created(
             owner: o.snapshot()["status"] if isinstance(o, Run) else type(o).__name__
             for owner, o in outcomes.items()
         }
-    # One of them owns the thread; the other gets ThreadNotFound (a 404), never a 409, and
-    # certainly cannot stop the owner's run. The bug: {'alice': 'cancelled', 'mallory': 'running'}
-    assert sorted(seen.values()) == ["ThreadNotFound", "running"], seen
+        # Threads are (owner, thread_id): each got a `shared` of its own, holding its run only.
+        for owner, outcome in outcomes.items():
+            assert isinstance(outcome, Run)
+            thread = await sup.reads.get_thread(owner, "shared")
+            assert {m["run_id"] for m in thread["messages"]} == {outcome.run_id}
+    # Neither can stop (an old bug: {'alice': 'cancelled', 'mallory': 'running'}) nor block (a
+    # 404 that tells whose id it is, a race to squat it) the other.
+    assert seen == {"alice": "running", "mallory": "running"}, seen
 
 
 async def test_a_failed_final_commit_is_contained_and_retried(db_path: Path) -> None:

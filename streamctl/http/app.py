@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     app.state.settings = settings
     app.state.embedding = sc  # `streamctl serve` drains through it
     setattr(app.state, STATE_KEY, sc.services)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(

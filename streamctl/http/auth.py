@@ -19,7 +19,8 @@ from ..errors import AuthError, RunNotFound
 from .services import PRINCIPAL_KEY, Services, get_services
 
 
-async def _principal(request: Request, services: Services) -> Principal:
+async def principal_of(request: Request, services: Services) -> Principal:
+    """The principal of this request's credential, stream tokens included (401 if it is bad)."""
     if services.host_auth:  # the host's authenticate ran first (a dependency of the router)
         found: Principal | None = request.scope.get(PRINCIPAL_KEY)
         if found is None:
@@ -90,7 +91,7 @@ async def authenticate(
     request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> Principal:
     """The principal making this request (401 if its credential is bad); no stream tokens."""
-    principal = await _principal(request, services)
+    principal = await principal_of(request, services)
     if principal.stream_run is not None:
         raise _insufficient_scope()
     return principal
@@ -101,7 +102,7 @@ async def authenticate_reader(
 ) -> Principal:
     """As ``authenticate``, for a GET of one run (path parameter ``run_id``): a stream token for
     that run is accepted too. Another run's id answers 404, as a run that does not exist."""
-    principal = await _principal(request, services)
+    principal = await principal_of(request, services)
     if principal.stream_run is not None:
         if request.method != "GET":
             raise _insufficient_scope()

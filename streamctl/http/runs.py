@@ -166,8 +166,9 @@ async def stop_run(run_id: str, response: Response, sup: Sup, me: Me, wait: bool
     responses={**STOP_RESPONSES, **error_responses(400)},
 )
 async def stop_any(body: StopTarget, response: Response, sup: Sup, me: Me) -> Any:
-    """Stop a run by ``run_id``, or a thread's active run by ``thread_id``."""
+    """Stop a run by ``run_id``, or a thread's active run by ``thread_id`` (one of the caller's
+    own threads; an admin stops another's with ``POST /v1/threads/{id}/stop?owner=``)."""
     if body.run_id is not None:
         return stop_answer(await sup.control.stop(body.run_id, me.scope), response)
     assert body.thread_id is not None
-    return stop_answer(await sup.control.stop_thread(body.thread_id, me.scope), response)
+    return stop_answer(await sup.control.stop_thread(me.name, body.thread_id), response)

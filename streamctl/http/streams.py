@@ -53,6 +53,10 @@ def event_stream(
         return Response(status_code=204)
     if not claimed:
         sup.streams.open(me.name)  # 429 past max_streams_per_owner; the stream never starts
+    # Under `streamctl serve`: how much of what was written the client has not taken yet, so a
+    # client that stopped reading is cut off even while the socket's buffers still take writes.
+    probe_for = getattr(request.app.state, "unsent_probe", None)
+    probe = probe_for(request.scope.get("client")) if probe_for is not None else None
     settings = services.settings
     return EventStream(
         stream,
@@ -63,6 +67,7 @@ def event_stream(
         on_slow=slow_reset(request, sup),
         on_close=lambda: sup.streams.close(me.name),
         watch=services.watch,
+        probe=probe,
     )
 
 

@@ -321,18 +321,24 @@ class SqliteStore:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))
         return [sql.run_record(row) for row in rows]
 
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        row = await self.fetch_one(sql.THREAD, (thread_id,))
+    async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None:
+        row = await self.fetch_one(sql.THREAD, (owner, thread_id))
         if row is None:
             return None
         return ThreadRecord(row["thread_id"], row["owner"], row["created_at"])
 
-    async def thread_runs(self, thread_id: str) -> list[RunRecord]:
-        rows = await self.fetch_all(sql.RUNS_ON_THREAD, (thread_id,))
+    async def thread_runs(
+        self, owner: str, thread_id: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[RunRecord]:
+        if limit is None and before is None:
+            rows = await self.fetch_all(sql.RUNS_ON_THREAD, (owner, thread_id))
+        else:
+            page = -1 if limit is None else limit  # LIMIT -1: no limit
+            rows = await self.fetch_all(sql.LATEST_RUNS_ON_THREAD, (owner, thread_id, before, page))
         return [sql.run_record(row) for row in rows]
 
-    async def next_run_on_thread(self, thread_id: str, run_id: str) -> str | None:
-        row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (thread_id, run_id))
+    async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
+        row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (owner, thread_id, run_id))
         return None if row is None else str(row["run_id"])
 
     # -- maintenance -----------------------------------------------------------------------------

@@ -53,13 +53,24 @@ RUNS_OF_OWNER_ON_THREAD = (
     " ORDER BY created_at DESC, rowid DESC LIMIT ?"
 )
 RUNS_FILTERED = (
-    "SELECT * FROM runs WHERE ifnull(?, owner) = owner AND ifnull(?, thread_id) = thread_id"
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner"
+    " AND ifnull(?, thread_id) = thread_id"
     " AND status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"
 )
-THREAD = "SELECT * FROM threads WHERE thread_id = ?"
-RUNS_ON_THREAD = f"SELECT {_RUN_COLUMNS} FROM runs WHERE thread_id = ? ORDER BY created_at, rowid"
+# A thread is (owner, thread_id) (migration 0003): every thread query names both.
+THREAD = "SELECT * FROM threads WHERE owner = ? AND thread_id = ?"
+RUNS_ON_THREAD = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE owner = ? AND thread_id = ? ORDER BY created_at, rowid"
+)
+# The newest ``limit`` runs created before a run (all, when it is NULL), returned oldest first.
+# A thread's runs are inserted in creation order, so rowid is that order.
+LATEST_RUNS_ON_THREAD = (
+    "SELECT * FROM (SELECT rowid AS _row, * FROM runs WHERE owner = ? AND thread_id = ?"
+    " AND rowid < ifnull((SELECT rowid FROM runs WHERE run_id = ?), 9223372036854775807)"
+    " ORDER BY rowid DESC LIMIT ?) ORDER BY _row"
+)
 NEXT_RUN_ON_THREAD = (
-    "SELECT run_id FROM runs WHERE thread_id = ?"
+    "SELECT run_id FROM runs WHERE owner = ? AND thread_id = ?"
     " AND rowid > (SELECT rowid FROM runs WHERE run_id = ?) ORDER BY rowid LIMIT 1"
 )
 ACTIVE_RUNS = f"SELECT run_id, thread_id FROM runs WHERE {_ACTIVE} ORDER BY created_at, rowid"

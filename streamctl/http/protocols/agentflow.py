@@ -260,7 +260,7 @@ async def graph_stream(
 async def graph_stop(body: GraphStop, sup: Sup, me: Me) -> JSONResponse:
     """Stop the thread's active run; 200 once its task has exited (202 if still stopping)."""
     started = time.time()
-    snapshot, finished = await sup.control.stop_thread(body.thread_id, me.scope)
+    snapshot, finished = await sup.control.stop_thread(me.name, body.thread_id)
     data = {
         "success": True,
         "message": "stopped" if finished else "stopping",

@@ -239,7 +239,7 @@ async def chat(body: ChatRequest, request: Request, svc: Svc, sup: Sup, me: Me) 
 async def resume(chat_id: str, request: Request, svc: Svc, sup: Sup, me: Me) -> Response:
     """The chat's active run from its start, then live; 204 when it has none."""
     try:
-        thread = await sup.reads.get_thread(chat_id, me.scope)
+        thread = await sup.reads.get_thread(me.name, chat_id, limit=1)  # its active run only
     except ThreadNotFound:
         return Response(status_code=204)
     active = thread["active_run"]
@@ -253,4 +253,4 @@ async def resume(chat_id: str, request: Request, svc: Svc, sup: Sup, me: Me) -> 
 @router.post("/chat/{chat_id}/stop", responses=STOP)
 async def stop(chat_id: str, sup: Sup, me: Me) -> JSONResponse:
     """Stop the chat's active run; 200 once its task has exited (202 if still stopping)."""
-    return stopped(await sup.control.stop_thread(chat_id, me.scope))
+    return stopped(await sup.control.stop_thread(me.name, chat_id))  # the caller's own chat
