@@ -25,19 +25,10 @@ import httpx
 import orjson
 
 from .decoder import SSEDecoder
-from .errors import StreamctlError
+from .errors import ClientError
 from .events import Done, Event, event_adapter
 
 __all__ = ["Client", "ClientError"]
-
-
-class ClientError(StreamctlError):
-    """The server answered a request with an error (``status`` and ``code`` from its body)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
 
 
 class _Retry(Exception):
@@ -111,11 +102,13 @@ class Client:
         return await self._json("GET", f"/v1/runs/{run_id}")
 
     async def list_runs(
-        self, thread_id: str | None = None, limit: int = 50
+        self, thread_id: str | None = None, limit: int = 50, *, status: str | None = None
     ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if thread_id is not None:
             params["thread_id"] = thread_id
+        if status is not None:
+            params["status"] = status
         runs: list[dict[str, Any]] = (await self._json("GET", "/v1/runs", params=params))["runs"]
         return runs
 

@@ -16,9 +16,21 @@ from typing import Any, TextIO
 import anyio
 
 from .client import Client
-from .events import Done, ErrorEvent, Event, MessageChunk, RunStarted, ToolEnd, ToolStart
+from .events import (
+    Custom,
+    Done,
+    ErrorEvent,
+    Event,
+    Interrupt,
+    MessageChunk,
+    RunStarted,
+    ToolEnd,
+    ToolStart,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+STATUSES = ("queued", "running", "completed", "cancelled", "failed", "timed_out", "interrupted")
+_LIST_ROW = "{:32}  {:20}  {:11}  {:>6}  {:19}  {}"
 
 
 def add_commands(commands: Any) -> None:
@@ -28,6 +40,7 @@ def add_commands(commands: Any) -> None:
     actions = runs.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="runs, newest first")
     listing.add_argument("--thread", help="only the runs of this thread")
+    listing.add_argument("--status", choices=STATUSES, help="only the runs with this status")
     listing.add_argument("--limit", type=int, default=20)
     actions.add_parser("show", help="a run's snapshot, as JSON").add_argument("run_id")
     tail = actions.add_parser("tail", help="follow a run's events (resumes after drops)")
@@ -35,6 +48,10 @@ def add_commands(commands: Any) -> None:
     tail.add_argument("--after", type=int, default=0, help="start after this event id")
     tail.add_argument("--json", action="store_true", help="one JSON object per event")
     actions.add_parser("stop", help="stop a run; waits until it has stopped").add_argument("run_id")
+    for action in actions.choices.values():
+        # `streamctl runs list --url …` as well as `streamctl runs --url … list`. SUPPRESS: an
+        # option not given after the action leaves the one given before it in place.
+        _client_options(action, default=argparse.SUPPRESS)
 
     chat = commands.add_parser("chat", help="send a message and stream the answer (Ctrl-C stops)")
     _client_options(chat)
@@ -43,9 +60,13 @@ def add_commands(commands: Any) -> None:
     chat.add_argument("--json", action="store_true", help="one JSON object per event")
 
 
-def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help=f"server address (default $STREAMCTL_URL or {DEFAULT_URL})")
-    parser.add_argument("--token", help="bearer token (default $STREAMCTL_TOKEN)")
+def _client_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument(
+        "--url",
+        default=default,
+        help=f"server address (default $STREAMCTL_URL or {DEFAULT_URL})",
+    )
+    parser.add_argument("--token", default=default, help="bearer token (default $STREAMCTL_TOKEN)")
 
 
 def run_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -59,19 +80,21 @@ def run_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 async def _runs(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     async with client:
         if args.action == "list":
-            for run in await client.list_runs(args.thread, args.limit):
+            runs = await client.list_runs(args.thread, args.limit, status=args.status)
+            print(
+                _LIST_ROW.format("RUN", "THREAD", "STATUS", "EVENTS", "CREATED", "OUTPUT"), file=out
+            )
+            for run in runs:
                 text = run["output"]["text"].replace("\n", " ")
                 preview = text[:40] + ("…" if len(text) > 40 else "")
-                print(
-                    f"{run['run_id']}  {run['thread_id'][:20]:20}  {run['status']:11}"
-                    f"  {run['last_seq']:>6}  {run['created_at'][:19]}  {preview}",
-                    file=out,
-                )
+                row = (run["run_id"], run["thread_id"][:20], run["status"], run["last_seq"])
+                print(_LIST_ROW.format(*row, run["created_at"][:19], preview), file=out)
         elif args.action == "show":
             print(json.dumps(await client.get_run(args.run_id), indent=2), file=out)
         elif args.action == "stop":
             run = await client.stop(args.run_id)
-            print(f"{run['run_id']}: {run['status']}" + (" (stopping)" if run["stopping"] else ""))
+            stopping = " (stopping)" if run["stopping"] else ""
+            print(f"{run['run_id']}: {run['status']}{stopping}", file=out)
         else:
             render = _json_line if args.json else _Renderer(out)
             async for event in client.events(args.run_id, after=args.after):
@@ -132,6 +155,11 @@ class _Renderer:
             self._line(f"[tool {event.name}({json.dumps(event.args, ensure_ascii=False)}) …]")
         elif isinstance(event, ToolEnd):
             self._line(f"[tool {event.name} → {event.output}]")
+        elif isinstance(event, Custom):
+            self._line(f"[{event.name}: {json.dumps(event.data, ensure_ascii=False)}]")
+        elif isinstance(event, Interrupt):
+            asked = json.dumps(event.value, ensure_ascii=False)
+            self._line(f'[interrupt: {asked}; answer with config {{"resume": …}}]')
         elif isinstance(event, ErrorEvent):
             self._line(f"[error {event.code}: {event.message}]")
         elif isinstance(event, Done):

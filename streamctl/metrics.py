@@ -1,4 +1,4 @@
-"""Prometheus metrics, read from streamctl's own counters at scrape time.
+"""Prometheus metrics, read from streamctl's own counters (``stats.py``) at scrape time.
 
 Nothing here runs per event: the hot path keeps plain integer counters (and two small bucket
 arrays per commit), and ``Collector`` turns them into Prometheus families when ``/metrics`` is
@@ -7,8 +7,7 @@ scraped. Each application has its own registry: no process-global state.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,32 +18,21 @@ from prometheus_client.core import (
     Metric,
 )
 
+from .stats import Buckets
+
 if TYPE_CHECKING:
     from .supervisor import Supervisor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class Buckets:
-    """A histogram as plain counts (cumulative only when exported)."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def family(self, name: str, doc: str) -> HistogramMetricFamily:
-        cumulative, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += count
-            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.sum)
+def histogram(name: str, doc: str, buckets: Buckets) -> HistogramMetricFamily:
+    """A Prometheus histogram from plain counts (made cumulative here)."""
+    cumulative, running = [], 0
+    for bound, count in zip((*buckets.bounds, float("inf")), buckets.counts, strict=True):
+        running += count
+        cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=buckets.sum)
 
 
 class Collector:
@@ -55,7 +43,7 @@ class Collector:
 
     def collect(self) -> Iterator[Metric]:
         sup = self.supervisor
-        store, counters, stats = sup.store, sup.counters, sup.stats
+        store, counters, stats = sup.store.stats, sup.counters, sup.stats
         yield GaugeMetricFamily(
             "streamctl_active_runs", "Runs running or queued right now.", value=sup.active_runs
         )
@@ -98,9 +86,28 @@ class Collector:
         yield CounterMetricFamily(
             "streamctl_commits", "Group commits (transactions) of the store.", value=store.batches
         )
-        yield store.batch_sizes.family("streamctl_commit_batch_events", "Events per group commit.")
-        yield store.commit_seconds.family(
-            "streamctl_commit_seconds", "Duration of one group commit, in seconds."
+        yield histogram(
+            "streamctl_commit_batch_events", "Events per group commit.", store.batch_sizes
+        )
+        yield histogram(
+            "streamctl_commit_seconds",
+            "Duration of one group commit, in seconds.",
+            store.commit_seconds,
+        )
+        yield CounterMetricFamily(
+            "streamctl_commits_failed",
+            "Group commits that failed (their runs end failed, store_error).",
+            value=store.failed_batches,
+        )
+        yield CounterMetricFamily(
+            "streamctl_backpressure_waits",
+            "Times a run's agent waited for the store to commit its backlog.",
+            value=store.backpressure_waits,
+        )
+        yield GaugeMetricFamily(
+            "streamctl_backlog_events_max",
+            "Largest uncommitted backlog of one run so far, in events.",
+            value=store.max_backlog_events,
         )
         yield CounterMetricFamily(
             "streamctl_runs_purged", "Runs whose events retention deleted.", value=stats.purged

@@ -10,15 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import StreamctlError
+from .errors import SettingsError
 
 ENV_PREFIX = "STREAMCTL_"
-
-
-class SettingsError(StreamctlError):
-    code = "invalid_settings"
 
 
 class Settings(BaseModel):
@@ -31,9 +27,15 @@ class Settings(BaseModel):
     db: Path = Field(Path("streamctl.db"), description="SQLite file holding threads, runs, events.")
     agent: str = Field(
         "demo",
-        description="The agent: `demo`, or `MODULE:ATTR` naming an agent callable.",
+        description="The agent: `demo`, `openai`, or `MODULE:ATTR` naming an agent callable.",
     )
-    log_level: str = Field("info", description="Log level of the server (uvicorn's names).")
+    model: str = Field("", description="The chat model's name, for `--agent openai`.")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="Log level of the server and of streamctl's own loggers."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as one JSON object per line."
+    )
     auth: Literal["none", "api-key", "jwt"] = Field(
         "none", description="How requests authenticate: none (development), api-key or jwt."
     )
@@ -121,6 +123,57 @@ class Settings(BaseModel):
     stop_timeout: float = Field(
         10.0, gt=0, description="Seconds `stop` waits for a run's task to exit before answering."
     )
+    # -- bounds under pressure (issue 11): backpressure and a failing store -----------------------
+    max_backlog_events: int = Field(
+        2000,
+        ge=2,
+        description="Uncommitted events one run may have; past it the agent waits at its next"
+        " event until the store is down to half (backpressure).",
+    )
+    max_backlog_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Uncommitted SSE bytes one run may have; past it the agent waits likewise.",
+    )
+    store_retry_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="How long a run whose events the store could not write retries writing its"
+        " terminal events (with backoff); then the next start finalises it.",
+    )
+    # -- bounds per stream, thread and connection; operator endpoints (issue 11, sections 3-4) --
+    metrics_token: str = Field(
+        "",
+        description="Bearer token for `/metrics` and the detail of `/readyz` (admins may use"
+        " theirs); when auth is on and this is empty, only admins see them.",
+    )
+    max_message_buffer: int = Field(
+        65_536,
+        ge=1,
+        description="Characters a `message`-granularity stream holds for one message before it"
+        " sends them as a part.",
+    )
+    history_messages: int = Field(
+        100, ge=0, description="Most earlier thread messages handed to an agent (the latest)."
+    )
+    history_bytes: int = Field(
+        1_048_576,
+        ge=0,
+        description="Most bytes of earlier thread messages handed to an agent (the latest).",
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client may take between two parts of a request body."
+    )
+    max_connections: int = Field(
+        2000,
+        ge=1,
+        description="Connections and requests served at once; beyond, new requests answer 503.",
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

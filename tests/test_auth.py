@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from streamctl import Settings, create_app
 from streamctl.agents import ScriptedAgent
-from streamctl.settings import SettingsError
+from streamctl.errors import SettingsError
 
 from .support import ServerProcess, StartServer, chunks, free_port, read_sse, run_body
 from .support.auth import ALICE, API_KEYS, BOB, SECRET, assert_401, b64, bearer

@@ -239,10 +239,10 @@ async def test_supervisor_subscription_follows_a_live_run_then_replays_it(db_pat
     body = RunCreate.model_validate({"input": {"messages": [{"role": "user", "content": "hi"}]}})
     settings = Settings.from_env({}, db=db_path)
     async with Store(db_path) as store, Supervisor(store, agent, settings) as sup:
-        run = await sup.start(body, "u")
+        run = await sup.control.start(body, "u")
         with pytest.raises(CursorOutOfRange):
-            await sup.subscribe(run.run_id, "u", run.log.committed_seq + 1)
-        stream = await sup.subscribe(run.run_id, "u", 0)
+            await sup.reads.subscribe(run.run_id, "u", run.log.committed_seq + 1)
+        stream = await sup.reads.subscribe(run.run_id, "u", 0)
         assert stream is not None
         with anyio.fail_after(5):
             first = await stream.__anext__()
@@ -250,10 +250,10 @@ async def test_supervisor_subscription_follows_a_live_run_then_replays_it(db_pat
             live = first + await collect(stream)
             await run.finished.wait()  # the stream may end just before the task does
             assert sup.active_runs == 0
-            replay = await sup.subscribe(run.run_id, "u", 0)  # now from SQLite only
+            replay = await sup.reads.subscribe(run.run_id, "u", 0)  # now from SQLite only
             assert replay is not None
             replayed = await collect(replay)
         expected = await expected_bytes(store, run.run_id, 0)
         assert live == replayed == expected
         assert seqs_of(expected) == list(range(1, 7))
-        assert await sup.subscribe(run.run_id, "u", 6) is None  # nothing left: the API's 204
+        assert await sup.reads.subscribe(run.run_id, "u", 6) is None  # nothing left: the API's 204

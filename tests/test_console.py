@@ -68,12 +68,16 @@ def test_runs_list_show_and_tail(spawn_server: Spawn) -> None:
 
     listing = cli(server, "runs", "list")
     assert listing.returncode == 0, listing.stderr
-    lines = listing.stdout.splitlines()
+    header, *lines = listing.stdout.splitlines()
+    assert header.split() == ["RUN", "THREAD", "STATUS", "EVENTS", "CREATED", "OUTPUT"]
     assert [line.split()[0] for line in lines] == [second["run_id"], first["run_id"]]
     assert lines[1].split()[1:3] == ["thread-one", "completed"]
     assert str(first["last_seq"]) in lines[1].split() and "Looking up the weather" in lines[1]
+    # Columns line up under the header.
+    assert lines[1].index("thread-one") == header.index("THREAD")
+    assert lines[1].index("completed") == header.index("STATUS")
     only = cli(server, "runs", "list", "--thread", "thread-two")
-    assert [line.split()[0] for line in only.stdout.splitlines()] == [second["run_id"]]
+    assert [line.split()[0] for line in only.stdout.splitlines()[1:]] == [second["run_id"]]
 
     show = cli(server, "runs", "show", first["run_id"])
     assert show.returncode == 0, show.stderr
@@ -99,7 +103,7 @@ def test_runs_stop_stops_the_run_on_the_server(spawn_server: Spawn) -> None:
     run = start(server, "thread-slow", tokens=100_000, delay_ms=20)
     stopped = cli(server, "runs", "stop", run["run_id"])
     assert stopped.returncode == 0, stopped.stderr
-    assert stopped.stdout.strip() == f"{run['run_id']}: cancelled"
+    assert stopped.stdout == f"{run['run_id']}: cancelled\n"
     assert get_run(server, run["run_id"])["status"] == "cancelled"
     again = cli(server, "runs", "stop", run["run_id"])  # idempotent
     assert again.stdout.strip() == f"{run['run_id']}: cancelled"
@@ -170,3 +174,100 @@ def test_chat_ctrl_c_stops_the_run_on_the_server_and_exits_130(spawn_server: Spa
     runs = httpx.get(server.url + "/v1/runs", params={"thread_id": "chat-int"}).json()["runs"]
     assert [r["status"] for r in runs] == ["cancelled"]
     assert runs[0]["output"]["text"].startswith("Looking up")
+
+
+def test_runs_list_sends_the_status_filter(spawn_server: Spawn) -> None:
+    server = spawn_server()
+    finished(server, start(server, "thread-status")["run_id"])
+    listing = cli(server, "runs", "list", "--status", "completed", "--limit", "5")
+    assert listing.returncode == 0, listing.stderr
+    # The query the server received, from its access log (the filtering itself is the server's).
+    assert "GET /v1/runs?limit=5&status=completed " in server.output()
+    bad = cli(server, "runs", "list", "--status", "done")
+    assert bad.returncode == 2 and "invalid choice: 'done'" in bad.stderr
+
+
+def test_url_and_token_are_accepted_after_the_action(spawn_server: Spawn) -> None:
+    server = spawn_server()
+    run = finished(server, start(server, "thread-url")["run_id"])
+    nowhere = {**os.environ, "STREAMCTL_URL": "http://127.0.0.1:9"}  # the discard port: closed
+    for args in (
+        ["runs", "list", "--url", server.url],
+        ["runs", "--url", server.url, "list"],
+        ["runs", "--url", "http://127.0.0.1:9", "list", "--url", server.url],  # the last wins
+        ["runs", "show", run["run_id"], "--url", server.url, "--token", "unused"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "streamctl", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=nowhere,
+        )
+        assert result.returncode == 0, (args, result.stderr)
+        assert run["run_id"] in result.stdout
+    down = subprocess.run(
+        [sys.executable, "-m", "streamctl", "runs", "--url", server.url, "list", "--url", "x:/"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert down.returncode == 1 and down.stderr.startswith("streamctl: ")
+
+
+def test_a_closed_pipe_ends_quietly(spawn_server: Spawn) -> None:
+    """`streamctl runs tail … | head -1`: no traceback, the shell's status for SIGPIPE (141)."""
+    server = spawn_server()
+    run = start(server, "thread-pipe", tokens=100_000, delay_ms=5)
+    env = {**os.environ, "STREAMCTL_URL": server.url}
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "streamctl", "runs", "tail", run["run_id"], "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        first = read_until(tail, b"\n", deadline=20)
+        assert json.loads(first.split(b"\n")[0])["type"] == "run"
+        assert tail.stdout is not None
+        tail.stdout.close()  # the reader goes away mid-stream, as `head` does
+        _, err = tail.communicate(timeout=20)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 141 and err == b""
+    # A listing written into a pipe nobody reads any more: the same, at its first write.
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "streamctl", "runs", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert listing.stdout is not None
+    listing.stdout.close()
+    _, err = listing.communicate(timeout=20)
+    assert listing.returncode == 141 and err == b""
+    assert cli(server, "runs", "stop", run["run_id"]).returncode == 0
+
+
+def test_chat_renders_custom_events_and_interrupts_on_lines_of_their_own() -> None:
+    import io
+
+    from streamctl.console import _Renderer
+    from streamctl.events import Custom, Interrupt, MessageChunk, ReasoningChunk
+
+    out = io.StringIO()
+    render = _Renderer(out)
+    for event in (
+        ReasoningChunk(content="thinking", message_id="m"),
+        MessageChunk(content="Shall I ", message_id="m"),
+        Custom(name="progress", data={"step": 1}),
+        Interrupt(value={"question": "Book it?"}),
+    ):
+        render(event, out)
+    assert out.getvalue().splitlines() == [
+        "Shall I ",
+        '[progress: {"step": 1}]',
+        '[interrupt: {"question": "Book it?"}; answer with config {"resume": …}]',
+    ]

@@ -150,8 +150,8 @@ async def test_stopping_a_queued_run_keeps_the_runs_behind_it_queued(db_path: Pa
 
     async with Store(db_path) as store, Supervisor(store, agent, settings) as sup:
         with anyio.fail_after(10):
-            a, b, c = [await sup.start(request(name), "u") for name in "abc"]
-            await sup.stop(b.run_id, "u")
+            a, b, c = [await sup.control.start(request(name), "u") for name in "abc"]
+            await sup.control.stop(b.run_id, "u")
             await anyio.wait_all_tasks_blocked()
             # Reads are served in order: once this one is answered, any read that c started
             # (its thread history, just before it would run) is answered too.

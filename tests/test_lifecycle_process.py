@@ -205,8 +205,8 @@ def test_sigterm_drains_every_run_and_stream_then_exits_promptly(
 
     returncode = server.process.wait(GRACE + EXIT_SLACK + 10.0)
     exited_after = time.monotonic() - sigterm_at
-    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
-    assert returncode in (0, -signal.SIGTERM), server.output()
+    # A clean drain on SIGTERM exits 0 (uvicorn would re-raise the signal: 143).
+    assert returncode == 0, server.output()
     assert exited_after <= GRACE + EXIT_SLACK, f"exit took {exited_after:.2f} s"
 
     deadline = time.monotonic() + 5.0
@@ -243,7 +243,7 @@ def test_sigterm_drains_every_run_and_stream_then_exits_promptly(
             assert [(e.id, e.type, e.data) for e in reader.events] == [
                 (e["seq"], e["type"], e["data"]) for e in stored
             ]
-    assert restarted.stop() in (0, -signal.SIGTERM)
+    assert restarted.stop() == 0
     assert integrity_check(db_path) == [("ok",)]
 
 
@@ -348,7 +348,7 @@ def test_sigkill_mid_run_loses_nothing_and_resume_is_exact(
         assert_one_final_done(stored_events(client, in_tool), "interrupted", crashed_reason)
         assert_one_final_done(stored_events(client, queued_id), "interrupted", crashed_reason)
         last_seqs = {r: len(stored_events(client, r)) for r in (run_id, in_tool, queued_id)}
-    assert restarted.stop() in (0, -signal.SIGTERM)
+    assert restarted.stop() == 0
     assert integrity_check(db_path) == [("ok",)]
     assert done_rows(db_path) == {run_id: 1, in_tool: 1, queued_id: 1}
 
@@ -365,7 +365,7 @@ def test_sigkill_mid_run_loses_nothing_and_resume_is_exact(
             ).status_code
             == 204
         )
-    assert again.stop() in (0, -signal.SIGTERM)
+    assert again.stop() == 0
     assert done_rows(db_path) == {run_id: 1, in_tool: 1, queued_id: 1}
     assert integrity_check(db_path) == [("ok",)]
 

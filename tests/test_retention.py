@@ -26,6 +26,13 @@ from .support import StartServer, ask, chunks, data, read_sse, supervisor_of, to
 
 pytestmark = pytest.mark.anyio
 
+
+def sqlite_of(sup: Supervisor) -> Store:
+    """The supervisor's store, as the SQLite store it is in these tests."""
+    assert isinstance(sup.store, Store)
+    return sup.store
+
+
 DAY = 86400.0
 
 
@@ -61,8 +68,8 @@ async def test_purge_deletes_the_events_of_old_finished_runs_only(serve: StartSe
             old, new = [(await client.get(f"/v1/runs/{i}")).json() for i in ids]
             # Retention ends between the two runs' ends: only the older one is past it.
             between = (unix(old["ended_at"]) + unix(new["ended_at"])) / 2
-            assert await sup.purge(now=between + 7 * DAY) == 1
-            assert await sup.purge(now=between + 7 * DAY) == 0  # purged once
+            assert await sup.control.purge(now=between + 7 * DAY) == 1
+            assert await sup.control.purge(now=between + 7 * DAY) == 0  # purged once
 
             purged = (await client.get(f"/v1/runs/{old_id}")).json()
             thread = (await client.get("/v1/threads/t-old")).json()
@@ -78,11 +85,11 @@ async def test_purge_deletes_the_events_of_old_finished_runs_only(serve: StartSe
             live = (await client.get(f"/v1/runs/{active['run_id']}/events")).json()["events"]
 
             # Much later every finished run is past retention; the active one is never purged.
-            assert await sup.purge(now=time.time() + 8 * DAY) == 1
+            assert await sup.control.purge(now=time.time() + 8 * DAY) == 1
             gate.set()
             _, rest = await read_sse(client, "GET", f"/v1/runs/{active['run_id']}/stream")
             page = await client.get(f"/v1/runs/{active['run_id']}/events")
-        left = await sup.store.fetch_all("SELECT DISTINCT run_id FROM events")
+        left = await sqlite_of(sup).fetch_all("SELECT DISTINCT run_id FROM events")
 
     assert purged["events_purged_at"] is not None and old["events_purged_at"] is None
     assert {k: v for k, v in purged.items() if k != "events_purged_at"} == {
@@ -109,18 +116,21 @@ async def test_purge_deletes_the_events_of_old_finished_runs_only(serve: StartSe
 
 
 class CountingSupervisor(Supervisor):
-    """Counts calls of ``purge`` (the background task's only work)."""
+    """Counts calls of ``control.purge`` (the background task's only work)."""
 
     def __init__(self, store: Store, agent: Agent, settings: Settings) -> None:
         super().__init__(store, agent, settings)
         self.purges = 0
         self.purged = anyio.Event()
+        purge = self.control.purge
 
-    async def purge(self, now: float | None = None) -> int:
-        self.purges += 1
-        count = await super().purge(now)
-        self.purged.set()
-        return count
+        async def counting(now: float | None = None) -> int:
+            self.purges += 1
+            count = await purge(now)
+            self.purged.set()
+            return count
+
+        self.control.purge = counting  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("retention_days", [7.0, 0.0])
@@ -131,7 +141,7 @@ async def test_the_background_purge_runs_only_with_a_retention(
     request = RunCreate.model_validate(ask("hello"))
     keep = Settings.from_env({}, db=db_path, retention_days=0)
     async with Store(db_path) as first, Supervisor(first, agent, keep) as before:
-        run = await before.start(request, "u")
+        run = await before.control.start(request, "u")
         with anyio.fail_after(5):
             await run.finished.wait()
     with closing(sqlite3.connect(db_path)) as conn:  # the run ended a month ago
@@ -148,7 +158,7 @@ async def test_the_background_purge_runs_only_with_a_retention(
             else:
                 await anyio.wait_all_tasks_blocked()  # a task would have called purge by now
         left = await store.fetch_all("SELECT seq FROM events WHERE run_id = ?", (run.run_id,))
-        state = await sup.get_run(run.run_id, "u")
+        state = await sup.reads.get_run(run.run_id, "u")
     if retention_days:
         assert sup.purges == 1 and left == [] and state["events_purged_at"] is not None
     else:

@@ -26,7 +26,17 @@ from streamctl.agents.scripted import Sleep, Step
 from streamctl.events import AgentEvent, MessageChunk
 
 from .support import Paced, Server, StartServer, chunks, run_body, tool_call
-from .support.sse_reference import Ev, Mode, SpecParser, check_shaped, decode, fetch_log, text
+from .support.sse_reference import (
+    Ev,
+    Mode,
+    SpecParser,
+    check_shaped,
+    decode,
+    fetch_log,
+    parsed,
+    stream,
+    text,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -36,29 +46,6 @@ async def supervisor(server: Server) -> Any:
     async with server.client() as client:
         assert (await client.get("/readyz")).status_code == 200
     return cast(FastAPI, server.uvicorn.config.app).state.supervisor
-
-
-def parsed(events: list[Any]) -> list[Ev]:
-    # httpx-sse reports empty-data blocks (the retry line, a ping after an event) that the
-    # standard does not dispatch (SSE-NOTES.md rule 4).
-    return decode([(e.id, e.event, e.data) for e in events if e.data != ""])
-
-
-async def stream(
-    client: httpx.AsyncClient, method: str, url: str, limit: int | None = None, **kw: Any
-) -> tuple[httpx.Response, list[Ev]]:
-    """Read a stream (at most ``limit`` events, then disconnect)."""
-    got: list[Any] = []
-    async with aconnect_sse(client, method, url, **kw) as source:
-        if source.response.status_code != 200:
-            await source.response.aread()
-            return source.response, []
-        async for event in source.aiter_sse():
-            if event.data != "":
-                got.append(event)
-            if limit is not None and len(got) >= limit:
-                break
-    return source.response, parsed(got)
 
 
 def firehose(
@@ -261,7 +248,7 @@ async def test_a_paused_client_leaves_memory_bounded_then_catches_up(serve: Star
             async with aconnect_sse(client, "POST", "/v1/runs/stream", json=run_body()) as source:
                 events = source.aiter_sse()
                 head = [await anext(events) for _ in range(2)]  # retry block, run
-                run = sup._runs[source.response.headers["x-run-id"]]
+                run = sup.live.get(source.response.headers["x-run-id"])
                 # The client reads nothing now. Check the run's memory at every commit.
                 while not run.finished.is_set():
                     changed = run.log.changed
@@ -308,7 +295,7 @@ async def test_a_stuck_client_is_cut_off_after_send_timeout(serve: StartServer) 
     async with server.client() as client:
         with anyio.fail_after(40):
             run_id = (await client.post("/v1/runs", json=run_body())).json()["run_id"]
-            run = sup._runs[run_id]
+            run = sup.live.get(run_id)
             sock = await open_unread_stream(server.url, f"/v1/runs/{run_id}/stream")
             try:
                 while sup.counters.slow_closed == 0:  # not an event: poll, bounded
@@ -369,7 +356,7 @@ async def test_a_low_stream_far_behind_catches_up_in_merged_chunks(
     async with server.client() as client:
         with anyio.fail_after(30):
             run_id = (await client.post("/v1/runs", json=run_body())).json()["run_id"]
-            run = (await supervisor(server))._runs[run_id]
+            run = (await supervisor(server)).live.get(run_id)
             while run.log.committed_seq < n + 3:  # everything up to the gate is committed
                 await either(run.log.changed, run.finished)
             url = f"/v1/runs/{run_id}/stream"

@@ -27,23 +27,15 @@ from streamctl.store import Store
 from streamctl.supervisor import Supervisor
 
 from .support import Server, StartServer, ask, chunks, data, next_events, read_sse, supervisor_of
+from .support.stored import assert_one_done, stored_events
 
 pytestmark = pytest.mark.anyio
 
 
-async def stored_events(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
-    page = await client.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})
-    assert page.status_code == 200, page.text
-    events: list[dict[str, Any]] = page.json()["events"]
-    return events
-
-
-def assert_one_done(events: list[dict[str, Any]]) -> str:
-    """Dense seqs, exactly one ``done`` and it is last; returns its status."""
-    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    assert [e["type"] for e in events].count("done") == 1 and events[-1]["type"] == "done"
-    status: str = events[-1]["data"]["status"]
-    return status
+def sqlite_of(sup: Supervisor) -> Store:
+    """The supervisor's store, as the SQLite store it is in these tests."""
+    assert isinstance(sup.store, Store)
+    return sup.store
 
 
 # -- stop during a tool call, and while the agent blocks in a thread ------------------------------
@@ -221,10 +213,10 @@ async def test_stop_while_the_run_is_starting(db_path: Path, script: list[Step])
     async with store, Supervisor(store, agent, settings) as sup:
 
         async def start() -> None:
-            runs.append(await sup.start(request, "u"))
+            runs.append(await sup.control.start(request, "u"))
 
         async def stop() -> None:
-            stops.append(await sup.stop_thread("t", "u"))
+            stops.append(await sup.control.stop_thread("u", "t"))
 
         release = store.hold = anyio.Event()
         with anyio.fail_after(5):
@@ -322,11 +314,11 @@ async def test_a_storm_of_stops_ends_every_run_once_and_leaks_nothing(serve: Sta
                         tg.start_soon(stop, "POST", f"/v1/runs/{run_id}/stop", None)
                         tg.start_soon(stop, "POST", "/stop", {"run_id": run_id})
                         tg.start_soon(stop, "POST", f"/v1/threads/storm-{i}/stop", None)
-            dones = await sup.store.fetch_all(
+            dones = await sqlite_of(sup).fetch_all(
                 "SELECT run_id, count(*) AS n, max(seq) AS seq, max(data) AS data FROM events"
                 " WHERE type = 'done' GROUP BY run_id"
             )
-            runs = await sup.store.fetch_all("SELECT run_id, status, last_seq FROM runs")
+            runs = await sqlite_of(sup).fetch_all("SELECT run_id, status, last_seq FROM runs")
     assert len(answers) == 3 * n
     for answer in answers:
         assert answer.status_code == 200, answer.text
@@ -373,7 +365,7 @@ async def test_drain_lets_runs_finish_in_the_grace_then_interrupts_the_rest(
                 async def drain(*, task_status: TaskStatus[None]) -> None:
                     began = anyio.current_time()
                     task_status.started()
-                    await sup.drain(grace)
+                    await sup.control.drain(grace)
                     drained.append(anyio.current_time() - began)
 
                 async with anyio.create_task_group() as tg:

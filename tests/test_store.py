@@ -10,10 +10,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-import streamctl.store
+import streamctl.store.migrate
 from streamctl.errors import StoreError
 from streamctl.events import Frame, MessageChunk
-from streamctl.store import Store, migrate_file, migrations_dir
+from streamctl.store import NewRun, Store, migrate_file, migrations_dir
+from streamctl.store.sqlite import MAX_BATCH_EVENTS
 
 pytestmark = pytest.mark.anyio
 
@@ -93,7 +94,7 @@ async def test_a_failing_migration_leaves_no_trace(
     (extra / "0099_broken.sql").write_text(
         "CREATE TABLE half_done (x INTEGER);\nCREATE TABLE broken (;\n", encoding="utf-8"
     )
-    monkeypatch.setattr(streamctl.store, "migrations_dir", lambda: extra)
+    monkeypatch.setattr(streamctl.store.migrate, "migrations_dir", lambda: extra)
     with pytest.raises(StoreError, match=r"0099_broken\.sql"):
         await migrate_file(db_path)
     with plain(db_path) as conn:
@@ -109,7 +110,7 @@ async def test_open_failing_in_migrate_closes_its_connections(
     bad = tmp_path / "migrations"
     bad.mkdir()
     (bad / "initial.sql").write_text("SELECT 1;", encoding="utf-8")  # not NNNN_name.sql
-    monkeypatch.setattr(streamctl.store, "migrations_dir", lambda: bad)
+    monkeypatch.setattr(streamctl.store.migrate, "migrations_dir", lambda: bad)
     store = Store(db_path)
     try:
         with pytest.raises(StoreError, match=r"not named NNNN_name\.sql"):
@@ -141,13 +142,14 @@ async def test_events_appended_in_one_go_commit_in_few_batches_in_order(db_path:
     sink = RecordingSink()
     n = 2000
     async with Store(db_path) as store:
-        before = store.batches
+        before = store.stats.batches
         for seq in range(1, n + 1):
             store.append("r1", chunk_frame(seq), None, sink)
         await store.flush()
-        assert store.batches - before <= 2
-        assert store.committed_events == n
-    assert sink.publishes == store.batches - before  # one wake-up per batch, not per event
+        # As few transactions as the cap on one allows (no timer, no batch per event).
+        assert store.stats.batches - before <= -(-n // MAX_BATCH_EVENTS) + 1
+        assert store.stats.committed_events == n
+    assert sink.publishes == store.stats.batches - before  # one wake-up per batch, not per event
     assert [f.seq for f in sink.frames] == list(range(1, n + 1))
     assert committed_seqs(db_path) == list(range(1, n + 1))
 
@@ -160,7 +162,7 @@ async def test_events_appended_while_a_batch_commits_form_the_next_batch(db_path
         for seq in range(2, 502):
             store.append("r1", chunk_frame(seq), None, sink)
         await store.flush()
-        assert store.batches == 2
+        assert store.stats.batches == 2
     assert [f.seq for f in sink.frames] == list(range(1, 502))
 
 
@@ -170,10 +172,8 @@ async def test_flush_returns_once_rows_are_visible_to_other_connections(db_path:
             seqs = range(round_ * 10 + 1, round_ * 10 + 11)
             for seq in seqs:
                 store.append("r1", chunk_frame(seq), None, RecordingSink())
-            store.execute_later(
-                "INSERT INTO threads (thread_id, owner, created_at) VALUES (?, 'o', 0)",
-                (f"t{round_}",),
-            )
+            thread = f"t{round_}"
+            store.create_run(NewRun(f"r-{thread}", thread, "o", "running", {}, {}, 0.0, 0.0))
             await store.flush()
             assert committed_seqs(db_path) == list(range(1, seqs[-1] + 1))
             with plain(db_path) as conn:
@@ -184,7 +184,7 @@ async def test_flush_with_nothing_pending_returns_at_once(db_path: Path) -> None
     async with Store(db_path) as store:
         with anyio.fail_after(5):
             await store.flush()
-        assert store.batches == 0
+        assert store.stats.batches == 0
 
 
 async def test_sink_sees_an_event_only_after_it_is_committed(db_path: Path) -> None:
@@ -254,7 +254,7 @@ async def test_failing_batch_raises_delivers_nothing_and_store_recovers(db_path:
     async with Store(db_path) as store:
         store.append("r1", chunk_frame(1), None, sink)
         await store.flush()
-        batches = store.batches
+        batches = store.stats.batches
 
         other = RecordingSink()
         store.append("r2", chunk_frame(1), None, other)  # innocent, but in the same batch
@@ -262,7 +262,7 @@ async def test_failing_batch_raises_delivers_nothing_and_store_recovers(db_path:
         store.append("r1", chunk_frame(1, "duplicate"), None, sink)  # PRIMARY KEY (run_id, seq)
         with pytest.raises(StoreError, match="UNIQUE"):
             await store.flush()
-        assert store.batches == batches
+        assert store.stats.batches == batches
         assert [f.seq for f in sink.frames] == [1]
         assert other.frames == [] and other.publishes == 0
         assert committed_seqs(db_path, "r2") == []  # the whole batch was rolled back
@@ -271,7 +271,7 @@ async def test_failing_batch_raises_delivers_nothing_and_store_recovers(db_path:
         store.append("r1", chunk_frame(3), None, sink)
         await store.flush()
         assert [f.seq for f in sink.frames] == [1, 2, 3]
-        assert store.batches == batches + 1
+        assert store.stats.batches == batches + 1
     assert committed_seqs(db_path) == [1, 2, 3]
     with plain(db_path) as conn:
         (data,) = conn.execute("SELECT data FROM events WHERE run_id='r1' AND seq=1").fetchone()
@@ -310,3 +310,48 @@ async def test_flush_reports_a_failure_of_the_batch_in_flight(db_path: Path) -> 
         assert committed_seqs(db_path) == [1]
         assert committed_seqs(db_path, "r2") == [1] and [f.seq for f in other.frames] == [1]
         assert isinstance(outcome[0], StoreError)  # "everything queued so far" did not commit
+
+
+class FailingSink(RecordingSink):
+    """A sink that also records being told its batch was lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[Exception] = []
+
+    def failed(self, error: Exception) -> None:
+        self.errors.append(error)
+
+
+async def test_closing_gives_up_a_commit_that_never_ends(db_path: Path) -> None:
+    """Closing commits what is queued under a shield, but a bounded one: a commit that hangs (a
+    dead disk) is given up after ``close_timeout``, its runs told, and the store closes."""
+    sink = FailingSink()
+    never = anyio.Event()
+    store = Store(db_path, close_timeout=0.05)
+
+    async def hang(conn: object, batch: object) -> None:
+        await never.wait()
+
+    outcome: list[BaseException | None] = []
+
+    async def flush() -> None:
+        try:
+            await store.flush()
+        except StoreError as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    with anyio.fail_after(10):  # a safety net: unbounded, closing would wait for ever
+        async with anyio.create_task_group() as tg, store:
+            store._commit = hang  # type: ignore[method-assign]
+            store.append("r1", chunk_frame(1), None, sink)
+            await anyio.wait_all_tasks_blocked()  # the writer is in the commit that never ends
+            store.append("r1", chunk_frame(2), None, sink)  # queued behind it
+            tg.start_soon(flush)
+            await anyio.wait_all_tasks_blocked()
+    assert not never.is_set()
+    assert committed_seqs(db_path) == [] and sink.frames == [] and len(sink.errors) == 1
+    assert store.stats.batches == 0
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreError)  # reported lost, not done

@@ -3,7 +3,8 @@ checking, request bodies, scripted agent steps, credentials, a cutting TCP proxy
 
 Tests import from here (``from .support import ...``), never from another test module or from
 ``conftest.py``, which only declares the fixtures. Agents that a child-process server loads by
-path live in ``tests/support/child_agents.py``.
+path live here too (``child_agents.py``, ``gated_agent.py``, ``langgraph_agents.py``); so do the
+fake OpenAI server, the Node client runners, supervisors below HTTP and stored-log checks.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import httpx
 import orjson
+from httpx_sse import aconnect_sse
 
 Mode = Literal["low", "batched", "message"]
 
@@ -175,3 +176,26 @@ def decode(events: list[tuple[str, str, str]]) -> list[Ev]:
         assert id_.isascii() and id_.isdigit(), f"id {id_!r} is not ASCII digits"
         out.append(Ev(int(id_), type_, orjson.loads(data)))
     return out
+
+
+def parsed(events: list[Any]) -> list[Ev]:
+    # httpx-sse reports empty-data blocks (the retry line, a ping after an event) that the
+    # standard does not dispatch (SSE-NOTES.md rule 4).
+    return decode([(e.id, e.event, e.data) for e in events if e.data != ""])
+
+
+async def stream(
+    client: httpx.AsyncClient, method: str, url: str, limit: int | None = None, **kw: Any
+) -> tuple[httpx.Response, list[Ev]]:
+    """Read a stream (at most ``limit`` events, then disconnect)."""
+    got: list[Any] = []
+    async with aconnect_sse(client, method, url, **kw) as source:
+        if source.response.status_code != 200:
+            await source.response.aread()
+            return source.response, []
+        async for event in source.aiter_sse():
+            if event.data != "":
+                got.append(event)
+            if limit is not None and len(got) >= limit:
+                break
+    return source.response, parsed(got)

@@ -1,67 +1,67 @@
-"""How one run executes, from its first row to its final row.
+"""How one run executes, from its first row to its final row: the body of a run's task.
 
-``Runner.run`` is the body of a run's task: it writes the run's row and first event, waits for the
+``RunTask.run`` is the body of a run's task: it writes the run's row and first event, waits for the
 runs ahead of it when queued, iterates the agent inside the run's own cancel scope, and always ends
 with the terminal events and the final row, written in shielded clean-up after the agent's code is
-gone (DESIGN.md invariants 6 and 7). An agent's exception is caught here, at the per-run
+gone (docs/architecture.md, invariants 6 and 7). An agent's exception is caught here, at the per-run
 boundary, and fails that run alone (invariant 9).
+
+``finalise_orphans`` ends the runs a store hands over because their owner is gone.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import anyio
 import anyio.lowlevel
-import orjson
 from anyio.abc import TaskGroup, TaskStatus
 
 from .agents.base import Agent, AgentContext, Message
-from .errors import StreamctlError
+from .errors import AgentProtocolError, RecursionLimitExceeded, StreamctlError
 from .events import (
+    Custom,
     Done,
     ErrorEvent,
     Frame,
+    Interrupt,
     MessageChunk,
+    ReasoningChunk,
     RunStarted,
     TerminalStatus,
     ToolEnd,
     ToolStart,
+    Usage,
 )
+from .limits import history_window
 from .runs import Run, RunOutput
 from .settings import Settings
-from .store import Store
+from .store.base import ACTIVE_STATUSES, FinalState, NewRun, RunStore
 
-logger = logging.getLogger("streamctl.runner")
+AGENT_ERROR_MESSAGE = "the agent failed; the server's log has the details"
+"""What clients see of an agent's exception (its text goes to the log only)."""
+
+logger = logging.getLogger("streamctl.run_task")
 
 _FINISH_TIMEOUT = 30.0
 """Upper bound on the shielded clean-up of one run (flush, terminal event, final row)."""
 
-_FINAL_UPDATE = (
-    "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?, usage = ?, snapshot = ?"
-    " WHERE run_id = ?"
-)
+_RETRY_BACKOFF = (0.1, 5.0)
+"""Retrying a failed store's terminal events: the first delay, doubling up to the second."""
 
-_CHECKPOINT_EVERY = 128
+_STORE_LOST = "the store could not write the run's events"
+
+_CHECKPOINT_EVERY = 32
 """Events an agent may emit without awaiting before the run yields to the event loop once."""
 
 Outcome = tuple[TerminalStatus, str, dict[str, str] | None]
 
 
-class RecursionLimitExceeded(Exception):
-    """The agent took more steps than the run's recursion limit allows."""
+class RunTask:
+    """The body of every run's task (one ``run`` call per run), for the supervisor."""
 
-
-class AgentProtocolError(Exception):
-    """The agent yielded something that is not an ``AgentEvent``."""
-
-
-class Runner:
-    """Executes runs for the supervisor (one ``run`` call per run task)."""
-
-    def __init__(self, store: Store, agent: Agent, settings: Settings, tg: TaskGroup) -> None:
+    def __init__(self, store: RunStore, agent: Agent, settings: Settings, tg: TaskGroup) -> None:
         self.store = store
         self.agent = agent
         self.settings = settings
@@ -76,53 +76,61 @@ class Runner:
     ) -> None:
         """The run's task. Reports started once its row and first event are committed."""
         store = self.store
+        run.max_backlog_events = self.settings.max_backlog_events
+        run.max_backlog_bytes = self.settings.max_backlog_bytes
         status = "queued" if run.ahead else "running"
         history = None
         if not run.ahead:
             # Read before the start is reported, so the agent starts at once; a queued run reads
             # it once the runs ahead of it (whose output belongs in it) have ended.
-            history = await self._history(run.thread_id, run.run_id)
+            history = await self._history(run)
             run.started_at = time.time()
-        # Encoded before anything is queued: if this raised, nothing half-written would remain.
-        input_json, config_json = orjson.dumps(run.input), orjson.dumps(run.config)
-        store.execute_later(
-            "INSERT OR IGNORE INTO threads (thread_id, owner, created_at) VALUES (?, ?, ?)",
-            (run.thread_id, run.owner, run.created_at),
-        )
-        store.execute_later(
-            "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at,"
-            " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                run.run_id,
-                run.thread_id,
-                run.owner,
-                status,
-                input_json,
-                config_json,
-                run.created_at,
-                run.started_at,
-            ),
+        store.create_run(
+            NewRun(
+                run_id=run.run_id,
+                thread_id=run.thread_id,
+                owner=run.owner,
+                status=status,
+                input=run.input,
+                config=run.config,
+                created_at=run.created_at,
+                started_at=run.started_at,
+            )
         )
         run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id, status=status))
         await store.flush()
         task_status.started()
+        logger.info(
+            "run started",
+            extra={
+                "run_id": run.run_id,
+                "thread_id": run.thread_id,
+                "owner": run.owner,
+                "status": status,
+            },
+        )
 
         # If the supervisor itself is cancelled (it should not be: shutdown stops runs first),
         # the run still ends with a terminal event.
         outcome: Outcome = ("interrupted", "the server stopped the run", None)
+        lost: StreamctlError | None = None
         try:
             outcome = await self._drive(run, history)
         finally:
             with anyio.move_on_after(_FINISH_TIMEOUT, shield=True):
                 try:
                     await self._finish(run, outcome)
-                except StreamctlError:
+                except StreamctlError as exc:
                     # The store failed under this run (disk full, ...): contain it here, so the
-                    # supervisor and every other run go on. Its row stays active, so the next
-                    # start finalises it; its streams end now instead of waiting for ever.
-                    logger.exception("run %s: its terminal event could not be stored", run.run_id)
-                    run.log.closed = True
-                    run.log.publish()
+                    # supervisor and every other run go on. Its streams end now, with an error
+                    # they cannot resume past; its terminal events are retried below.
+                    logger.error(
+                        "run %s: its terminal events could not be stored: %s", run.run_id, exc
+                    )
+                    run.streams_failed(exc)
+                    lost = exc
+        if lost is not None:
+            await self._retry_finish(run, lost)
 
     async def _drive(self, run: Run, history: list[Message] | None) -> Outcome:
         """Run the agent inside the run's own cancel scope; say how the run ended."""
@@ -136,12 +144,9 @@ class Runner:
                         await ahead.finished.wait()
                     run.ahead = []
                     run.started_at = time.time()
-                    self.store.execute_later(
-                        "UPDATE runs SET status = 'running', started_at = ? WHERE run_id = ?",
-                        (run.started_at, run.run_id),
-                    )
+                    self.store.mark_running(run.run_id, run.started_at)
                     run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id))
-                    history = await self._history(run.thread_id, run.run_id)
+                    history = await self._history(run)
                 assert history is not None
                 run.last_event_at = time.time()
                 self._tg.start_soon(self._watch, run)
@@ -152,8 +157,9 @@ class Runner:
             logger.error("run %s failed: %s", run.run_id, exc)
             return "failed", exc.message, {"code": exc.code, "message": exc.message}
         except Exception as exc:  # the per-run boundary: one agent's failure is its run's alone
-            logger.warning("run %s: agent failed", run.run_id, exc_info=True)
-            message = f"{type(exc).__name__}: {exc}"
+            # The exception's text stays in the log: upstream errors carry URLs, keys, prompts.
+            logger.warning("run %s: agent failed: %r", run.run_id, exc, exc_info=True)
+            message = AGENT_ERROR_MESSAGE
             return (
                 "failed",
                 "the agent raised an error",
@@ -163,18 +169,25 @@ class Runner:
             return run.stop_status, run.stop_reason, None
         return "completed", "the agent finished", None
 
-    async def _history(self, thread_id: str, run_id: str) -> list[Message]:
-        rows = await self.store.fetch_all(
-            "SELECT input, snapshot FROM runs WHERE thread_id = ? AND run_id != ?"
-            " AND status NOT IN ('queued', 'running') ORDER BY created_at, rowid",
-            (thread_id, run_id),
+    async def _history(self, run: Run) -> list[Message]:
+        """The thread's finished runs before this one, as the conversation the agent continues:
+        only its latest messages (``history_messages``, ``history_bytes``), so a new run's cost
+        does not grow with the thread. Each finished run gives at least one message, so the
+        latest ``history_messages`` runs hold every message the window can keep."""
+        count = self.settings.history_messages
+        if count == 0:
+            return []
+        records = await self.store.thread_runs(
+            run.owner, run.thread_id, limit=count, before=run.run_id
         )
         history: list[Message] = []
-        for row in rows:
-            history += [Message(**m) for m in orjson.loads(row["input"])["messages"]]
-            text = orjson.loads(row["snapshot"])["output"]["text"] if row["snapshot"] else ""
+        for record in records:
+            if record.run_id == run.run_id or record.status in ACTIVE_STATUSES:
+                continue
+            history += [Message(**m) for m in record.input["messages"]]
+            text = record.output["text"] if record.output is not None else ""
             history.append(Message(role="assistant", content=text))
-        return history
+        return history_window(history, count, self.settings.history_bytes)
 
     async def _iterate(self, run: Run, history: list[Message]) -> None:
         """Emit what the agent yields; count steps (new messages, tool calls) against the limit."""
@@ -204,16 +217,22 @@ class Runner:
                         steps += 1
                 elif isinstance(event, ToolStart):
                     steps += 1
-                elif not isinstance(event, ToolEnd):
+                elif isinstance(event, Usage):  # added up into `done`, never sent
+                    event.add_to(run.usage)
+                    continue
+                elif not isinstance(event, ToolEnd | ReasoningChunk | Custom | Interrupt):
                     raise AgentProtocolError(
-                        f"agent yielded {type(event).__name__}; "
-                        "expected MessageChunk, ToolStart or ToolEnd"
+                        f"agent yielded {type(event).__name__}; expected an AgentEvent"
+                        " (MessageChunk, ReasoningChunk, ToolStart, ToolEnd, Custom, Interrupt"
+                        " or Usage)"
                     )
                 if steps > limit:
                     raise RecursionLimitExceeded(f"the run took more than {limit} steps")
                 run.emit(event)
                 emitted += 1
-                if emitted % _CHECKPOINT_EVERY == 0:
+                if run.backlogged:  # the store is behind: the agent waits (backpressure)
+                    await run.backlog_drained()
+                elif emitted % _CHECKPOINT_EVERY == 0:
                     # An agent that never awaits (a burst, a cached answer) would otherwise hold
                     # the loop until it ends: the writer, subscribers and stops get a turn.
                     await anyio.lowlevel.checkpoint()
@@ -233,9 +252,47 @@ class Runner:
         if run.broken is not None:
             # The store lost some of this run's events. No subscriber ever saw them (commit
             # before send), so the run numbers on from its last stored event: ids stay dense.
-            status, reason = "failed", "the store lost some of the run's events"
+            status, reason = "failed", _STORE_LOST
             error = {"code": "store_error", "message": run.broken.message}
             run.last_seq, run.broken = run.output.last_seq, None
+        await self._terminal(run, status, reason, error)
+
+    async def _retry_finish(self, run: Run, lost: StreamctlError) -> None:
+        """The store could not write the run's terminal events: retry them (with backoff) until
+        it can, for at most ``store_retry_seconds``. Meanwhile the run stays live, and its
+        snapshot, pages and streams show what is stored. Not shielded: a shutdown cancels the
+        retry, and the next start finalises the run from its stored events."""
+        delay, give_up = _RETRY_BACKOFF[0], time.monotonic() + self.settings.store_retry_seconds
+        error = {"code": "store_error", "message": lost.message}
+        while time.monotonic() + delay <= give_up:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _RETRY_BACKOFF[1])
+            # Whatever the last attempt queued is lost: number on from the last stored event.
+            run.last_seq, run.broken = run.output.last_seq, None
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._terminal(run, "failed", _STORE_LOST, error)
+            except StreamctlError as exc:
+                logger.info("run %s: the store still fails (%s); retrying", run.run_id, exc)
+                continue
+            run.log.failure = None
+            logger.warning("run %s: its terminal events are stored at last", run.run_id)
+            return
+        logger.error(
+            "run %s: the store failed for %g s; the next start finalises it",
+            run.run_id,
+            self.settings.store_retry_seconds,
+        )
+
+    async def _terminal(
+        self,
+        run: Run,
+        status: TerminalStatus,
+        reason: str,
+        error: dict[str, str] | None,
+    ) -> None:
+        """Emit the run's ``error`` (if any) and ``done``, queue its final row, flush."""
+        store = self.store
         if error is not None:
             run.emit(ErrorEvent(code=error["code"], message=error["message"]))
         run.ended_at = time.time()
@@ -245,20 +302,34 @@ class Runner:
             status=status,
             reason=reason,
             tokens=run.output.tokens,
+            usage=run.usage or None,
         )
         run.emit(done)
-        write_final_row(
-            store,
+        store.finish_run(
             run.run_id,
-            status=status,
-            reason=reason,
-            error=error,
-            tokens=run.output.tokens,
-            last_seq=run.last_seq,
-            output=run.output.as_json(),
-            ended_at=run.ended_at,
+            FinalState(
+                status=status,
+                reason=reason,
+                error=error,
+                tokens=run.output.tokens,
+                last_seq=run.last_seq,
+                output=run.output.as_json(),
+                ended_at=run.ended_at,
+                usage=run.usage,
+            ),
         )
         await store.flush()
+        logger.info(
+            "run ended",
+            extra={
+                "run_id": run.run_id,
+                "thread_id": run.thread_id,
+                "owner": run.owner,
+                "status": status,
+                "duration": round(run.ended_at - run.created_at, 3),
+                "events": run.last_seq,
+            },
+        )
 
     async def _watch(self, run: Run) -> None:
         """End the run as ``timed_out`` when it runs too long or its agent goes quiet too long.
@@ -283,67 +354,45 @@ class Runner:
                 await run.finished.wait()
 
 
-def write_final_row(
-    store: Store,
-    run_id: str,
-    *,
-    status: str,
-    reason: str | None,
-    error: dict[str, Any] | None,
-    tokens: int,
-    last_seq: int,
-    output: dict[str, Any],
-    ended_at: float,
-) -> None:
-    """Queue the run's final row: status, timings, error, usage, and the output snapshot."""
-    store.execute_later(
-        _FINAL_UPDATE,
-        (
-            status,
-            ended_at,
-            last_seq,
-            orjson.dumps(error) if error else None,
-            orjson.dumps({"tokens": tokens}),
-            orjson.dumps({"reason": reason, "output": output}),
-            run_id,
-        ),
-    )
+class _Discard:
+    """The sink of an orphan's `done`: no log in memory follows an orphan."""
+
+    def committed(self, frame: Frame, event: object) -> None:
+        pass
+
+    def publish(self) -> None:
+        pass
 
 
-async def recover(store: Store) -> int:
-    """Finalise runs the store still shows as active (the process died under them): each gets a
-    ``done`` with status ``interrupted`` at its next seq, and its final row."""
-    rows = await store.fetch_all(
-        "SELECT run_id, thread_id FROM runs WHERE status IN ('queued', 'running')"
-    )
+async def finalise_orphans(store: RunStore) -> int:
+    """Finalise the runs the store hands over because their owner is gone (the process died
+    under them): each gets a ``done`` with status ``interrupted`` at its next seq, and its final
+    row, with the output folded from its stored events."""
+    orphans = await store.claim_orphans()
     now = time.time()
-    for row in rows:
-        frames = await store.read_frames(row["run_id"], 0)
-        output = RunOutput.fold(frames)
+    for orphan in orphans:
+        output = RunOutput.fold(await store.read_frames(orphan.run_id, 0))
         seq = output.last_seq + 1
         done = Done(
-            run_id=row["run_id"],
-            thread_id=row["thread_id"],
+            run_id=orphan.run_id,
+            thread_id=orphan.thread_id,
             status="interrupted",
             reason="the server stopped while the run was active",
             tokens=output.tokens,
         )
-        frame = Frame.encode(seq, done, now)
-        store.execute_later(
-            "INSERT INTO events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
-            (row["run_id"], seq, frame.type, frame.data, now),
+        store.append(orphan.run_id, Frame.encode(seq, done, now), done, _Discard())
+        store.finish_run(
+            orphan.run_id,
+            FinalState(
+                status=done.status,
+                reason=done.reason,
+                error=output.error,
+                tokens=output.tokens,
+                last_seq=seq,
+                output=output.as_json(),
+                ended_at=now,
+            ),
         )
-        write_final_row(
-            store,
-            row["run_id"],
-            status=done.status,
-            reason=done.reason,
-            error=output.error,
-            tokens=output.tokens,
-            last_seq=seq,
-            output=output.as_json(),
-            ended_at=now,
-        )
-        logger.warning("run %s was active at the last shutdown: interrupted", row["run_id"])
+        logger.warning("run %s was active when its owner stopped: interrupted", orphan.run_id)
     await store.flush()
-    return len(rows)
+    return len(orphans)

@@ -1,0 +1,193 @@
+"""The storage seam: what the rest of streamctl asks of a store, in domain operations.
+
+Nothing outside ``streamctl/store/`` builds a query. A store keeps runs (one row each: who asked,
+what, and how it ended), their numbered events, and threads. Writes are *queued* synchronously
+and made durable by a group commit: ``append`` (an event) and ``create_run`` / ``mark_running`` /
+``finish_run`` (a run's row) never await, and ``flush`` returns once everything queued so far is
+committed. A committed event is handed to its ``CommitSink`` (the run's log) only after the commit:
+commit before send (docs/architecture.md, invariant 3).
+
+The protocol assumes neither one process nor a shared file, so that a networked store (Redis
+Streams) fits it:
+
+- a run is *owned* by the store instance that created it (``create_run``) until ``finish_run``;
+- ``claim_orphans`` hands over the runs still active whose owner is gone (a process that died);
+  the caller finalises them. Opening a store never does that by itself: the supervisor asks.
+
+Errors of the backend surface as ``StoreError`` and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from ..events import Frame
+from ..stats import StoreStats
+
+ACTIVE_STATUSES = ("queued", "running")
+"""A run's status while its owner still has to end it."""
+
+
+class CommitSink(Protocol):
+    """Receives a run's events once they are durable (the run's log)."""
+
+    def committed(self, frame: Frame, event: object) -> None: ...
+
+    def publish(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run's row as it is created (and its thread's, if the thread is new)."""
+
+    run_id: str
+    thread_id: str
+    owner: str
+    status: str
+    """``queued`` or ``running``."""
+    input: dict[str, Any]
+    config: dict[str, Any]
+    created_at: float
+    started_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FinalState:
+    """How a run ended: written once, with (or after) its terminal event."""
+
+    status: str
+    reason: str | None
+    error: dict[str, Any] | None
+    tokens: int
+    last_seq: int
+    output: dict[str, Any]
+    ended_at: float
+    usage: dict[str, int] | None = None
+    """The model's token usage, when the agent reported it (``input_tokens``, ``output_tokens``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A run as stored. For an active run, ``last_seq`` and the output are not kept up to date:
+    the live run in memory answers for it."""
+
+    run_id: str
+    thread_id: str
+    owner: str
+    status: str
+    input: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    last_seq: int
+    reason: str | None
+    output: dict[str, Any] | None
+    """The output snapshot of a finished run (``None`` until it ends)."""
+    error: dict[str, Any] | None
+    tokens: int
+    purged_at: float | None
+    """When retention deleted the run's events (its row stays)."""
+    usage: dict[str, int] | None = None
+    """The stored usage: ``tokens`` (chunks) and, when reported, the model's token counts."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRecord:
+    thread_id: str
+    owner: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """An active run whose owner is gone, now claimed by the caller to be finalised."""
+
+    run_id: str
+    thread_id: str
+
+
+class RunStore(Protocol):
+    """A run store. Use as ``async with store``; every method below needs it open."""
+
+    stats: StoreStats
+
+    async def __aenter__(self) -> RunStore: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    # -- writing: queued synchronously, committed by the next group commit -----------------------
+
+    def append(self, run_id: str, frame: Frame, event: object, sink: CommitSink) -> None:
+        """Queue one event; once committed it goes to ``sink.committed``, then ``sink.publish``
+        (once per batch). If the batch is lost, a sink with ``failed`` is told, and that run's
+        later events still queued are dropped (its ids must stay dense)."""
+        ...
+
+    def create_run(self, run: NewRun) -> None:
+        """Queue the run's row (and its thread's, if new). The run is this store's until
+        ``finish_run``."""
+        ...
+
+    def mark_running(self, run_id: str, started_at: float) -> None:
+        """Queue the move of a queued run to ``running``."""
+        ...
+
+    def finish_run(self, run_id: str, final: FinalState) -> None:
+        """Queue the run's final row. It is no longer this store's to end."""
+        ...
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed; ``StoreError`` if it was lost."""
+        ...
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def read_frames(self, run_id: str, after: int, upto: int | None = None) -> list[Frame]:
+        """Committed events of a run with ``after < seq <= upto``, in order."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def list_runs(
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
+    ) -> list[RunRecord]:
+        """Runs newest first, of ``owner`` (``None``: everyone's), optionally of one thread,
+        optionally in one ``status``."""
+        ...
+
+    # A thread is keyed by (owner, thread_id): each principal has its own namespace of ids.
+
+    async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None: ...
+
+    async def thread_runs(
+        self, owner: str, thread_id: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[RunRecord]:
+        """The thread's runs, oldest first (its history): with ``limit``, only the newest
+        ``limit`` of them created before the run ``before`` (before the end, if ``None``)."""
+        ...
+
+    async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
+        """The id of the thread's run created right after ``run_id``, if any."""
+        ...
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    async def claim_orphans(self) -> list[Orphan]:
+        """Take over the active runs whose owner is gone; the caller must ``finish_run`` each."""
+        ...
+
+    async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
+        """Delete the events of up to ``limit`` runs that ended before ``ended_before`` (oldest
+        first), marking them purged at ``now``; their rows stay. Returns how many."""
+        ...

@@ -1,0 +1,387 @@
+"""The SQLite store: one group-committing writer, and a reader for replay and lookups.
+
+Writes never await per event. ``append`` puts an encoded event on the pending batch and returns;
+the writer task commits whatever is pending in one transaction (one ``executemany``), and while it
+commits the next batch accumulates. There is no timer in front of the first event, so an idle
+store commits a lone event at once and a busy one commits in ever larger batches.
+
+Only after a batch is committed does the writer hand its events to their ``CommitSink`` (the run's
+log), which is what lets subscribers see them: commit before send (docs/architecture.md,
+invariant 3).
+
+Reads go through a second connection; in WAL mode they never block the writer. One process holds
+the file, so the runs it finds active that it did not create have lost their owner.
+``sqlite3`` errors are translated into ``StoreError`` in this package and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+import anyio
+import anyio.lowlevel
+import orjson
+from anyio.abc import TaskGroup
+
+from ..errors import StoreError
+from ..events import Frame
+from ..stats import StoreStats
+from . import statements as sql
+from .base import CommitSink, FinalState, NewRun, Orphan, RunRecord, ThreadRecord
+from .lock import DatabaseLock
+from .migrate import connect, migrate
+from .queue import Batch, Pending, Statement, WriteQueue
+
+logger = logging.getLogger("streamctl.store")
+
+CLOSE_TIMEOUT = 30.0
+"""Default bound on closing: committing what is queued, then closing the connections."""
+
+MAX_BATCH_EVENTS = 500
+"""Default cap on the rows of one transaction (see ``queue.py``)."""
+MAX_BATCH_BYTES = 1024 * 1024
+"""Default cap on the bytes of one transaction."""
+
+
+class SqliteStore:
+    """One SQLite file. Use as ``async with SqliteStore(path) as store``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        close_timeout: float = CLOSE_TIMEOUT,
+        max_batch_events: int = MAX_BATCH_EVENTS,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        self.close_timeout = close_timeout
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._tg: TaskGroup | None = None
+        self.stats = StoreStats()
+        self._queue = WriteQueue(max_batch_events, max_batch_bytes, self.stats)
+        self._inflight: Batch | None = None
+        """The batch being committed, if any."""
+        self._commit_scope: anyio.CancelScope | None = None
+        self._wake = anyio.Event()
+        self._idle = False
+        """True while the writer waits on ``_wake`` (a plain flag: appends check it per event)."""
+        self._closing = False
+        self._abandoned = False
+        self._owned: set[str] = set()
+        """Runs this store created and has not finished: their owner is alive."""
+        self.lock = DatabaseLock(self.path)
+        """One process owns the file (``lock.py``): taken before anything is read."""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SqliteStore:
+        self.lock.acquire()  # DatabaseInUse: another process serves this file; nothing touched
+        try:
+            self._writer = await connect(self.path)
+            await self._writer.execute("PRAGMA journal_mode=WAL")
+            await migrate(self._writer)
+            self._reader = await connect(self.path)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._close_connections()
+            self.lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open store {str(self.path)!r}: {exc}") from exc
+            raise
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._write_loop, name="streamctl store writer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Shielded, so a cancelled shutdown still commits what it can, but bounded: a commit
+        # that never returns (a hung disk) must not hold the process for ever.
+        with anyio.move_on_after(self.close_timeout, shield=True) as bound:
+            try:
+                await self.flush()
+            except StoreError:
+                logger.exception("last batch could not be committed at shutdown")
+        self._closing = True
+        self._wake.set()
+        if bound.cancelled_caught:
+            logger.error("the store did not commit within %g s; closing anyway", self.close_timeout)
+            self._abandoned = True
+            if self._commit_scope is not None:
+                self._commit_scope.cancel()  # the writer gives up its batch and returns
+        assert self._tg is not None
+        await self._tg.__aexit__(None, None, None)
+        with anyio.move_on_after(self.close_timeout, shield=True):
+            await self._close_connections()
+        self.lock.release()
+
+    async def _close_connections(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def append(self, run_id: str, frame: Frame, event: object, sink: CommitSink) -> None:
+        """Queue one event in its run's lane for a coming group commit; never awaits."""
+        self._queue.put(run_id, (run_id, frame, event, sink))
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    def create_run(self, run: NewRun) -> None:
+        # Encoded before anything is queued: if this raised, nothing half-written would remain.
+        input_json, config_json = orjson.dumps(run.input), orjson.dumps(run.config)
+        self._execute_later(
+            run.run_id, sql.INSERT_THREAD, (run.thread_id, run.owner, run.created_at)
+        )
+        self._execute_later(
+            run.run_id,
+            sql.INSERT_RUN,
+            (
+                run.run_id,
+                run.thread_id,
+                run.owner,
+                run.status,
+                input_json,
+                config_json,
+                run.created_at,
+                run.started_at,
+            ),
+        )
+        self._owned.add(run.run_id)
+
+    def mark_running(self, run_id: str, started_at: float) -> None:
+        self._execute_later(run_id, sql.MARK_RUNNING, (started_at, run_id))
+
+    def finish_run(self, run_id: str, final: FinalState) -> None:
+        self._execute_later(
+            run_id,
+            sql.FINAL_UPDATE,
+            (
+                final.status,
+                final.ended_at,
+                final.last_seq,
+                orjson.dumps(final.error) if final.error else None,
+                orjson.dumps({"tokens": final.tokens, **(final.usage or {})}),
+                orjson.dumps({"reason": final.reason, "output": final.output}),
+                run_id,
+            ),
+        )
+        self._owned.discard(run_id)
+
+    def _execute_later(self, lane: str, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue a statement in a lane (a run's: in order with its events)."""
+        self._queue.put(lane, Statement(sql, params))
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is committed; raise ``StoreError`` if some of
+        it was lost. With capped batches that may take several: each lane's count says when."""
+        marks = self._queue.marks()
+        while True:
+            progress = self._queue.progress  # taken before checking: no batch end is missed
+            if all(mark.reached for mark in marks):
+                break
+            await progress.wait()
+        for mark in marks:
+            lost = mark.loss()
+            if lost is not None:
+                raise StoreError(f"commit failed: {lost}") from lost
+
+    async def _write_loop(self) -> None:
+        conn = self._writer
+        assert conn is not None
+        queue = self._queue
+        while True:
+            if self._abandoned:  # closing took too long: what is still queued is lost
+                queue.abandon(StoreError("the store closed before committing"))
+                return
+            if not queue:
+                if self._closing:
+                    return
+                self._wake = anyio.Event()
+                self._idle = True
+                await self._wake.wait()
+                self._idle = False
+                continue
+            batch = self._inflight = queue.take()
+            began = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                # Shielded: a cancelled caller must not abandon a commit halfway. Only closing
+                # the store cancels it (``__aexit__``, past its bound).
+                with anyio.CancelScope(shield=True) as scope:
+                    self._commit_scope = scope
+                    await self._commit(conn, batch)
+                if scope.cancelled_caught:
+                    raise sqlite3.OperationalError("the store closed before the commit ended")
+            except sqlite3.Error as exc:
+                logger.error("group commit of %d events failed: %s", len(batch.events), exc)
+                self.stats.failed_batches += 1
+                error = exc
+            finally:
+                self._commit_scope = None
+                self._inflight = None
+            if error is None:
+                self._count(batch, time.perf_counter() - began)
+                queue.settle(batch, None)
+                _deliver(batch.events)
+            else:
+                dropped = queue.settle(batch, error)
+                _tell_failed(batch.events + dropped, error)
+            # One batch per turn of the loop: with a firehose queued, the event loop (other
+            # runs, their streams, stops) gets a turn between two transactions.
+            await anyio.lowlevel.checkpoint()
+
+    def _count(self, batch: Batch, seconds: float) -> None:
+        stats = self.stats
+        events = len(batch.events)
+        stats.batches += 1
+        stats.committed_events += events
+        stats.batch_sizes.observe(events)
+        stats.commit_seconds.observe(seconds)
+        stats.max_batch_rows = max(stats.max_batch_rows, batch.rows)
+        stats.max_batch_bytes = max(stats.max_batch_bytes, batch.bytes)
+
+    @staticmethod
+    async def _commit(conn: aiosqlite.Connection, batch: Batch) -> None:
+        try:
+            for statement in batch.statements:
+                await conn.execute(statement.sql, statement.params)
+            if batch.events:
+                await conn.executemany(
+                    sql.INSERT_EVENT,
+                    [
+                        (run_id, f.seq, f.type, f.data, f.created_at)
+                        for run_id, f, _, _ in batch.events
+                    ],
+                )
+            await conn.commit()
+        except sqlite3.Error:
+            await conn.rollback()
+            raise
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        """One row of any query (for inspection and tests; the domain asks through the methods
+        of ``RunStore``)."""
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        assert self._reader is not None, "store is not open"
+        try:
+            rows = await self._reader.execute_fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"read failed: {exc}") from exc
+        return [dict(row) for row in rows]
+
+    async def read_frames(self, run_id: str, after: int, upto: int | None = None) -> list[Frame]:
+        """Committed events of a run with ``after < seq <= upto``, in order."""
+        if upto is None:
+            rows = await self.fetch_all(sql.FRAMES_AFTER, (run_id, after))
+        else:
+            rows = await self.fetch_all(sql.FRAMES_BETWEEN, (run_id, after, upto))
+        return [Frame.build(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        row = await self.fetch_one(sql.RUN, (run_id,))
+        return None if row is None else sql.run_record(row)
+
+    async def list_runs(
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
+    ) -> list[RunRecord]:
+        if status is not None:
+            rows = await self.fetch_all(sql.RUNS_FILTERED, (owner, thread_id, status, limit))
+        elif thread_id is None:
+            rows = await self.fetch_all(sql.RUNS_OF_OWNER, (owner, limit))
+        else:
+            rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))
+        return [sql.run_record(row) for row in rows]
+
+    async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None:
+        row = await self.fetch_one(sql.THREAD, (owner, thread_id))
+        if row is None:
+            return None
+        return ThreadRecord(row["thread_id"], row["owner"], row["created_at"])
+
+    async def thread_runs(
+        self, owner: str, thread_id: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[RunRecord]:
+        if limit is None and before is None:
+            rows = await self.fetch_all(sql.RUNS_ON_THREAD, (owner, thread_id))
+        else:
+            page = -1 if limit is None else limit  # LIMIT -1: no limit
+            rows = await self.fetch_all(sql.LATEST_RUNS_ON_THREAD, (owner, thread_id, before, page))
+        return [sql.run_record(row) for row in rows]
+
+    async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
+        row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (owner, thread_id, run_id))
+        return None if row is None else str(row["run_id"])
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    async def claim_orphans(self) -> list[Orphan]:
+        rows = await self.fetch_all(sql.ACTIVE_RUNS)
+        orphans = [
+            Orphan(r["run_id"], r["thread_id"]) for r in rows if r["run_id"] not in self._owned
+        ]
+        self._owned.update(orphan.run_id for orphan in orphans)
+        return orphans
+
+    async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
+        rows = await self.fetch_all(sql.PURGEABLE_RUNS, (ended_before, limit))
+        for row in rows:
+            self._execute_later("", sql.DELETE_EVENTS, (row["run_id"],))
+            self._execute_later("", sql.MARK_PURGED, (now, row["run_id"]))
+        await self.flush()
+        return len(rows)
+
+
+def _tell_failed(events: list[Pending], error: BaseException) -> None:
+    """Tell each run whose events were lost (once): it must stop numbering past the hole."""
+    sinks = {id(sink): sink for _, _, _, sink in events}
+    for sink in sinks.values():
+        failed = getattr(sink, "failed", None)
+        if failed is not None:
+            try:
+                failed(error)
+            except Exception:
+                logger.exception("telling a run of its lost events failed")
+
+
+def _deliver(events: list[Pending]) -> None:
+    sinks: dict[int, CommitSink] = {}
+    for run_id, frame, event, sink in events:
+        try:
+            sink.committed(frame, event)
+        except Exception:  # a broken sink must not take the writer (and every run) down
+            logger.exception("run %s: delivering committed event %d failed", run_id, frame.seq)
+        sinks[id(sink)] = sink
+    for sink in sinks.values():
+        try:
+            sink.publish()
+        except Exception:
+            logger.exception("waking subscribers failed")

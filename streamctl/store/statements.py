@@ -1,0 +1,102 @@
+"""The SQL of the SQLite store (``sqlite.py``), and how its rows become records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .base import ACTIVE_STATUSES, RunRecord
+
+_ACTIVE = "status IN ('queued', 'running')"
+assert all(f"'{status}'" in _ACTIVE for status in ACTIVE_STATUSES)
+
+# -- writes (queued, then committed by the group commit) --------------------------------------
+
+INSERT_EVENT = "INSERT INTO events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)"
+INSERT_THREAD = "INSERT OR IGNORE INTO threads (thread_id, owner, created_at) VALUES (?, ?, ?)"
+INSERT_RUN = (
+    "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at, started_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+MARK_RUNNING = "UPDATE runs SET status = 'running', started_at = ? WHERE run_id = ?"
+FINAL_UPDATE = (
+    "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?, usage = ?, snapshot = ?"
+    " WHERE run_id = ?"
+)
+DELETE_EVENTS = "DELETE FROM events WHERE run_id = ?"
+MARK_PURGED = "UPDATE runs SET purged_at = ? WHERE run_id = ?"
+
+# -- reads ------------------------------------------------------------------------------------
+
+FRAMES_AFTER = (
+    "SELECT seq, type, data, created_at FROM events WHERE run_id = ? AND seq > ? ORDER BY seq"
+)
+FRAMES_BETWEEN = (
+    "SELECT seq, type, data, created_at FROM events WHERE run_id = ? AND seq > ? AND seq <= ?"
+    " ORDER BY seq"
+)
+_RUN_COLUMNS = (
+    f"runs.*, CASE WHEN {_ACTIVE} THEN (SELECT ifnull(max(seq), 0) FROM events"
+    " WHERE events.run_id = runs.run_id) END AS stored_seq"
+)
+"""A run's row; for an active one, also its last stored seq (the row's ``last_seq`` is written
+only when the run ends, and a run whose owner could not end it must not show 0)."""
+
+RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
+RUNS_OF_OWNER = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner"
+    " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+)
+RUNS_OF_OWNER_ON_THREAD = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner AND thread_id = ?"
+    " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+)
+RUNS_FILTERED = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner"
+    " AND ifnull(?, thread_id) = thread_id"
+    " AND status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"
+)
+# A thread is (owner, thread_id) (migration 0003): every thread query names both.
+THREAD = "SELECT * FROM threads WHERE owner = ? AND thread_id = ?"
+RUNS_ON_THREAD = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE owner = ? AND thread_id = ? ORDER BY created_at, rowid"
+)
+# The newest ``limit`` runs created before a run (all, when it is NULL), returned oldest first.
+# A thread's runs are inserted in creation order, so rowid is that order.
+LATEST_RUNS_ON_THREAD = (
+    "SELECT * FROM (SELECT rowid AS _row, * FROM runs WHERE owner = ? AND thread_id = ?"
+    " AND rowid < ifnull((SELECT rowid FROM runs WHERE run_id = ?), 9223372036854775807)"
+    " ORDER BY rowid DESC LIMIT ?) ORDER BY _row"
+)
+NEXT_RUN_ON_THREAD = (
+    "SELECT run_id FROM runs WHERE owner = ? AND thread_id = ?"
+    " AND rowid > (SELECT rowid FROM runs WHERE run_id = ?) ORDER BY rowid LIMIT 1"
+)
+ACTIVE_RUNS = f"SELECT run_id, thread_id FROM runs WHERE {_ACTIVE} ORDER BY created_at, rowid"
+PURGEABLE_RUNS = (
+    f"SELECT run_id FROM runs WHERE purged_at IS NULL AND ended_at < ? AND NOT {_ACTIVE}"
+    " ORDER BY ended_at LIMIT ?"
+)
+
+
+def run_record(row: dict[str, Any]) -> RunRecord:
+    snapshot = orjson.loads(row["snapshot"]) if row["snapshot"] else {}
+    usage = orjson.loads(row["usage"]) if row["usage"] else {}
+    return RunRecord(
+        run_id=row["run_id"],
+        thread_id=row["thread_id"],
+        owner=row["owner"],
+        status=row["status"],
+        input=orjson.loads(row["input"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        last_seq=row["last_seq"] if row.get("stored_seq") is None else row["stored_seq"],
+        reason=snapshot.get("reason"),
+        output=snapshot.get("output"),
+        error=orjson.loads(row["error"]) if row["error"] else None,
+        tokens=usage.get("tokens", 0),
+        purged_at=row["purged_at"],
+        usage=usage,
+    )
