@@ -30,7 +30,7 @@ from .runs import Run
 from .settings import Settings
 from .shaping import Granularity
 from .sse import EventStream, SendWatch, parse_cursor, parse_thread_cursor
-from .store import Store
+from .store import open_store
 from .supervisor import Supervisor
 
 STATIC = Path(__file__).with_name("static")
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with (
-            Store(settings.db) as store,
+            open_store(settings) as store,
             Supervisor(store, the_agent, settings) as sup,
             anyio.create_task_group() as tg,
         ):

@@ -33,7 +33,7 @@ logger = logging.getLogger("streamctl.server")
 _DRAIN_REPORT_EVERY = 1.0
 """Seconds between two drain progress lines."""
 
-_SECRETS = ("api_keys", "jwt_secret", "stream_token_secret")
+_SECRETS = ("api_keys", "jwt_secret", "stream_token_secret", "redis_url")
 
 
 def _loopback(host: str) -> bool:

@@ -126,6 +126,18 @@ class Settings(BaseModel):
     stop_timeout: float = Field(
         10.0, gt=0, description="Seconds `stop` waits for a run's task to exit before answering."
     )
+    # -- the Redis backend (docs/redis.md) --------------------------------------------------------
+    backend: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="Where runs and events are stored: one SQLite file, or Redis."
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="The Redis server of backend=redis."
+    )
+    redis_lease_seconds: float = Field(
+        10.0,
+        ge=0.3,
+        description="With backend=redis: how long a run outlives its node's last heartbeat.",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
