@@ -16,7 +16,8 @@ from streamctl.events import Frame, MessageChunk
 from streamctl.run_task import finalise_orphans
 from streamctl.store import NewRun
 from streamctl.store import redis_keys as keys
-from streamctl.store.redis import CHUNK_EVENTS, RedisStore
+from streamctl.store.redis import RedisStore
+from streamctl.store.redis_writer import CHUNK_EVENTS
 from tests.redis_server import RedisServer, redis_server, redis_url, start_redis
 
 pytestmark = pytest.mark.anyio
@@ -78,7 +79,9 @@ async def test_a_stale_owner_is_fenced_and_the_new_owner_finalises(
         assert [f.seq for f in sink.frames] == [1] and len(sink.errors) == 1
         assert stored(client) == [1]
 
-        taker._owned.pop("r1")  # hand it back to the claim below, as a fresh taker would see it
+        taker.leases.give_back(
+            "r1"
+        )  # hand it back to the claim below, as a fresh taker would see it
         client.delete(keys.lease("r1"))
         assert await finalise_orphans(taker) == 1
         assert stored(client) == [1, 2]
@@ -151,7 +154,7 @@ async def test_a_run_whose_lease_went_elsewhere_is_told_by_the_heartbeat(
         with anyio.fail_after(5):
             await sink.failed_once.wait()
         assert "another node" in str(sink.errors[0])
-        assert "r1" not in owner._owned
+        assert "r1" not in owner.leases.owned
 
 
 async def test_a_stop_requested_anywhere_reaches_the_owner_at_its_heartbeat(
@@ -165,7 +168,7 @@ async def test_a_stop_requested_anywhere_reaches_the_owner_at_its_heartbeat(
         asked.set()
 
     async with RedisStore(redis_url, lease_seconds=0.3) as owner, RedisStore(redis_url) as other:
-        owner.stop_requested = stop_requested
+        owner.on_stop_request = stop_requested
         owner.create_run(new_run())
         await owner.flush()
         assert await other.request_stop("r1") is True

@@ -1,4 +1,4 @@
-"""The Redis store's key layout and its Lua scripts (``redis.py`` runs them).
+"""The Redis store's key layout, how entries and records are encoded, and its Lua scripts.
 
 Every script touches the keys of ONE hash slot, so the layout is Cluster-ready:
 
@@ -15,6 +15,13 @@ up after another node took its run over) is refused.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..events import Frame
+from .base import RunRecord
 
 INDEX = "{sc}"
 RUNS = f"{INDEX}:runs"
@@ -175,3 +182,55 @@ if m[1] ~= 'running' and m[1] ~= 'queued' then return false end
 redis.call('HSET', KEYS[1], 'stop_requested', '1')
 return m[2]
 """
+
+
+# -- encoding -----------------------------------------------------------------------------------
+
+
+def flat(fields: dict[str, Any]) -> list[Any]:
+    return [part for pair in fields.items() for part in pair]
+
+
+def num(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def entry(frame: Frame) -> bytes:
+    """A stream entry's one field: ``type created_at json`` (the JSON last: it may hold spaces)."""
+    return b"%s %r %s" % (frame.type.encode(), frame.created_at, frame.data)
+
+
+def frame_of(entry_id: bytes, fields: dict[bytes, bytes]) -> Frame:
+    type_, created_at, data = fields[b"e"].split(b" ", 2)
+    seq = int(entry_id.split(b"-", 1)[1])
+    return Frame.build(seq, type_.decode(), data, float(created_at))
+
+
+def _opt_float(raw: bytes | None) -> float | None:
+    return float(raw) if raw else None
+
+
+def record_of(raw: dict[bytes, bytes]) -> RunRecord:
+    def text(name: str) -> str:
+        return raw.get(name.encode(), b"").decode()
+
+    def json(name: str) -> Any:
+        value = raw.get(name.encode())
+        return orjson.loads(value) if value else None
+
+    return RunRecord(
+        run_id=text("run_id"),
+        thread_id=text("thread_id"),
+        owner=text("owner"),
+        status=text("status"),
+        input=json("input"),
+        created_at=float(raw[b"created_at"]),
+        started_at=_opt_float(raw.get(b"started_at")),
+        ended_at=_opt_float(raw.get(b"ended_at")),
+        last_seq=int(raw.get(b"last_seq", b"0")),
+        reason=text("reason") or None,
+        output=json("output"),
+        error=json("error"),
+        tokens=int(raw.get(b"tokens") or 0),
+        purged_at=_opt_float(raw.get(b"purged_at")),
+    )
