@@ -14,11 +14,12 @@ from typing import Any
 from .broadcast import follow
 from .errors import CursorOutOfRange, RunNotFound, RunPurged, ThreadNotFound
 from .registry import LiveRuns
+from .remote import RemoteLogs
 from .runs import iso, record_json
 from .settings import Settings
 from .shaping import Granularity
 from .stats import Counters
-from .store.base import RunRecord, RunStore, ThreadRecord
+from .store.base import ACTIVE_STATUSES, RunRecord, RunStore, ThreadRecord
 
 
 class RunReads:
@@ -27,12 +28,19 @@ class RunReads:
     admin) sees everything."""
 
     def __init__(
-        self, store: RunStore, live: LiveRuns, settings: Settings, counters: Counters
+        self,
+        store: RunStore,
+        live: LiveRuns,
+        settings: Settings,
+        counters: Counters,
+        remote: RemoteLogs | None = None,
     ) -> None:
         self.store = store
         self.live = live
         self.settings = settings
         self.counters = counters
+        self.remote = remote
+        """With a shared store: the runs owned by another process, followed from this one."""
 
     async def run_record(self, run_id: str, owner: str | None) -> RunRecord:
         """The run's stored record; ``RunNotFound`` if missing or another principal's."""
@@ -106,10 +114,12 @@ class RunReads:
             record = await self.run_record(run_id, owner)
             if cursor > record.last_seq:
                 raise CursorOutOfRange(run_id, cursor, record.last_seq)
-            if cursor == record.last_seq:
+            log = None
+            if self.remote is not None and record.status in ACTIVE_STATUSES:
+                log = self.remote.log(run_id, record.last_seq)  # live on another process
+            elif cursor == record.last_seq:
                 return None
             _check_not_purged(record, cursor)
-            log = None
         return follow(
             self.store,
             run_id,
@@ -164,10 +174,15 @@ class RunReads:
         await self.thread_record(thread_id, owner)
         if cursor is None:
             active = self.live.active(thread_id)
-            if active is None:
+            active_id = active.run_id if active is not None else None
+            if active_id is None and self.remote is not None:  # active on another process?
+                last = await self.store.list_runs(None, thread_id, limit=1)
+                if last and last[0].status in ACTIVE_STATUSES:
+                    active_id = last[0].run_id
+            if active_id is None:
                 return None
             return await self.subscribe(
-                active.run_id, owner, 0, id_prefix=_prefix(active.run_id), granularity=granularity
+                active_id, owner, 0, id_prefix=_prefix(active_id), granularity=granularity
             )
         run_id, seq = cursor
         record = await self.run_record(run_id, owner)

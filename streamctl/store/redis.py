@@ -239,6 +239,8 @@ class RedisStore:
             orphans: list[Orphan] = []
             for raw in due:
                 run_id = raw.decode()
+                if run_id in self.leases.owned:
+                    continue  # ours and alive: its renewal takes its lease again
                 keys = [k.meta(run_id), k.lease(run_id)]
                 fence = int(await self._scripts["CLAIM"](keys, [self.node, self.lease_ms]))
                 if fence == -1:
@@ -380,6 +382,8 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             for raw in due:
                 run_id = raw.decode()
+                if run_id in self.leases.owned:
+                    continue  # ours and alive: its renewal takes its lease again
                 pipe.delete(k.events(run_id))
                 pipe.hset(k.meta(run_id), "purged_at", repr(now))
                 pipe.zrem(k.ENDED, run_id)
