@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,56 @@ def test_a_node_killed_mid_run_has_its_run_finalised_by_another(
     assert [int(e.id) for e in head + rest] == [1, 2, 3]
     run = client.get(f"{b.url}/v1/runs/{run_id}").json()
     assert (run["status"], run["last_seq"], run["output"]["text"]) == ("interrupted", 3, "token1 ")
+
+
+def test_an_owner_paused_past_its_lease_is_fenced_when_it_wakes_up(
+    nodes: Nodes, client: httpx.Client, tmp_path: Path
+) -> None:
+    a, b, _ = nodes
+    gates = tmp_path / "gates"
+    run_id = start(client, a, gates, tokens=5)
+    stream = events_of(client, b, run_id)
+    head = [next(stream), next(stream)]
+    a.process.send_signal(signal.SIGSTOP)  # a zombie: alive, but silent past its lease
+    try:
+        rest = list(stream)  # another node finalises the run meanwhile
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    assert [(e.event, data(e)["status"]) for e in rest] == [("done", "interrupted")]
+    (gates / "1").touch()  # the zombie's agent goes on: its next event must be refused
+    end = time.monotonic() + 15
+    while client.get(f"{a.url}/v1/runs/{run_id}").json()["status"] == "running":
+        assert time.monotonic() < end, "the woken owner never gave its run up"
+        time.sleep(0.05)  # polling another process's state: nothing to wait on but time
+    for node in nodes:
+        run = client.get(f"{node.url}/v1/runs/{run_id}").json()
+        assert (run["status"], run["last_seq"]) == ("interrupted", 3)
+        replay = list(events_of(client, node, run_id))
+        assert [(e.id, e.data) for e in replay] == [(e.id, e.data) for e in head + rest]
+    assert "FENCED" in a.output() or "another node" in a.output()
+
+
+def test_connections_killed_by_redis_do_not_break_a_stream(
+    nodes: Nodes, client: httpx.Client, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    a, b, _ = nodes
+    gates = tmp_path / "gates"
+    tokens = 6
+    run_id = start(client, a, gates, tokens)
+    received: list[ServerSentEvent] = []
+    with redis_server.client() as admin:
+        for event in events_of(client, b, run_id):
+            received.append(event)
+            if event.event == "message_chunk":
+                k = int(data(event)["content"].strip().removeprefix("token"))
+                if k % 2 == 0:
+                    # Every client's connection (the owner's writer, the follower's blocked
+                    # XREAD): redis-py reconnects, and the scripts make a re-sent write harmless.
+                    assert int(admin.client_kill_filter(_type="normal")) >= 2
+                if k < tokens:
+                    (gates / str(k)).touch()
+    assert [int(e.id) for e in received] == list(range(1, tokens + 3))
+    assert [e.event for e in received].count("done") == 1
+    assert data(received[-1])["status"] == "completed"
+    run = client.get(f"{a.url}/v1/runs/{run_id}").json()
+    assert run["output"]["text"] == "".join(f"token{k} " for k in range(1, tokens + 1))
