@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import aclosing
 
 import anyio
 from anyio.abc import TaskGroup
@@ -63,15 +64,17 @@ class RemoteLogs:
         try:
             while not log.closed:
                 try:
-                    async for frames in self.store.tail(log.run_id, log.committed_seq):
-                        for frame in frames:
-                            log.add(frame)
-                        if frames:
-                            log.publish()
-                        elif not log.subscribers:
-                            return  # nobody has listened for a whole BLOCK period
-                        if log.closed:
-                            return
+                    tail = self.store.tail(log.run_id, log.committed_seq)
+                    async with aclosing(tail):  # closed here, not by the garbage collector
+                        async for frames in tail:
+                            for frame in frames:
+                                log.add(frame)
+                            if frames:
+                                log.publish()
+                            elif not log.subscribers:
+                                return  # nobody has listened for a whole BLOCK period
+                            if log.closed:
+                                return
                 except StreamctlError:
                     logger.exception("following run %s failed; retrying", log.run_id)
                     if not log.subscribers:

@@ -72,13 +72,13 @@ class Server(uvicorn.Server):
                 port = sock.getsockname()[1]
         host = f"[{s.host}]" if ":" in s.host else s.host
         logger.info(
-            "streamctl %s serving http://%s:%d with agent %s, database %s, auth %s; limits:"
+            "streamctl %s serving http://%s:%d with agent %s, store %s, auth %s; limits:"
             " %d runs (%d per owner), %d runs/min per owner, %g s per run, %g s ping, %g s drain",
             __version__,
             host,
             port,
             s.agent,
-            s.db,
+            s.db if s.backend == "sqlite" else "redis",  # the URL may hold a password
             s.auth,
             s.max_runs,
             s.max_runs_per_owner,

@@ -157,7 +157,7 @@ async def test_a_run_whose_lease_went_elsewhere_is_told_by_the_heartbeat(
         assert "r1" not in owner.leases.owned
 
 
-async def test_a_stop_requested_anywhere_reaches_the_owner_at_its_heartbeat(
+async def test_a_stop_requested_elsewhere_reaches_the_owner_by_its_channel(
     redis_url: str,
 ) -> None:
     asked = anyio.Event()
@@ -167,15 +167,29 @@ async def test_a_stop_requested_anywhere_reaches_the_owner_at_its_heartbeat(
         seen.append(run_id)
         asked.set()
 
-    async with RedisStore(redis_url, lease_seconds=0.3) as owner, RedisStore(redis_url) as other:
+    # A lease of a minute: the heartbeat (every 20 s) cannot be what delivers it within the test.
+    async with RedisStore(redis_url, lease_seconds=60) as owner, RedisStore(redis_url) as other:
         owner.on_stop_request = stop_requested
         owner.create_run(new_run())
         await owner.flush()
         assert await other.request_stop("r1") is True
         assert await other.request_stop("missing") is False
-        with anyio.fail_after(5):
+        with anyio.fail_after(10):
             await asked.wait()
     assert seen[0] == "r1"
+
+
+async def test_a_stop_flag_whose_message_was_lost_is_seen_at_the_heartbeat(
+    redis_url: str, client: redis.Redis
+) -> None:
+    asked = anyio.Event()
+    async with RedisStore(redis_url, lease_seconds=0.3) as owner:
+        owner.on_stop_request = lambda run_id: asked.set()
+        owner.create_run(new_run())
+        await owner.flush()
+        client.hset(keys.meta("r1"), "stop_requested", 1)  # the flag, with no message
+        with anyio.fail_after(5):
+            await asked.wait()
 
 
 async def test_an_unreachable_server_is_a_store_error(tmp_path: Path) -> None:

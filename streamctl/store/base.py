@@ -19,7 +19,7 @@ Errors of the backend surface as ``StoreError`` and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
@@ -207,7 +207,7 @@ class SharedStore(RunStore, Protocol):
         """The run's record once it is no longer active (the caller bounds the wait)."""
         ...
 
-    def tail(self, run_id: str, after: int) -> AsyncIterator[list[Frame]]:
+    def tail(self, run_id: str, after: int) -> AsyncGenerator[list[Frame], None]:
         """The run's committed frames after ``after`` as they are stored, in batches; an empty
         batch every few seconds while nothing comes (so the caller may give up). Ends after the
         terminal event."""

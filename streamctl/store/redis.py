@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -286,7 +286,7 @@ class RedisStore:
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    async def tail(self, run_id: str, after: int) -> AsyncIterator[list[Frame]]:
+    async def tail(self, run_id: str, after: int) -> AsyncGenerator[list[Frame], None]:
         """XREAD BLOCK from the cursor, one connection while blocked. BLOCK stays below the
         socket timeout, and a lost connection is retried from the cursor: the frames stay exact."""
         key, cursor, failures = k.events(run_id), after, 0
