@@ -6,7 +6,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .agents import Agent, AgentContext, Message, ScriptedAgent, demo_agent
-from .api import create_app
 from .client import Client, ClientError
 from .errors import (
     CursorOutOfRange,
@@ -17,6 +16,7 @@ from .errors import (
     ThreadNotFound,
 )
 from .events import Done, ErrorEvent, MessageChunk, RunStarted, ToolEnd, ToolStart
+from .http import create_app
 from .settings import Settings
 from .store import Store
 from .supervisor import Supervisor

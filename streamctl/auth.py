@@ -11,7 +11,8 @@ A **stream token** (``st.`` + payload + HMAC) is issued with each run when auth 
 that run's stream and snapshot only, read-only, for ``stream_token_ttl`` seconds, so a plain
 ``EventSource`` (which cannot send headers) can follow a run with ``?token=``.
 
-Nothing here knows HTTP; ``api.py`` reads the token from the request and maps ``AuthError`` to 401.
+Nothing here knows HTTP; ``http/auth.py`` reads the token from the request and ``http/errors.py``
+maps ``AuthError`` to 401.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 import jwt
 import orjson
 
-from .errors import StreamctlError
-from .settings import Settings, SettingsError
+from .errors import AuthError, SettingsError
+from .settings import Settings
 
 ANONYMOUS = "anonymous"
 STREAM_TOKEN_PREFIX = "st."
@@ -45,14 +46,6 @@ class Principal:
     def scope(self) -> str | None:
         """The owner lookups are limited to; ``None`` (admins) means every owner."""
         return None if self.admin else self.name
-
-
-class AuthError(StreamctlError):
-    """A missing, malformed, expired or forged credential (HTTP 401)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Authenticator:

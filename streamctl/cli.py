@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="SQLite file (default ./streamctl.db)")
     serve.add_argument("--backend", choices=["sqlite", "redis"], help="default sqlite")
     serve.add_argument("--redis-url", dest="redis_url", help="with --backend redis: redis://...")
-    serve.add_argument("--agent", help="'demo' (default) or MODULE:ATTR")
+    serve.add_argument("--agent", help="'demo' (default), 'openai' or MODULE:ATTR")
+    serve.add_argument("--model", help="the chat model's name, for --agent openai")
     serve.add_argument(
         "--log-level",
         dest="log_level",

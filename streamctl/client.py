@@ -25,19 +25,10 @@ import httpx
 import orjson
 
 from .decoder import SSEDecoder
-from .errors import StreamctlError
+from .errors import ClientError
 from .events import Done, Event, event_adapter
 
 __all__ = ["Client", "ClientError"]
-
-
-class ClientError(StreamctlError):
-    """The server answered a request with an error (``status`` and ``code`` from its body)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
 
 
 class _Retry(Exception):

@@ -16,7 +16,17 @@ from typing import Any, TextIO
 import anyio
 
 from .client import Client
-from .events import Done, ErrorEvent, Event, MessageChunk, RunStarted, ToolEnd, ToolStart
+from .events import (
+    Custom,
+    Done,
+    ErrorEvent,
+    Event,
+    Interrupt,
+    MessageChunk,
+    RunStarted,
+    ToolEnd,
+    ToolStart,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 STATUSES = ("queued", "running", "completed", "cancelled", "failed", "timed_out", "interrupted")
@@ -145,6 +155,11 @@ class _Renderer:
             self._line(f"[tool {event.name}({json.dumps(event.args, ensure_ascii=False)}) …]")
         elif isinstance(event, ToolEnd):
             self._line(f"[tool {event.name} → {event.output}]")
+        elif isinstance(event, Custom):
+            self._line(f"[{event.name}: {json.dumps(event.data, ensure_ascii=False)}]")
+        elif isinstance(event, Interrupt):
+            asked = json.dumps(event.value, ensure_ascii=False)
+            self._line(f'[interrupt: {asked}; answer with config {{"resume": …}}]')
         elif isinstance(event, ErrorEvent):
             self._line(f"[error {event.code}: {event.message}]")
         elif isinstance(event, Done):

@@ -11,14 +11,25 @@
     │   └── TooManyStreams     a principal holds as many open streams as allowed
     ├── InvalidInput           the run's input breaks a limit (too many or too long messages)
     ├── Unavailable            the supervisor is not accepting runs (starting up or draining)
-    ├── AgentNotFound          --agent MODULE:ATTR does not name an agent
-    └── StoreError             the store failed (raised from the backend's error)
+    ├── InvalidAgentConfig     the agent refused the request's options (e.g. ``config.demo``)
+    ├── AuthError              a missing, malformed, expired or forged credential
+    ├── StoreError             the store failed (raised from the backend's error)
+    ├── AgentNotFound          --agent MODULE:ATTR does not name an agent (start-up)
+    ├── SettingsError          the settings do not hold together (start-up)
+    ├── ClientError            the Python client got an error answer from a server
+    └── RunFailure             fails one run (its code is the run's `error` event); never an answer
+        ├── ModelError         the model server failed the request (agents.openai)
+        │   ├── ModelRateLimited   it answered 429
+        │   └── ModelUnreachable   it could not be reached
+        └── TooManyTurns       the agent took more turns or super-steps than its recursion limit
+            └── GraphRecursionLimit  a LangGraph graph did (agents.langgraph)
 
     Exception (not a StreamctlError: they fail a run, and its `error` event says why)
     ├── RecursionLimitExceeded the agent took more steps than the run's recursion limit allows
     └── AgentProtocolError     the agent yielded something that is not an AgentEvent
 
-HTTP status codes are chosen in one place, ``api.py``; the domain code never knows about HTTP.
+Each class has a ``code``, the ``error.code`` of the JSON error body. HTTP status codes are chosen
+by class in one place, ``http/errors.py``; the domain code never knows about HTTP.
 """
 
 from __future__ import annotations
@@ -118,6 +129,36 @@ class StoreError(StreamctlError):
     code = "store_error"
 
 
+class InvalidAgentConfig(StreamctlError):
+    """An agent's ``validate_config`` refused the request's options (a 422 for the request, not a
+    failed run)."""
+
+    code = "invalid_request"
+
+
+class AuthError(StreamctlError):
+    """A missing, malformed, expired or forged credential. ``code`` says which (see docs/api.md)."""
+
+    code = "invalid_token"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SettingsError(StreamctlError):
+    code = "invalid_settings"
+
+
+class ClientError(StreamctlError):
+    """The server answered a request with an error (``status`` and ``code`` from its body)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
 # -- errors of an agent, caught at the per-run boundary: they fail that run alone -----------------
 
 
@@ -127,3 +168,37 @@ class RecursionLimitExceeded(Exception):
 
 class AgentProtocolError(Exception):
     """The agent yielded something that is not an ``AgentEvent``."""
+
+
+# -- errors that fail one run (raised inside an agent, caught at the per-run boundary) ----------
+
+
+class RunFailure(StreamctlError):
+    """Fails the run that raised it: its ``code`` becomes the code of the run's ``error`` event.
+    Raised inside a run's task only, so it is never an HTTP answer."""
+
+    code = "run_failed"
+
+
+class ModelError(RunFailure):
+    """The model server failed the request (an HTTP error, or an error in mid-stream)."""
+
+    code = "model_error"
+
+
+class ModelRateLimited(ModelError):
+    code = "model_rate_limited"
+
+
+class ModelUnreachable(ModelError):
+    code = "model_unreachable"
+
+
+class TooManyTurns(RunFailure):
+    """The model kept calling tools for more turns than the run's recursion limit."""
+
+    code = "recursion_limit"
+
+
+class GraphRecursionLimit(TooManyTurns):
+    """The graph took more super-steps than the run's recursion limit."""

@@ -1,9 +1,11 @@
 """The events of a run, and their one-time encoding into SSE frames.
 
-An agent yields ``MessageChunk``, ``ToolStart`` and ``ToolEnd``; the run itself adds ``RunStarted``
-first, and ``ErrorEvent`` / ``Done`` last. Each event is encoded exactly once, when it is appended:
-its JSON payload (stored in SQLite) and its SSE frame (sent to every subscriber) are bytes shared by
-everyone, so live bytes and replayed bytes are the same bytes (docs/architecture.md, invariant 3).
+An agent yields ``MessageChunk``, ``ReasoningChunk``, ``ToolStart``, ``ToolEnd``, ``Custom`` and
+``Interrupt`` (and ``Usage``, which the run adds up into ``done`` and never sends); the run itself
+adds ``RunStarted`` first, and ``ErrorEvent`` / ``Done`` last. Each event is encoded exactly once,
+when it is appended: its JSON payload (stored in SQLite) and its SSE frame (sent to every
+subscriber) are bytes shared by everyone, so live bytes and replayed bytes are the same bytes
+(docs/architecture.md, invariant 3).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 TERMINAL_STATUSES = ("completed", "cancelled", "failed", "timed_out", "interrupted")
 TerminalStatus = Literal["completed", "cancelled", "failed", "timed_out", "interrupted"]
@@ -71,6 +74,56 @@ class ToolEnd(_Event):
     call_id: str
 
 
+class ReasoningChunk(_Event):
+    """A piece of the model's reasoning, where a model streams it (shown apart from the answer)."""
+
+    type: Literal["reasoning_chunk"] = "reasoning_chunk"
+    content: str
+    message_id: str
+    """The message this reasoning belongs to (the same id as its ``message_chunk``s, if any)."""
+
+
+class Custom(_Event):
+    """Anything else an agent wants its clients to see (progress, a plot's data, a citation)."""
+
+    type: Literal["custom"] = "custom"
+    name: str
+    data: Any = None
+    """Any JSON value."""
+
+
+class Interrupt(_Event):
+    """The agent paused for input (LangGraph's ``interrupt()``); the run ends after it. The next
+    run on the thread answers with ``config: {"resume": <answer>}``."""
+
+    type: Literal["interrupt"] = "interrupt"
+    value: Any = None
+    """What the agent asks (any JSON value). Not called ``payload``: that is a method here."""
+    interrupt_id: str | None = None
+
+
+class TokenUsage(TypedDict):
+    """Tokens the model reported for the whole run (all its model calls added up)."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+class Usage(_Event):
+    """Yielded by an agent when its model reports token usage (once per model call, or more).
+
+    Not an event of the stream: the run adds every ``Usage`` up and sends the totals in ``done``.
+    """
+
+    type: Literal["usage"] = "usage"
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+
+    def add_to(self, totals: dict[str, int]) -> None:
+        totals["input_tokens"] = totals.get("input_tokens", 0) + self.input_tokens
+        totals["output_tokens"] = totals.get("output_tokens", 0) + self.output_tokens
+
+
 class ErrorEvent(_Event):
     """The run failed; always followed by ``done`` with status ``failed`` (or ``timed_out``)."""
 
@@ -88,13 +141,24 @@ class Done(_Event):
     status: TerminalStatus
     reason: str
     tokens: int = 0
+    """Number of ``message_chunk`` events of the run (chunks, not model tokens)."""
+    usage: TokenUsage | None = None
+    """Model tokens, when the agent's model reported them (see ``Usage``); else null."""
 
 
-AgentEvent = MessageChunk | ToolStart | ToolEnd
+AgentEvent = MessageChunk | ReasoningChunk | ToolStart | ToolEnd | Custom | Interrupt | Usage
 """What an agent may yield. The run owns ``run``, ``error`` and ``done``."""
 
 Event = Annotated[
-    RunStarted | MessageChunk | ToolStart | ToolEnd | ErrorEvent | Done,
+    RunStarted
+    | MessageChunk
+    | ReasoningChunk
+    | ToolStart
+    | ToolEnd
+    | Custom
+    | Interrupt
+    | ErrorEvent
+    | Done,
     Field(discriminator="type"),
 ]
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
@@ -105,8 +169,9 @@ def event_json_schema() -> dict[str, Any]:
     return event_adapter.json_schema()
 
 
-_NAMES = {name: name.encode("ascii") for name in ("run", "message_chunk", "tool_start",
-                                                  "tool_end", "error", "done")}  # fmt: skip
+_NAMES = {name: name.encode("ascii") for name in ("run", "message_chunk", "reasoning_chunk",
+                                                  "tool_start", "tool_end", "custom", "interrupt",
+                                                  "error", "done")}  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)

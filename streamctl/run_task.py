@@ -21,14 +21,18 @@ from anyio.abc import TaskGroup, TaskStatus
 from .agents.base import Agent, AgentContext, Message
 from .errors import AgentProtocolError, RecursionLimitExceeded, StreamctlError
 from .events import (
+    Custom,
     Done,
     ErrorEvent,
     Frame,
+    Interrupt,
     MessageChunk,
+    ReasoningChunk,
     RunStarted,
     TerminalStatus,
     ToolEnd,
     ToolStart,
+    Usage,
 )
 from .runs import Run, RunOutput
 from .settings import Settings
@@ -187,10 +191,14 @@ class RunTask:
                         steps += 1
                 elif isinstance(event, ToolStart):
                     steps += 1
-                elif not isinstance(event, ToolEnd):
+                elif isinstance(event, Usage):  # added up into `done`, never sent
+                    event.add_to(run.usage)
+                    continue
+                elif not isinstance(event, ToolEnd | ReasoningChunk | Custom | Interrupt):
                     raise AgentProtocolError(
-                        f"agent yielded {type(event).__name__}; "
-                        "expected MessageChunk, ToolStart or ToolEnd"
+                        f"agent yielded {type(event).__name__}; expected an AgentEvent"
+                        " (MessageChunk, ReasoningChunk, ToolStart, ToolEnd, Custom, Interrupt"
+                        " or Usage)"
                     )
                 if steps > limit:
                     raise RecursionLimitExceeded(f"the run took more than {limit} steps")
@@ -228,6 +236,7 @@ class RunTask:
             status=status,
             reason=reason,
             tokens=run.output.tokens,
+            usage=run.usage or None,
         )
         run.emit(done)
         store.finish_run(
@@ -240,6 +249,7 @@ class RunTask:
                 last_seq=run.last_seq,
                 output=run.output.as_json(),
                 ended_at=run.ended_at,
+                usage=run.usage,
             ),
         )
         await store.flush()

@@ -36,12 +36,15 @@ class RunOutput:
         "_message_seq",
         "_messages",
         "_parts",
+        "_reasoning",
         "error",
+        "interrupt",
         "last_seq",
         "reason",
         "status",
         "tokens",
         "tool_calls",
+        "usage",
     )
 
     def __init__(self, status: RunStatus = "running") -> None:
@@ -55,6 +58,10 @@ class RunOutput:
         self.error: dict[str, Any] | None = None
         self.tokens = 0
         self.last_seq = 0
+        self._reasoning: dict[str, dict[str, Any]] = {}
+        self.interrupt: dict[str, Any] | None = None
+        self.usage: dict[str, int] = {}
+        """Model tokens (``input_tokens``, ``output_tokens``), known once ``done`` carries them."""
 
     def apply(self, seq: int, type: str, data: Mapping[str, Any]) -> None:
         self.last_seq = seq
@@ -82,11 +89,19 @@ class RunOutput:
                 {"call_id": data["call_id"], "name": data["name"], "args": {}, "seq": seq},
             )
             call["output"] = data["output"]
+        elif type == "reasoning_chunk":
+            part = self._reasoning.setdefault(
+                data["message_id"], {"message_id": data["message_id"], "content": "", "seq": seq}
+            )
+            part["content"] += data["content"]
+        elif type == "interrupt":
+            self.interrupt = {"value": data["value"], "interrupt_id": data["interrupt_id"]}
         elif type == "error":
             self.error = {"code": data["code"], "message": data["message"]}
         elif type == "done":
             self.status = data["status"]
             self.reason = data["reason"]
+            self.usage = dict(data.get("usage") or {})
         elif type == "run":
             self.status = data["status"]
 
@@ -114,6 +129,8 @@ class RunOutput:
                 for mid, parts in self._messages.items()
             ],
             "tool_calls": list(self.tool_calls.values()),
+            "reasoning": list(self._reasoning.values()),
+            "interrupt": self.interrupt,
         }
 
 
@@ -148,6 +165,8 @@ class Run:
     """For a queued run: the thread's runs ahead of it, which must end before it starts."""
     finished: anyio.Event = field(default_factory=anyio.Event)
     """Set when the run's task has exited: its terminal event is committed and its agent is gone."""
+    usage: dict[str, int] = field(default_factory=dict)
+    """Model tokens the agent reported so far (its ``Usage`` events added up), for ``done``."""
 
     def __post_init__(self) -> None:
         self.log = RunLog(self.run_id, self.tail_events, tail_bytes=self.tail_bytes)
@@ -208,6 +227,7 @@ class Run:
             started_at=self.started_at,
             ended_at=self.ended_at if out.status != "running" else None,
             tokens=out.tokens,
+            usage=out.usage,
         )
 
 
@@ -225,6 +245,7 @@ def run_json(
     ended_at: float | None,
     tokens: int,
     purged_at: float | None = None,
+    usage: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The run resource as the HTTP API shows it (docs/api.md, "Run")."""
     return {
@@ -238,7 +259,7 @@ def run_json(
         "created_at": iso(created_at),
         "started_at": iso(started_at),
         "ended_at": iso(ended_at),
-        "usage": {"tokens": tokens},
+        "usage": {**(usage or {}), "tokens": tokens},
         "events_purged_at": iso(purged_at),
     }
 
@@ -258,4 +279,5 @@ def record_json(record: RunRecord) -> dict[str, Any]:
         ended_at=record.ended_at,
         tokens=record.tokens,
         purged_at=record.purged_at,
+        usage=record.usage,
     )

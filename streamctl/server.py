@@ -25,8 +25,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from . import __version__
+from .errors import SettingsError
 from .logs import log_config
-from .settings import Settings, SettingsError
+from .settings import Settings
 
 logger = logging.getLogger("streamctl.server")
 
@@ -132,7 +133,7 @@ class Server(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     """Run streamctl until SIGINT/SIGTERM; return the process exit status."""
-    from .api import create_app
+    from .http import create_app
 
     if settings.auth == "none" and not _loopback(settings.host) and not settings.allow_no_auth:
         raise SettingsError(

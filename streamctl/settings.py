@@ -12,13 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import StreamctlError
+from .errors import SettingsError
 
 ENV_PREFIX = "STREAMCTL_"
-
-
-class SettingsError(StreamctlError):
-    code = "invalid_settings"
 
 
 class Settings(BaseModel):
@@ -31,8 +27,9 @@ class Settings(BaseModel):
     db: Path = Field(Path("streamctl.db"), description="SQLite file holding threads, runs, events.")
     agent: str = Field(
         "demo",
-        description="The agent: `demo`, or `MODULE:ATTR` naming an agent callable.",
+        description="The agent: `demo`, `openai`, or `MODULE:ATTR` naming an agent callable.",
     )
+    model: str = Field("", description="The chat model's name, for `--agent openai`.")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "info", description="Log level of the server and of streamctl's own loggers."
     )

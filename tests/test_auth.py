@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from streamctl import Settings, create_app
 from streamctl.agents import ScriptedAgent
-from streamctl.settings import SettingsError
+from streamctl.errors import SettingsError
 
 from .conftest import ServerProcess, StartServer, chunks, free_port, read_sse, run_body
 

@@ -242,3 +242,25 @@ def test_a_closed_pipe_ends_quietly(spawn_server: Spawn) -> None:
     _, err = listing.communicate(timeout=20)
     assert listing.returncode == 141 and err == b""
     assert cli(server, "runs", "stop", run["run_id"]).returncode == 0
+
+
+def test_chat_renders_custom_events_and_interrupts_on_lines_of_their_own() -> None:
+    import io
+
+    from streamctl.console import _Renderer
+    from streamctl.events import Custom, Interrupt, MessageChunk, ReasoningChunk
+
+    out = io.StringIO()
+    render = _Renderer(out)
+    for event in (
+        ReasoningChunk(content="thinking", message_id="m"),
+        MessageChunk(content="Shall I ", message_id="m"),
+        Custom(name="progress", data={"step": 1}),
+        Interrupt(value={"question": "Book it?"}),
+    ):
+        render(event, out)
+    assert out.getvalue().splitlines() == [
+        "Shall I ",
+        '[progress: {"step": 1}]',
+        '[interrupt: {"question": "Book it?"}; answer with config {"resume": …}]',
+    ]

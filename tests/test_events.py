@@ -10,27 +10,52 @@ import pytest
 from pydantic import ValidationError
 
 from streamctl.events import (
+    Custom,
     Done,
     ErrorEvent,
     Frame,
+    Interrupt,
     MessageChunk,
+    ReasoningChunk,
     RunStarted,
     ToolEnd,
     ToolStart,
+    Usage,
     event_adapter,
     event_json_schema,
 )
 from streamctl.store import Store
 
-AnyEvent = RunStarted | MessageChunk | ToolStart | ToolEnd | ErrorEvent | Done
+AnyEvent = (
+    RunStarted
+    | MessageChunk
+    | ReasoningChunk
+    | ToolStart
+    | ToolEnd
+    | Custom
+    | Interrupt
+    | ErrorEvent
+    | Done
+)
 
 ALL_EVENTS: list[AnyEvent] = [
     RunStarted(run_id="r1", thread_id="t1"),
     MessageChunk(content="Hello ", message_id="m1"),
     ToolStart(name="get_weather", args={"location": "Tokyo"}, call_id="c1"),
     ToolEnd(name="get_weather", output={"text": "Sunny, 22°C", "n": [1, 2.5, None]}, call_id="c1"),
+    ReasoningChunk(content="The user wants weather.", message_id="m2"),
+    Custom(name="progress", data={"step": 2, "of": [1, 2, 3], "note": None}),
+    Interrupt(value={"question": "Book it?"}, interrupt_id="i1"),
     ErrorEvent(code="agent_error", message="RuntimeError: boom"),
     Done(run_id="r1", thread_id="t1", status="completed", reason="the agent finished", tokens=3),
+    Done(
+        run_id="r1",
+        thread_id="t1",
+        status="completed",
+        reason="the agent finished",
+        tokens=3,
+        usage={"input_tokens": 12, "output_tokens": 7},
+    ),
 ]
 
 NASTY = [
@@ -139,12 +164,22 @@ async def test_replayed_frames_equal_live_frames_byte_for_byte(db_path: Path) ->
     assert replayed == live  # seq, type, data, created_at and sse all survive the round trip
 
 
-def test_event_json_schema_lists_all_six_types_with_a_type_discriminator() -> None:
+def test_event_json_schema_lists_all_nine_types_with_a_type_discriminator() -> None:
     schema = event_json_schema()
     assert schema["discriminator"]["propertyName"] == "type"
     mapping = schema["discriminator"]["mapping"]
-    assert set(mapping) == {"run", "message_chunk", "tool_start", "tool_end", "error", "done"}
-    assert len(schema["oneOf"]) == 6
+    assert set(mapping) == {
+        "run",
+        "message_chunk",
+        "reasoning_chunk",
+        "tool_start",
+        "tool_end",
+        "custom",
+        "interrupt",
+        "error",
+        "done",
+    }
+    assert len(schema["oneOf"]) == 9
     for type_name, ref in mapping.items():
         model = schema["$defs"][ref.rsplit("/", 1)[1]]
         assert model["properties"]["type"]["const"] == type_name
@@ -161,3 +196,19 @@ def test_events_reject_unknown_fields_and_statuses() -> None:
         event_adapter.validate_python(
             {"type": "done", "run_id": "r", "thread_id": "t", "status": "running", "reason": ""}
         )
+
+
+def test_usage_is_not_an_event_of_the_stream_and_adds_up() -> None:
+    assert "usage" not in event_json_schema()["discriminator"]["mapping"]
+    totals: dict[str, int] = {}
+    Usage(input_tokens=10, output_tokens=3).add_to(totals)
+    Usage(input_tokens=5, output_tokens=4).add_to(totals)
+    assert totals == {"input_tokens": 15, "output_tokens": 7}
+    usage = event_json_schema()["$defs"]["Done"]["properties"]["usage"]
+    assert {"type": "null"} in usage["anyOf"]
+
+
+def test_interrupt_keeps_the_payload_method() -> None:
+    # A field named `payload` would shadow the method every event is encoded with.
+    event = Interrupt(value={"payload": 1})
+    assert event.payload() == {"value": {"payload": 1}, "interrupt_id": None}

@@ -39,3 +39,15 @@ def test_wheel_ships_migrations_and_runs_from_them(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(str(site)), result.stdout
     assert "applied 0001_initial.sql" in result.stdout
+
+
+def test_importing_streamctl_imports_no_adapter_dependency() -> None:
+    # The adapters' libraries are optional extras: the core install must work without them.
+    code = (
+        "import sys, streamctl, streamctl.agents, streamctl.http, streamctl.cli\n"
+        "streamctl.agents.load_agent('demo')\n"
+        "loaded = {name.split('.')[0] for name in sys.modules}\n"
+        "heavy = {'openai', 'langgraph', 'langchain_core'} & loaded\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

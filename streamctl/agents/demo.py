@@ -14,7 +14,7 @@ from itertools import chain, cycle, islice
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import StreamctlError
+from ..errors import InvalidAgentConfig
 from ..events import AgentEvent, MessageChunk, ToolEnd, ToolStart
 from .base import AgentContext
 
@@ -48,17 +48,13 @@ class DemoFailure(RuntimeError):
     """The failure a run asked for with ``config.demo.fail_at``."""
 
 
-class InvalidDemoOptions(StreamctlError):
-    code = "invalid_request"
-
-
 def demo_options(config: dict[str, object]) -> DemoOptions:
     try:
         return DemoOptions.model_validate(config.get("demo") or {})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(["config", "demo", *(str(p) for p in first["loc"])])
-        raise InvalidDemoOptions(f"{where}: {first['msg']}") from exc
+        raise InvalidAgentConfig(f"{where}: {first['msg']}") from exc
 
 
 def _location(ctx: AgentContext) -> str:

@@ -8,15 +8,24 @@ export interface RunData { run_id: string; thread_id: string; status: RunStatus 
 export interface MessageChunkData { role: "assistant"; content: string; message_id: string }
 export interface ToolStartData { name: string; args: Record<string, unknown>; call_id: string }
 export interface ToolEndData { name: string; output: unknown; call_id: string }
+export interface ReasoningChunkData { content: string; message_id: string }
+export interface CustomData { name: string; data: unknown }
+export interface InterruptData { value: unknown; interrupt_id: string | null }
 export interface ErrorData { code: string; message: string }
-export interface DoneData { run_id: string; thread_id: string; status: TerminalStatus; reason: string; tokens: number }
+/** Model tokens, when the agent's model reported them. */
+export interface TokenUsage { input_tokens: number; output_tokens: number }
+/** `tokens` counts the run's `message_chunk` events (chunks, not model tokens); `usage` has model tokens. */
+export interface DoneData { run_id: string; thread_id: string; status: TerminalStatus; reason: string; tokens: number; usage: TokenUsage | null }
 
 /** One event of a stream: `type` is the SSE event name, `id` its id (`seq`, or `run_id:seq`). */
 export type StreamEvent =
   | { type: "run"; id: string; data: RunData }
   | { type: "message_chunk"; id: string; data: MessageChunkData }
+  | { type: "reasoning_chunk"; id: string; data: ReasoningChunkData }
   | { type: "tool_start"; id: string; data: ToolStartData }
   | { type: "tool_end"; id: string; data: ToolEndData }
+  | { type: "custom"; id: string; data: CustomData }
+  | { type: "interrupt"; id: string; data: InterruptData }
   | { type: "error"; id: string; data: ErrorData }
   | { type: "done"; id: string; data: DoneData };
 
@@ -25,6 +34,8 @@ export interface RunOutput {
   text: string;
   messages: { message_id: string; role: "assistant"; content: string; seq: number }[];
   tool_calls: ToolCall[];
+  reasoning?: { message_id: string; content: string; seq: number }[];
+  interrupt?: InterruptData | null;
 }
 
 export interface Run {
@@ -38,7 +49,7 @@ export interface Run {
   created_at: string | null;
   started_at: string | null;
   ended_at: string | null;
-  usage: { tokens: number };
+  usage: { tokens: number; input_tokens?: number; output_tokens?: number };
   events_purged_at: string | null;
   stopping?: boolean;
 }

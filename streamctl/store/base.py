@@ -65,6 +65,8 @@ class FinalState:
     last_seq: int
     output: dict[str, Any]
     ended_at: float
+    usage: dict[str, int] | None = None
+    """The model's token usage, when the agent reported it (``input_tokens``, ``output_tokens``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,8 @@ class RunRecord:
     tokens: int
     purged_at: float | None
     """When retention deleted the run's events (its row stays)."""
+    usage: dict[str, int] | None = None
+    """The stored usage: ``tokens`` (chunks) and, when reported, the model's token counts."""
 
 
 @dataclass(frozen=True, slots=True)

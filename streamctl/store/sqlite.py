@@ -166,7 +166,7 @@ class SqliteStore:
                 final.ended_at,
                 final.last_seq,
                 orjson.dumps(final.error) if final.error else None,
-                orjson.dumps({"tokens": final.tokens}),
+                orjson.dumps({"tokens": final.tokens, **(final.usage or {})}),
                 orjson.dumps({"reason": final.reason, "output": final.output}),
                 run_id,
             ),

@@ -75,4 +75,5 @@ def run_record(row: dict[str, Any]) -> RunRecord:
         error=orjson.loads(row["error"]) if row["error"] else None,
         tokens=usage.get("tokens", 0),
         purged_at=row["purged_at"],
+        usage=usage,
     )

@@ -1,9 +1,5 @@
-"""The request body's size limit, as pure ASGI middleware (never ``BaseHTTPMiddleware``, which
-would buffer and break streaming responses).
-
-Interim home: the HTTP layer's rewrite (issue 10) moves it under ``streamctl/http/``; the other
-caps live in ``limits.py``.
-"""
+"""``BodyLimit``: the request body's size limit (``max_body_bytes``), as pure ASGI middleware
+(never ``BaseHTTPMiddleware``, which would buffer and break streaming responses)."""
 
 from __future__ import annotations
 

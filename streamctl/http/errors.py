@@ -1,7 +1,8 @@
-"""The edge every request passes: authentication (a bearer token from the header, the JSON body
-of a POST, or ``?token=`` on a GET stream), the stream-token scope, and the translation of domain
-errors into JSON error responses with the right status. With ``api.py`` and ``sse.py``, the only
-code that knows HTTP.
+"""Domain errors → JSON error answers: the one place that picks an HTTP status for an error.
+
+The status is chosen by the error's class (``STATUS``, walked along the class's MRO, so a subclass
+answers like its parent unless listed); the body is ``{"error": {"code", "message"}}`` with the
+error's own ``code``. ``error_responses`` documents the same answers in ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .agents.demo import InvalidDemoOptions
-from .auth import STREAM_TOKEN_PREFIX, Authenticator, AuthError, Principal
-from .errors import (
+from ..errors import (
+    AuthError,
     CursorOutOfRange,
+    InvalidAgentConfig,
     InvalidCursor,
     InvalidInput,
     RunNotFound,
@@ -29,80 +30,60 @@ from .errors import (
     TooManyRuns,
     Unavailable,
 )
+from .models import Error
 
 logger = logging.getLogger("streamctl.api")
 
-_STATUS: dict[type[StreamctlError], int] = {
+STATUS: dict[type[StreamctlError], int] = {
+    InvalidCursor: 400,
+    CursorOutOfRange: 400,
     AuthError: 401,
     RunNotFound: 404,
     ThreadNotFound: 404,
     ThreadBusy: 409,
-    InvalidCursor: 400,
-    CursorOutOfRange: 400,
-    InvalidInput: 422,
     RunPurged: 410,
-    TooManyRuns: 429,
-    InvalidDemoOptions: 422,
+    InvalidInput: 422,
+    InvalidAgentConfig: 422,
+    TooManyRuns: 429,  # and TooManyStreams
     Unavailable: 503,
     StoreError: 503,
 }
 
-_STREAM_TOKEN_ROUTES = frozenset({"/v1/runs/{run_id}", "/v1/runs/{run_id}/stream"})
+
+def status_of(exc: StreamctlError) -> int:
+    """The HTTP status of a domain error; 500 for one no route should let out."""
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
-async def authenticate(request: Request) -> Principal:
-    """FastAPI dependency: the principal making this request (401 if its credential is bad)."""
-    auth: Authenticator = request.app.state.auth
-    token: str | None = None
-    header = request.headers.get("authorization")
-    if header is not None:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthError("malformed_token", "the Authorization header must be 'Bearer <token>'")
-        token = value.strip()
-    elif request.method == "POST" and auth.enabled:
-        try:
-            body = await request.json()  # parsed once: FastAPI reuses it for the route
-        except ValueError:
-            body = None
-        if isinstance(body, dict) and isinstance(body.get("token"), str):
-            token = body["token"]
-    if token is None and request.method == "GET":
-        # Only stream tokens travel in URLs (for a plain EventSource): URLs end up in logs.
-        token = request.query_params.get("token")
-        if token is not None and not token.startswith(STREAM_TOKEN_PREFIX):
-            raise AuthError("malformed_token", "only a stream token may be given as ?token=")
-    principal = auth.authenticate(token)
-    if principal.stream_run is not None:
-        route = getattr(request.scope.get("route"), "path", "")
-        if request.method != "GET" or route not in _STREAM_TOKEN_ROUTES:
-            raise AuthError(
-                "insufficient_scope", "a stream token only opens its own run's stream and snapshot"
-            )
-        run_id = str(request.path_params.get("run_id", ""))
-        if run_id != principal.stream_run:
-            raise RunNotFound(run_id)
-    return principal
+def error_response(exc: StreamctlError) -> JSONResponse:
+    status = status_of(exc)
+    headers = None
+    if isinstance(exc, AuthError):
+        headers = {"WWW-Authenticate": _challenge(exc)}
+    elif isinstance(exc, TooManyRuns):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif status == 503:
+        headers = {"Retry-After": "1"}
+    return JSONResponse(error_body(exc.code, exc.message), status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app answers, in the one JSON shape (``Error``)."""
+
     @app.exception_handler(StreamctlError)
     async def domain_error(request: Request, exc: StreamctlError) -> JSONResponse:
-        status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
-        if status >= 500:
+        response = error_response(exc)
+        if response.status_code >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-        headers = None
-        if isinstance(exc, AuthError):
-            headers = {"WWW-Authenticate": _challenge(exc)}
-        elif isinstance(exc, TooManyRuns):
-            headers = {"Retry-After": str(exc.retry_after)}
-        elif status == 503:
-            headers = {"Retry-After": "1"}
-        return JSONResponse(error_body(exc.code, exc.message), status, headers=headers)
+        return response
 
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
@@ -153,3 +134,30 @@ def _challenge(exc: AuthError) -> str:
     error = "insufficient_scope" if exc.code == "insufficient_scope" else "invalid_token"
     description = _DESCRIPTIONS.get(exc.code, "the token is not valid")
     return f'Bearer realm="streamctl", error="{error}", error_description="{description}"'
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------------
+
+_WHEN = {
+    400: "`invalid_json`, `invalid_cursor` or `cursor_out_of_range`",
+    401: "authentication failed (`WWW-Authenticate` says why)",
+    404: "no such run, thread or path, or not yours",
+    409: "`thread_busy`: the thread has an active run",
+    410: "`run_purged`: retention deleted the run's events",
+    413: "`body_too_large`",
+    422: "`invalid_request` (with `details`) or `invalid_input`",
+    429: "`too_many_runs` or `too_many_streams` (`Retry-After` set)",
+    503: "`unavailable` (starting or draining) or `store_error` (`Retry-After` set)",
+}
+
+
+def error_responses(*statuses: int, stream: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: each status answered with an ``Error`` body.
+
+    On a streaming route FastAPI would document a ``model`` under the route's own media type
+    (``text/event-stream``); errors are JSON, so there the schema is referenced explicitly.
+    """
+    if not stream:
+        return {s: {"model": Error, "description": _WHEN[s]} for s in statuses}
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {s: {"description": _WHEN[s], "content": content} for s in statuses}

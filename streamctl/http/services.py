@@ -1,0 +1,53 @@
+"""What the routers need, in one object: ``Services``, reached through FastAPI dependencies.
+
+The routers hold no state of their own and close over nothing: every route asks for the services
+of the application that received the request (``request.app.state.streamctl``). ``create_app``
+puts them there; the supervisor and the metrics registry join when the lifespan has opened the
+store. So the same routers can serve any application that carries a ``Services``, under any
+prefix, and a request that arrives before the lifespan has run gets ``503``, not a crash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
+
+from ..auth import Authenticator
+from ..errors import Unavailable
+from ..settings import Settings
+from ..sse import SendWatch
+from ..supervisor import Supervisor
+
+STATE_KEY = "streamctl"
+"""The attribute of ``app.state`` holding the ``Services``."""
+
+
+@dataclass
+class Services:
+    settings: Settings
+    auth: Authenticator
+    watch: SendWatch
+    """One timer for every open stream: cuts off clients that stop reading (``send_timeout``)."""
+    supervisor: Supervisor | None = None
+    """Set while the lifespan runs (the store is open)."""
+    metrics: CollectorRegistry | None = None
+
+
+def get_services(request: Request) -> Services:
+    services: Services | None = getattr(request.app.state, STATE_KEY, None)
+    if services is None:
+        raise Unavailable("streamctl is not set up in this application")
+    return services
+
+
+def get_supervisor(services: Annotated[Services, Depends(get_services)]) -> Supervisor:
+    if services.supervisor is None:
+        raise Unavailable("the server is starting: its lifespan has not opened the store yet")
+    return services.supervisor
+
+
+Svc = Annotated[Services, Depends(get_services)]
+Sup = Annotated[Supervisor, Depends(get_supervisor)]

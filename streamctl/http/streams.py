@@ -1,0 +1,92 @@
+"""The SSE answers of the run and thread routes: a stream slot per principal, then ``EventStream``.
+
+Every stream holds one of its principal's ``max_streams_per_owner`` slots from before it starts
+until it closes, and is watched by the services' ``SendWatch`` (``send_timeout``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import Request
+from fastapi.responses import Response
+from starlette.types import Scope
+
+from ..auth import Principal
+from ..inputs import RunCreate
+from ..sse import EventStream
+from ..supervisor import Supervisor
+from .services import Services
+
+
+def event_stream(
+    request: Request,
+    services: Services,
+    sup: Supervisor,
+    me: Principal,
+    stream: AsyncIterator[bytes] | None,
+    *,
+    headers: dict[str, str] | None = None,
+    on_disconnect: Callable[[], None] | None = None,
+    claimed: bool = False,
+) -> Response:
+    """The SSE response for ``stream``; ``204`` when there is nothing left to stream.
+
+    ``claimed``: the principal's stream slot is already taken (``start_streaming``).
+    """
+    if stream is None:
+        return Response(status_code=204)
+    if not claimed:
+        sup.streams.open(me.name)  # 429 past max_streams_per_owner; the stream never starts
+    app = request.app
+
+    def slow(scope: Scope) -> None:
+        sup.counters.slow_closed += 1
+        # Under `streamctl serve`, reset the connection rather than wait to flush to a
+        # client that does not read (plain uvicorn has no such hook: it closes normally).
+        abort = getattr(app.state, "abort_connection", None)
+        if abort is not None:
+            abort(scope.get("client"))
+
+    settings = services.settings
+    return EventStream(
+        stream,
+        retry_ms=settings.retry_ms,
+        send_timeout=settings.send_timeout,
+        headers=headers,
+        on_disconnect=on_disconnect,
+        on_slow=slow,
+        on_close=lambda: sup.streams.close(me.name),
+        watch=services.watch,
+    )
+
+
+async def start_streaming(
+    request: Request, services: Services, sup: Supervisor, body: RunCreate, me: Principal
+) -> Response:
+    """Start a run and answer with its stream from the first event."""
+    # The stream's slot is claimed first: a stream refused (429) must not leave a run going.
+    sup.streams.open(me.name)
+    try:
+        run = await sup.control.start(body, me.name)
+        stream = await sup.reads.subscribe(run.run_id, run.owner, 0, granularity=body.granularity)
+    except BaseException:
+        sup.streams.close(me.name)
+        raise
+    assert stream is not None  # a started run has committed its first event
+    headers = {"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id}
+    if (token := services.auth.issue_stream_token(run.run_id, me)) is not None:
+        headers["X-Stream-Token"] = token
+    run_id = run.run_id
+    return event_stream(
+        request,
+        services,
+        sup,
+        me,
+        stream,
+        headers=headers,
+        on_disconnect=(
+            (lambda: sup.control.request_stop(run_id)) if body.on_disconnect == "cancel" else None
+        ),
+        claimed=True,
+    )
