@@ -71,7 +71,14 @@ async def test_json_answers_and_errors_reference_named_schemas(serve: StartServe
         assert set(schemas[name]["properties"]) == fields, name
     # The nested shapes are named too, not bare objects.
     assert _ref(schemas["Run"]["properties"]["output"]) == "Output"
-    assert set(schemas["Output"]["properties"]) == {"text", "messages", "tool_calls"}
+    assert set(schemas["Output"]["properties"]) == {
+        "text",
+        "messages",
+        "tool_calls",
+        "reasoning",
+        "interrupt",
+    }
+    assert _items_ref(openapi, "Output", "reasoning") == "Reasoning"
     assert _items_ref(openapi, "Output", "tool_calls") == "ToolCall"
     assert _items_ref(openapi, "RunList", "runs") == "Run"
     assert _items_ref(openapi, "EventsPage", "events") == "EventRecord"

@@ -41,12 +41,29 @@ class ToolCall(_Body):
     seq: int = Field(0, description="Seq of the call's tool_start.")
 
 
+class Reasoning(_Body):
+    message_id: str
+    content: str = ""
+    seq: int = Field(0, description="Seq of the reasoning's first chunk.")
+
+
+class Interrupt(_Body):
+    value: Any = None
+    interrupt_id: str | None = None
+
+
 class Output(_Body):
     """What the run has produced up to the snapshot's ``last_seq``."""
 
     text: str = ""
     messages: list[OutputMessage] = Field(default_factory=list)
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    reasoning: list[Reasoning] = Field(
+        default_factory=list, description="Reasoning the model streamed, per message."
+    )
+    interrupt: Interrupt | None = Field(
+        None, description="The run paused for input (LangGraph `interrupt()`): what it asks."
+    )
 
 
 class RunError(_Body):
@@ -55,7 +72,9 @@ class RunError(_Body):
 
 
 class Usage(_Body):
-    tokens: int = Field(description="Message chunks the run produced.")
+    tokens: int = Field(description="Message chunks the run produced (not model tokens).")
+    input_tokens: int | None = Field(None, description="Model input tokens, when reported.")
+    output_tokens: int | None = Field(None, description="Model output tokens, when reported.")
 
 
 class Run(_Body):
