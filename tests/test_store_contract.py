@@ -185,8 +185,9 @@ async def test_a_run_record_from_creation_to_its_end(backend: Backend) -> None:
         store.mark_running("r1", 11.0)
         store.append("r1", chunk_frame(1), None, RecordingSink())
         error = {"code": "agent_error", "message": "boom"}
+        usage = {"input_tokens": 7, "output_tokens": 9}
         store.finish_run(
-            "r1", FinalState("failed", "the agent raised", error, 3, 1, {"text": "x"}, 12.0)
+            "r1", FinalState("failed", "the agent raised", error, 3, 1, {"text": "x"}, 12.0, usage)
         )
         await store.flush()
         record = await store.get_run("r1")
@@ -194,6 +195,7 @@ async def test_a_run_record_from_creation_to_its_end(backend: Backend) -> None:
         assert (record.status, record.reason, record.error) == ("failed", "the agent raised", error)
         assert (record.started_at, record.ended_at, record.last_seq) == (11.0, 12.0, 1)
         assert (record.tokens, record.output) == (3, {"text": "x"})
+        assert record.usage == {"tokens": 3, "input_tokens": 7, "output_tokens": 9}
         assert await store.get_run("missing") is None
 
 

@@ -209,6 +209,7 @@ class RedisStore:
             "reason": final.reason or "",
             "error": orjson.dumps(final.error) if final.error else "",
             "tokens": final.tokens,
+            "usage": orjson.dumps({"tokens": final.tokens, **(final.usage or {})}),
             "output": orjson.dumps(final.output),
             "ended_at": repr(final.ended_at),
         }

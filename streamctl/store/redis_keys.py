@@ -233,4 +233,5 @@ def record_of(raw: dict[bytes, bytes]) -> RunRecord:
         error=json("error"),
         tokens=int(raw.get(b"tokens") or 0),
         purged_at=_opt_float(raw.get(b"purged_at")),
+        usage=json("usage") or {},
     )
