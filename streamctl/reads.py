@@ -15,7 +15,7 @@ from .broadcast import follow
 from .errors import CursorOutOfRange, RunNotFound, RunPurged, ThreadNotFound
 from .registry import LiveRuns
 from .remote import RemoteLogs
-from .runs import iso, record_json
+from .runs import RunOutput, iso, record_json, run_json
 from .settings import Settings
 from .shaping import Granularity
 from .stats import Counters
@@ -61,16 +61,38 @@ class RunReads:
         run = self.live.get(run_id, owner)
         if run is not None:
             return run.snapshot()
-        return record_json(await self.run_record(run_id, owner))
+        return await self._record_json(await self.run_record(run_id, owner))
+
+    async def _record_json(self, record: RunRecord) -> dict[str, Any]:
+        """A stored run as JSON. A run live on another process (a shared store) has no output in
+        its record yet: it is folded from its stored events, as its owner folds it."""
+        if self.remote is None or record.status not in ACTIVE_STATUSES:
+            return record_json(record)
+        out = RunOutput.fold(await self.store.read_frames(record.run_id, 0, record.last_seq))
+        return run_json(
+            run_id=record.run_id,
+            thread_id=record.thread_id,
+            status=record.status,
+            reason=None,
+            last_seq=out.last_seq,
+            output=out.as_json(),
+            error=out.error,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            ended_at=None,
+            tokens=out.tokens,
+            usage=out.usage,
+        )
 
     async def list_runs(
         self, owner: str | None, thread_id: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
         records = await self.store.list_runs(owner, thread_id, limit)
-        return [
-            run.snapshot() if (run := self.live.get(r.run_id, owner)) else record_json(r)
-            for r in records
-        ]
+        runs = []
+        for record in records:
+            live = self.live.get(record.run_id, owner)
+            runs.append(live.snapshot() if live else await self._record_json(record))
+        return runs
 
     async def events_page(
         self, run_id: str, owner: str | None, after: int, limit: int

@@ -88,6 +88,11 @@ def test_start_on_a_stream_from_b_stop_from_c_resume_on_any(
             if k == 3:
                 break
             (gates / str(k)).touch()  # token k reached B: A may emit the next one
+    # A waits for gate 3: its stored events are exactly these, and every node shows them.
+    for node in nodes:
+        run = client.get(f"{node.url}/v1/runs/{run_id}").json()
+        assert (run["status"], run["last_seq"]) == ("running", 4)
+        assert run["output"]["text"] == "token1 token2 token3 "
     stop = client.post(f"{c.url}/v1/runs/{run_id}/stop")  # C owns nothing
     assert stop.status_code == 200, stop.text
     assert stop.json()["stopping"] is False and stop.json()["status"] == "cancelled"
