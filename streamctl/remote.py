@@ -60,6 +60,12 @@ class RemoteLogs:
             self._tg.start_soon(self._read, log, name=f"streamctl follow {run_id}")
         return log
 
+    async def _still_stored(self, run_id: str) -> bool:
+        try:
+            return await self.store.get_run(run_id) is not None
+        except StreamctlError:
+            return True  # the store is down, not the run gone: try again
+
     async def _read(self, log: RunLog) -> None:
         try:
             while not log.closed:
@@ -76,9 +82,9 @@ class RemoteLogs:
                             if log.closed:
                                 return
                 except StreamctlError:
-                    logger.exception("following run %s failed; retrying", log.run_id)
-                    if not log.subscribers:
-                        return
+                    logger.exception("following run %s failed", log.run_id)
+                    if not log.subscribers or not await self._still_stored(log.run_id):
+                        return  # its streams end; a resume answers from what is stored
                     await anyio.sleep(RETRY_DELAY)
         finally:
             if self._logs.get(log.run_id) is log:

@@ -202,3 +202,27 @@ def test_connections_killed_by_redis_do_not_break_a_stream(
     assert data(received[-1])["status"] == "completed"
     run = client.get(f"{a.url}/v1/runs/{run_id}").json()
     assert run["output"]["text"] == "".join(f"token{k} " for k in range(1, tokens + 1))
+
+
+def test_a_store_that_lost_its_data_ends_streams_instead_of_leaving_them_silent(
+    nodes: Nodes, client: httpx.Client, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    a, b, _ = nodes
+    gates = tmp_path / "gates"
+    run_id = start(client, a, gates, tokens=5)
+    stream = events_of(client, b, run_id)
+    head = [next(stream), next(stream)]
+    with redis_server.client() as admin:
+        admin.flushall()  # as a restart without persistence: every run is gone
+    (gates / "1").touch()  # the owner's next write finds nothing: refused
+    rest = list(stream)  # B's stream ends: no silent stream that pings for ever
+    assert [e.event for e in head] == ["run", "message_chunk"] and rest == []
+    end = time.monotonic() + 15
+    while client.get(f"{a.url}/v1/runs/{run_id}").status_code != 404:
+        assert time.monotonic() < end, "the owner never gave the lost run up"
+        time.sleep(0.05)  # polling another process's state: nothing to wait on but time
+    for node in nodes:
+        assert client.get(f"{node.url}/v1/runs/{run_id}").status_code == 404
+        resumed = client.get(f"{node.url}/v1/runs/{run_id}/stream", headers={"Last-Event-ID": "2"})
+        assert resumed.status_code == 404
+    assert "is not in the store" in a.output() or "LOST" in a.output()

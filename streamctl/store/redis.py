@@ -51,7 +51,7 @@ CLOSE_TIMEOUT = 30.0
 
 SCRIPTS = (
     *("APPEND", "CREATE", "INDEX_RUN", "UPDATE", "FINISH", "INDEX_END"),
-    *("CLAIM", "RENEW", "RELEASE", "REQUEST_STOP"),
+    *("CLAIM", "RENEW", "RELEASE", "REQUEST_STOP", "PURGE"),
 )
 
 T = TypeVar("T")
@@ -302,11 +302,17 @@ class RedisStore:
                 continue
             failures = 0
             frames = [k.frame_of(eid, fields) for _, entries in reply for eid, fields in entries]
+            if not frames and not await self._call("following a run", self._exists(run_id)):
+                # A blocked XREAD on a key that is gone just blocks: never follow it silently.
+                raise StoreError(f"run {run_id!r} is no longer in the store (Redis lost it?)")
             yield frames
             if frames:
                 cursor = frames[-1].seq
                 if frames[-1].type == "done":
                     return
+
+    def _exists(self, run_id: str) -> Callable[[], Awaitable[int]]:
+        return lambda: self.redis.exists(k.meta(run_id))
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -323,7 +329,7 @@ class RedisStore:
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         raw = await self._call("reading a run", lambda: self.redis.hgetall(k.meta(run_id)))
-        return k.record_of(raw) if raw else None
+        return k.record_of(raw) if raw and b"run_id" in raw else None
 
     async def _records(self, run_ids: list[bytes]) -> list[RunRecord]:
         if not run_ids:
@@ -335,7 +341,8 @@ class RedisStore:
                 pipe.hgetall(k.meta(run_id.decode()))
             return await pipe.execute()  # type: ignore[no-any-return]
 
-        return [k.record_of(raw) for raw in await self._call("reading runs", read) if raw]
+        raws = await self._call("reading runs", read)
+        return [k.record_of(raw) for raw in raws if raw and b"run_id" in raw]
 
     async def list_runs(
         self, owner: str | None, thread_id: str | None = None, limit: int = 50
@@ -383,10 +390,8 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             for raw in due:
                 run_id = raw.decode()
-                if run_id in self.leases.owned:
-                    continue  # ours and alive: its renewal takes its lease again
-                pipe.delete(k.events(run_id))
-                pipe.hset(k.meta(run_id), "purged_at", repr(now))
+                keys = [k.meta(run_id), k.events(run_id)]
+                pipe.evalsha(self._scripts["PURGE"].sha, 2, *keys, repr(now))
                 pipe.zrem(k.ENDED, run_id)
             await pipe.execute()
             return len(due)

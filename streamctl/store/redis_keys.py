@@ -175,6 +175,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS meta, ev; ARGV now. Deletes a finished run's events, keeps its record (retention).
+PURGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'purged_at', ARGV[1])
+return 1
+"""
+
 # KEYS meta; ARGV (none). Marks a stop request; returns the owner node, or false if not active.
 REQUEST_STOP = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'node')
