@@ -28,6 +28,7 @@ from . import __version__
 from .errors import SettingsError
 from .logs import log_config
 from .settings import Settings
+from .workers import serve_workers, worker_socket
 
 logger = logging.getLogger("streamctl.server")
 
@@ -135,6 +136,8 @@ def serve(settings: Settings) -> int:
     """Run streamctl until SIGINT/SIGTERM; return the process exit status."""
     from .http import create_app
 
+    if settings.workers > 1:
+        return serve_workers(settings)
     if settings.auth == "none" and not _loopback(settings.host) and not settings.allow_no_auth:
         raise SettingsError(
             f"refusing to serve {settings.host} without authentication: set auth (api-key or"
@@ -160,5 +163,5 @@ def serve(settings: Settings) -> int:
     # of its way; cycles are still collected, just less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    server.run()
+    server.run(sockets=worker_socket(settings))
     return 0 if server.started else 1

@@ -130,6 +130,9 @@ class Settings(BaseModel):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", description="The Redis server of backend=redis."
     )
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes on one port (needs backend=redis)."
+    )
     redis_lease_seconds: float = Field(
         10.0,
         ge=0.3,
