@@ -12,7 +12,11 @@ measures:
    stored the final record) and until the ``done`` is read on A's stream; the same stop sent to
    the owner for comparison;
 3. takeover after ``kill -9``: run on A followed from B (lease ``--lease`` s, the issue's 3 s);
-   kill -9 A; the time until B's stream reads the ``done`` (status ``interrupted``).
+   kill -9 A; the time until B's stream reads the ``done`` (status ``interrupted``);
+4. with ``--workers-only``: events/s of many concurrent runs (``--runs`` runs of ``--tokens``
+   chunks at zero delay, started with ``POST /v1/runs``, no stream open: the store's write path)
+   on ``serve --backend redis --workers 2`` vs ``--workers 1``: the sum of the runs' ``last_seq``
+   over the time from the first POST until every run has ended (polled every 0.1 s).
 """
 
 from __future__ import annotations
@@ -186,6 +190,47 @@ def takeover(procs: Processes, redis_url: str, lease: float, samples: int) -> li
     return times
 
 
+def many_runs(url: str, runs: int, tokens: int) -> float:
+    """Events/s over ``runs`` concurrent zero-delay runs (no stream: the write path)."""
+    with httpx.Client(timeout=120) as client:
+        began = time.perf_counter()
+        run_ids = []
+        for _ in range(runs):  # a new connection each, so --workers spreads them
+            with httpx.Client(timeout=60) as fresh:
+                answer = fresh.post(
+                    url + "/v1/runs", json=body(tokens=tokens, delay_ms=0, tool=False)
+                )
+                run_ids.append(answer.json()["run_id"])
+        events = 0
+        for run_id in run_ids:
+            while True:
+                run = client.get(f"{url}/v1/runs/{run_id}").json()
+                if run["status"] not in ("queued", "running"):
+                    events += run["last_seq"]
+                    break
+                time.sleep(0.1)
+        return events / (time.perf_counter() - began)
+
+
+def workers_bench(procs: Processes, args: argparse.Namespace) -> dict[str, list[float]]:
+    redis_url = procs.redis()
+    results: dict[str, list[float]] = {}
+    for workers in (1, 2):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "streamctl", "serve", "--port", str(port)]
+        cmd += ["--log-level", "warning", "--backend", "redis", "--redis-url", redis_url]
+        cmd += ["--workers", str(workers)]
+        environ = {**os.environ, "STREAMCTL_RUNS_PER_MINUTE": "100000"}
+        proc = subprocess.Popen(cmd, env=environ, cwd=ROOT, stderr=subprocess.DEVNULL)
+        wait_ready(url, proc)
+        many_runs(url, 4, 500)  # warm-up
+        results[str(workers)] = [many_runs(url, args.runs, args.tokens) for _ in range(3)]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    return results
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -198,8 +243,24 @@ def main() -> None:
     parser.add_argument("--takeovers", type=int, default=3)
     parser.add_argument("--lease", type=float, default=3.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--workers-only", action="store_true")
+    parser.add_argument("--runs", type=int, default=16)
     args = parser.parse_args()
     results: dict[str, Any] = {}
+    if args.workers_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = Processes(Path(tmp))
+            try:
+                results = workers_bench(procs, args)
+            finally:
+                procs.close()
+        for workers, rates in results.items():
+            print(f"--workers {workers}: {statistics.median(rates):>10,.0f} events/s (median of 3)")
+        ratio = statistics.median(results["2"]) / statistics.median(results["1"])
+        print(f"ratio 2/1: {ratio:.2f}")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         procs = Processes(Path(tmp))
         try:
