@@ -6,6 +6,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .agents import Agent, AgentContext, Message, ScriptedAgent, demo_agent
+from .auth import Principal
 from .client import Client, ClientError
 from .errors import (
     CursorOutOfRange,
@@ -16,7 +17,7 @@ from .errors import (
     ThreadNotFound,
 )
 from .events import Done, ErrorEvent, MessageChunk, RunStarted, ToolEnd, ToolStart
-from .http import create_app
+from .http import Streamctl, create_app
 from .settings import Settings
 from .store import Store
 from .supervisor import Supervisor
@@ -32,11 +33,13 @@ __all__ = [
     "InvalidCursor",
     "Message",
     "MessageChunk",
+    "Principal",
     "RunNotFound",
     "RunStarted",
     "ScriptedAgent",
     "Settings",
     "Store",
+    "Streamctl",
     "StreamctlError",
     "Supervisor",
     "ThreadBusy",

@@ -90,6 +90,10 @@ class Authenticator:
         return self.mode != "none"
 
     def authenticate(self, token: str | None) -> Principal:
+        if token is not None and self.enabled and not _encodable(token):
+            # A JSON body may carry a lone surrogate ("\ud800"): no credential is one, and every
+            # check below encodes the token (hmac, PyJWT), which would raise, not answer 401.
+            raise AuthError("malformed_token", "the token is not valid UTF-8 text")
         if token is not None and token.startswith(STREAM_TOKEN_PREFIX) and self.enabled:
             return self._stream_principal(token)
         if not self.enabled:
@@ -104,7 +108,7 @@ class Authenticator:
         return Principal(name, admin=name in self.admins)
 
     def _key_principal(self, token: str) -> Principal:
-        given = token.encode("utf-8", "surrogateescape")
+        given = token.encode()
         found: str | None = None
         for key, name in self._keys:  # every key compared, in constant time each
             if hmac.compare_digest(key, given):
@@ -153,7 +157,12 @@ class Authenticator:
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._stream_key, payload.encode(), hashlib.sha256).digest())
 
-    def _stream_principal(self, token: str) -> Principal:
+    def expired_stream_principal(self, token: str) -> Principal:
+        """The principal of a stream token whose signature verifies, even past its ``exp``
+        (the caller decides whether the token's run still vouches for it)."""
+        return self._stream_principal(token, check_expiry=False)
+
+    def _stream_principal(self, token: str, *, check_expiry: bool = True) -> Principal:
         payload, _, signature = token[len(STREAM_TOKEN_PREFIX) :].partition(".")
         if not payload or not signature:
             raise AuthError("malformed_token", "the stream token is not well formed")
@@ -164,9 +173,17 @@ class Authenticator:
             run_id, subject, expires = claims["run"], claims["sub"], claims["exp"]
         except (ValueError, KeyError, TypeError) as exc:
             raise AuthError("malformed_token", "the stream token is not well formed") from exc
-        if expires < time.time():
+        if check_expiry and expires < time.time():
             raise AuthError("expired_token", "the stream token has expired")
         return Principal(subject, admin=subject in self.admins, stream_run=run_id)
+
+
+def _encodable(token: str) -> bool:
+    try:
+        token.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read(path: Path) -> str:

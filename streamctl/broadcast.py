@@ -15,16 +15,19 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.lowlevel
 
 from .events import Frame
-from .shaping import LAG_MERGE_FRAMES, Granularity, Shaper
+from .shaping import LAG_MERGE_FRAMES, MESSAGE_BUFFER_CHARS, Granularity, Shaper
 from .stats import Counters
 from .store.base import RunStore
 
-PING = b": ping\n\n"
+PING = b": ping\n"
+"""A comment line, ended by one newline (a blank line would dispatch an empty event)."""
 _MAX_FRAMES_PER_WRITE = 1024
-_MAX_FRAMES_PER_MERGED_WRITE = 65536
-"""Shaped (batched/message) writes merge chunks, so they may cover many more events at once."""
+_MAX_FRAMES_PER_MERGED_WRITE = 8192
+"""Shaped (batched/message) writes merge chunks, so they may cover more events at once; bounded
+so that one subscriber's merge (a JSON decode per chunk) holds the event loop a few ms at most."""
 _DB_PAGE = LAG_MERGE_FRAMES  # a full page from SQLite is, by definition, a lagging read
 
 
@@ -39,6 +42,7 @@ class RunLog:
         "bytes",
         "closed",
         "committed_seq",
+        "failure",
         "last_publish",
         "run_id",
         "subscribers",
@@ -60,6 +64,9 @@ class RunLog:
         self.committed_seq = committed_seq
         self.closed = False
         """True once the terminal event is committed: nothing will follow it."""
+        self.failure: bytes | None = None
+        """An SSE ``error`` without ``id:``: the store cannot write the run's end for now, so
+        each subscriber sends it once caught up, and closes (see ``fail``)."""
         self.subscribers = 0
         self.last_publish = time.monotonic()
         """When subscribers were last woken (the supervisor's heartbeat wakes idle logs)."""
@@ -96,6 +103,11 @@ class RunLog:
         del frames[:drop]
         self.bytes = size
 
+    def fail(self, sse: bytes) -> None:
+        """End every stream of the run with ``sse`` (not part of the log) once caught up."""
+        self.failure = sse
+        self.publish()
+
     def publish(self) -> None:
         """Wake every subscriber waiting on this log."""
         self.last_publish = time.monotonic()
@@ -131,6 +143,7 @@ async def follow(
     granularity: Granularity = "low",
     batch_ms: float = 50.0,
     heartbeat: bool = False,
+    message_buffer: int = MESSAGE_BUFFER_CHARS,
 ) -> AsyncIterator[bytes]:
     """Yield the SSE bytes of every committed event after ``cursor``, then the live tail.
 
@@ -141,7 +154,7 @@ async def follow(
     shaped by ``granularity`` (see ``shaping.py``).
     """
     counters = counters if counters is not None else Counters()
-    shaper = Shaper(granularity)
+    shaper = Shaper(granularity, message_buffer)
     pause = batch_ms / 1000 if granularity == "batched" else 0.0
     limit = _MAX_FRAMES_PER_WRITE if granularity == "low" else _MAX_FRAMES_PER_MERGED_WRITE
     counters.subscribers += 1
@@ -176,8 +189,15 @@ async def follow(
                         # Caught up: let the next chunks gather into one event. (Behind, the
                         # next read already has plenty to merge: no reason to wait.)
                         await anyio.sleep(pause)
+                else:
+                    # Nothing to send yet (a `message` stream holds text back): the next page
+                    # may be in memory too, so let the loop turn before merging it.
+                    await anyio.lowlevel.checkpoint()
                 continue
             if log is None or log.closed:
+                return
+            if log.failure is not None:
+                yield log.failure
                 return
             assert changed is not None
             if heartbeat:
@@ -192,6 +212,55 @@ async def follow(
             if not changed.is_set():
                 counters.pings += 1
                 yield PING
+    finally:
+        counters.subscribers -= 1
+        if log is not None:
+            log.subscribers -= 1
+
+
+async def follow_frames(
+    store: RunStore,
+    run_id: str,
+    log: RunLog | None,
+    cursor: int = 0,
+    *,
+    ping_interval: float,
+    counters: Counters,
+) -> AsyncIterator[list[Frame]]:
+    """As ``follow``, the frames themselves rather than our SSE bytes: what a protocol view
+    translates (``protocols/``). Yields batches in seq order and ends after the terminal event;
+    an empty batch means the run was idle for ``ping_interval`` (the caller writes its own
+    keep-alive). Relies on the supervisor's heartbeat, which publishes logs idle for half a ping
+    interval while they have subscribers, to wake an idle reader."""
+    counters.subscribers += 1
+    if log is not None:
+        log.subscribers += 1
+    last_write = time.monotonic()
+    try:
+        while True:
+            changed = log.changed if log is not None else None  # taken before reading
+            frames: list[Frame] | None
+            if log is None:
+                frames = await store.read_frames(run_id, cursor, cursor + _DB_PAGE)
+            else:
+                frames = log.frames_after(cursor, _MAX_FRAMES_PER_WRITE)
+                if frames is None:  # behind the in-memory tail: all of that is in the store
+                    frames = await store.read_frames(
+                        run_id, cursor, min(log.first_seq - 1, cursor + _DB_PAGE)
+                    )
+            if frames:
+                cursor = frames[-1].seq
+                yield frames
+                last_write = time.monotonic()
+                continue
+            if log is None or log.closed:
+                return
+            assert changed is not None
+            if time.monotonic() - last_write >= ping_interval:
+                counters.pings += 1
+                yield []
+                last_write = time.monotonic()
+            await changed.wait()
     finally:
         counters.subscribers -= 1
         if log is not None:

@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .agents.base import Agent
-from .errors import ThreadBusy, ThreadNotFound, Unavailable
+from .errors import RunIdTaken, ThreadBusy, ThreadNotFound, Unavailable
 from .events import TERMINAL_STATUSES, TerminalStatus
 from .inputs import RunCreate
 from .limits import RunCaps, check_input
@@ -89,23 +89,34 @@ class RunControl:
 
     # -- starting --------------------------------------------------------------------------------
 
-    async def start(self, request: RunCreate, owner: str) -> Run:
-        """Start (or queue) a run; return once its row and its first event are committed."""
+    async def start(self, request: RunCreate, owner: str, *, run_id: str | None = None) -> Run:
+        """Start (or queue) a run; return once its row and its first event are committed.
+
+        ``run_id``: an id the client chose (AG-UI's ``runId``); ``RunIdTaken`` if a run has it
+        already, live or stored, whoever's it is (the caller decides whether to join that run).
+        """
         if not self.accepting or self._tg is None:
             raise Unavailable("the server is not accepting new runs (starting up or shutting down)")
         settings = self.settings
         check_input(request, self.agent, settings)
+        # Threads are (owner, thread_id): another principal's `user-1` is not this one's, so a
+        # thread id can be neither probed nor squatted.
         thread_id = request.thread_id or new_id()
-        if request.thread_id is not None:
-            thread = await self.store.get_thread(thread_id)
-            if thread is not None and thread.owner != owner:
-                raise ThreadNotFound(thread_id)
-        ahead = await self._make_room(thread_id, owner, request.multitask)
+        if run_id is not None and (
+            self.live.get(run_id) is not None or await self.store.get_run(run_id) is not None
+        ):
+            raise RunIdTaken(run_id)  # before make_room: a taken id must not interrupt a run
+        ahead = await self._make_room(owner, thread_id, request.multitask)
         if not self.accepting:  # a drain began while this request awaited: it must not slip in
             raise Unavailable("the server is shutting down and accepts no new runs")
+        if run_id is not None and self.live.get(run_id) is not None:
+            # Checked with no await before registering: two starts of one id cannot both pass.
+            # (A run of that id that started and ended while this request awaited is not
+            # caught here: its stored row then makes this start fail in the store.)
+            raise RunIdTaken(run_id)
         self.caps.check(owner)
         run = Run(
-            run_id=new_id(),
+            run_id=run_id or new_id(),
             thread_id=thread_id,
             owner=owner,
             input=request.input.model_dump(),
@@ -133,13 +144,11 @@ class RunControl:
         self.stats.started += 1
         return run
 
-    async def _make_room(self, thread_id: str, owner: str, multitask: str) -> list[Run]:
+    async def _make_room(self, owner: str, thread_id: str, multitask: str) -> list[Run]:
         """Apply ``multitask`` to a busy thread. Returns the runs to queue behind (enqueue)."""
-        queue = self.live.on_thread(thread_id)
+        queue = self.live.on_thread(owner, thread_id)
         if not queue:
             return []
-        if queue[0].owner != owner:  # a thread another principal is creating right now
-            raise ThreadNotFound(thread_id)
         if multitask == "enqueue":
             return queue
         if multitask == "interrupt":
@@ -148,7 +157,7 @@ class RunControl:
             with anyio.move_on_after(self.settings.stop_timeout):
                 for run in queue:
                     await run.finished.wait()
-            active = self.live.active(thread_id)
+            active = self.live.active(owner, thread_id)
             if active is None:
                 return []
             raise ThreadBusy(
@@ -216,13 +225,14 @@ class RunControl:
             self.stats.stop_requests += 1
             run.request_stop("cancelled", "stopped by request")
 
-    async def stop_thread(self, thread_id: str, owner: str | None) -> tuple[dict[str, Any], bool]:
-        """Stop the thread's active run; with none active, return its last run's final state."""
-        active = self.live.active(thread_id)
-        if active is not None and owner in (None, active.owner):
+    async def stop_thread(self, owner: str, thread_id: str) -> tuple[dict[str, Any], bool]:
+        """Stop the thread ``(owner, thread_id)``'s active run; with none active, return its last
+        run's final state. The caller has checked that it may address ``owner``'s threads."""
+        active = self.live.active(owner, thread_id)
+        if active is not None:
             return await self.stop(active.run_id, owner)
-        await self.reads.thread_record(thread_id, owner)
-        last = await self.store.list_runs(None, thread_id, limit=1)
+        await self.reads.thread_record(owner, thread_id)
+        last = await self.store.thread_runs(owner, thread_id, limit=1)
         if not last:
             raise ThreadNotFound(thread_id)
         if isinstance(self.store, SharedStore) and last[0].status in ACTIVE_STATUSES:

@@ -75,6 +75,16 @@ class ThreadBusy(StreamctlError):
         self.active_run_id = active_run_id
 
 
+class RunIdTaken(StreamctlError):
+    """A client-chosen run id (AG-UI's ``runId``) that names another principal's run, or a run of
+    another thread (HTTP 409)."""
+
+    code = "run_id_taken"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run id {run_id!r} is already in use; choose another")
+
+
 class InvalidCursor(StreamctlError):
     code = "invalid_cursor"
 
@@ -127,6 +137,12 @@ class AgentNotFound(StreamctlError):
 
 class StoreError(StreamctlError):
     code = "store_error"
+
+
+class DatabaseInUse(StoreError):
+    """Another process holds the database's lock (``store/lock.py``): one process owns it."""
+
+    code = "database_in_use"
 
 
 class InvalidAgentConfig(StreamctlError):

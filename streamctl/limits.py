@@ -3,6 +3,7 @@
 - ``check_input``: a run's input (number and length of messages; the agent's own options).
 - ``RunCaps``: runs at once (server-wide and per principal) and runs started per minute.
 - ``StreamCaps``: open streams per principal.
+- ``history_window``: the part of a thread's history an agent receives.
 
 Each check and its claim are one synchronous step, so a burst of parallel requests cannot slip
 past a cap. The request body's size is capped at the HTTP edge (``BodyLimit``).
@@ -14,7 +15,7 @@ import math
 import time
 from collections import deque
 
-from .agents.base import Agent
+from .agents.base import Agent, Message
 from .errors import InvalidInput, TooManyRuns, TooManyStreams
 from .inputs import RunCreate
 from .registry import LiveRuns
@@ -80,6 +81,9 @@ class RunCaps:
         self.settings = settings
         self._live = live
         self._rate = SlidingWindow(settings.runs_per_minute, 60.0)
+        self.per_principal = settings.auth != "none"
+        """Whether the per-principal caps apply: with auth=none everyone is one principal
+        (``anonymous``), and a per-principal cap would cap the whole server."""
 
     def check(self, owner: str) -> None:
         """``TooManyRuns`` past a cap; otherwise the start counts against the rate."""
@@ -88,6 +92,8 @@ class RunCaps:
             raise TooManyRuns(
                 f"the server is running its maximum of {settings.max_runs} runs; retry shortly"
             )
+        if not self.per_principal:
+            return
         if self._live.count(owner) >= settings.max_runs_per_owner:
             raise TooManyRuns(
                 f"you have {settings.max_runs_per_owner} active runs, the most allowed at once;"
@@ -108,11 +114,13 @@ class StreamCaps:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._held: dict[str, int] = {}
+        self.per_principal = settings.auth != "none"
+        """As ``RunCaps.per_principal``: streams are still counted, not capped, without it."""
 
     def open(self, owner: str) -> None:
         """Count a stream the principal opens; ``TooManyStreams`` past the cap."""
         held = self._held.get(owner, 0)
-        if held >= self.settings.max_streams_per_owner:
+        if self.per_principal and held >= self.settings.max_streams_per_owner:
             raise TooManyStreams(
                 f"you have {held} streams open, the most allowed at once; close one first"
             )
@@ -133,3 +141,17 @@ class StreamCaps:
     def total(self) -> int:
         """Streams open right now, every principal's."""
         return sum(self._held.values())
+
+
+def history_window(messages: list[Message], count: int, size: int) -> list[Message]:
+    """The latest whole ``messages`` that fit in ``count`` messages and ``size`` bytes (UTF-8 of
+    their content), oldest first."""
+    kept: list[Message] = []
+    total = 0
+    for message in reversed(messages):
+        total += len(message.content.encode("utf-8", "surrogatepass"))
+        if len(kept) == count or total > size:
+            break
+        kept.append(message)
+    kept.reverse()
+    return kept

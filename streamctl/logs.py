@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import unquote_plus
 
 LogFormat = Literal["text", "json"]
 TRACE = 5
 
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
+_REDACTED = "[redacted]"
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS = frozenset(
@@ -79,14 +79,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+def redact_query(target: str) -> str:
+    """``target`` (a request's path and query) with the value of every ``token`` parameter
+    replaced. The query is split as the server parses it (``&``, then percent- and plus-decoded
+    names), so ``?%74oken=`` or ``?tok%65n=``, which the server reads as ``token``, are redacted
+    too: matching the raw text missed them."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    parts = []
+    for part in query.split("&"):
+        name, eq, _ = part.partition("=")
+        if unquote_plus(name) == "token":
+            part = f"{name}={_REDACTED}" if eq else part
+        parts.append(part)
+    return f"{path}?{'&'.join(parts)}"
+
+
 class RedactTokens(logging.Filter):
     """Keep stream tokens (``?token=…``) out of the access log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1[redacted]", a) if isinstance(a, str) else a
-                for a in record.args
+                redact_query(a) if isinstance(a, str) and "?" in a else a for a in record.args
             )
         return True
 

@@ -95,6 +95,21 @@ class Collector:
             store.commit_seconds,
         )
         yield CounterMetricFamily(
+            "streamctl_commits_failed",
+            "Group commits that failed (their runs end failed, store_error).",
+            value=store.failed_batches,
+        )
+        yield CounterMetricFamily(
+            "streamctl_backpressure_waits",
+            "Times a run's agent waited for the store to commit its backlog.",
+            value=store.backpressure_waits,
+        )
+        yield GaugeMetricFamily(
+            "streamctl_backlog_events_max",
+            "Largest uncommitted backlog of one run so far, in events.",
+            value=store.max_backlog_events,
+        )
+        yield CounterMetricFamily(
             "streamctl_runs_purged", "Runs whose events retention deleted.", value=stats.purged
         )
 

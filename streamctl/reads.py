@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .broadcast import follow
-from .errors import CursorOutOfRange, RunNotFound, RunPurged, ThreadNotFound
+from .broadcast import follow, follow_frames
+from .errors import CursorOutOfRange, InvalidCursor, RunNotFound, RunPurged, ThreadNotFound
+from .events import Frame
 from .registry import LiveRuns
 from .remote import RemoteLogs
 from .runs import RunOutput, iso, record_json, run_json
@@ -25,7 +26,8 @@ from .store.base import ACTIVE_STATUSES, RunRecord, RunStore, ThreadRecord
 class RunReads:
     """Snapshots, event pages, run and thread streams, threads. ``owner`` scopes every lookup:
     another principal's run or thread is not found, exactly like a missing one; ``None`` (an
-    admin) sees everything."""
+    admin) sees every run. A thread is ``(owner, thread_id)``: thread lookups take the owner whose
+    namespace is addressed (the HTTP layer decides whom a principal may address)."""
 
     def __init__(
         self,
@@ -49,10 +51,10 @@ class RunReads:
             raise RunNotFound(run_id)
         return record
 
-    async def thread_record(self, thread_id: str, owner: str | None) -> ThreadRecord:
-        """The thread's stored record; ``ThreadNotFound`` if missing or another principal's."""
-        thread = await self.store.get_thread(thread_id)
-        if thread is None or owner not in (None, thread.owner):
+    async def thread_record(self, owner: str, thread_id: str) -> ThreadRecord:
+        """The thread's stored record; ``ThreadNotFound`` if ``owner`` has no such thread."""
+        thread = await self.store.get_thread(owner, thread_id)
+        if thread is None:
             raise ThreadNotFound(thread_id)
         return thread
 
@@ -85,9 +87,13 @@ class RunReads:
         )
 
     async def list_runs(
-        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
     ) -> list[dict[str, Any]]:
-        records = await self.store.list_runs(owner, thread_id, limit)
+        records = await self.store.list_runs(owner, thread_id, limit, status)
         runs = []
         for record in records:
             live = self.live.get(record.run_id, owner)
@@ -153,16 +159,50 @@ class RunReads:
             granularity=granularity,
             batch_ms=self.settings.batch_ms,
             heartbeat=True,
+            message_buffer=self.settings.max_message_buffer,
         )
 
-    async def get_thread(self, thread_id: str, owner: str | None) -> dict[str, Any]:
-        """The thread's checkpoint: every run's input and assistant output, and its active run."""
-        thread = await self.thread_record(thread_id, owner)
+    async def run_frames(
+        self, run_id: str, owner: str | None
+    ) -> tuple[dict[str, Any], AsyncIterator[list[Frame]]]:
+        """The run's snapshot and its committed frames from the first on, then its live tail
+        (``broadcast.follow_frames``): what a protocol view translates. A translator keeps
+        state, so a view always reads a run from its first frame."""
+        run = self.live.get(run_id, owner)
+        snapshot = run.snapshot() if run is not None else await self.get_run(run_id, owner)
+        if run is None:
+            run = self.live.get(run_id, owner)  # it may have started meanwhile (a chosen id)
+        if run is None and snapshot["events_purged_at"] is not None and snapshot["last_seq"] > 0:
+            raise RunPurged(run_id, snapshot["events_purged_at"])
+        frames = follow_frames(
+            self.store,
+            run_id,
+            run.log if run is not None else None,
+            ping_interval=self.settings.ping_interval,
+            counters=self.counters,
+        )
+        return snapshot, frames
+
+    async def get_thread(
+        self, owner: str, thread_id: str, limit: int | None = None, before: str | None = None
+    ) -> dict[str, Any]:
+        """The thread's checkpoint: its runs' inputs and assistant outputs, and its active run.
+        A page: the newest ``limit`` runs created before the run ``before`` (oldest first);
+        ``has_more`` says whether older runs remain, fetched with ``before=next_before``."""
+        thread = await self.thread_record(owner, thread_id)
+        if before is not None:
+            anchor = await self.store.get_run(before)
+            if anchor is None or (anchor.owner, anchor.thread_id) != (owner, thread_id):
+                raise InvalidCursor(f"before={before!r} is not a run of this thread")
+        page = None if limit is None else limit + 1  # one more says whether older runs remain
+        records = await self.store.thread_runs(owner, thread_id, limit=page, before=before)
+        has_more = limit is not None and len(records) > limit
+        if has_more:
+            records = records[1:]
         messages: list[dict[str, Any]] = []
         runs = []
-        for record in await self.store.thread_runs(thread_id):
-            live = self.live.get(record.run_id, owner)
-            run = live.snapshot() if live is not None else record_json(record)
+        for record in records:
+            run = self._json(record, owner)
             runs.append(run)
             for message in record.input["messages"]:
                 messages.append({**message, "run_id": run["run_id"]})
@@ -175,30 +215,40 @@ class RunReads:
                     "output": run["output"],
                 }
             )
-        active = self.live.active(thread_id)
+        active = self.live.active(owner, thread_id)
+        last_run = runs[-1] if runs else None
+        if before is not None:  # the thread's last run, not the page's
+            newest = await self.store.thread_runs(owner, thread_id, limit=1)
+            last_run = self._json(newest[0], owner) if newest else None
         return {
             "thread_id": thread_id,
             "created_at": iso(thread.created_at),
             "messages": messages,
             "active_run": active.snapshot() if active is not None else None,
-            "last_run": runs[-1] if runs else None,
+            "last_run": last_run,
+            "has_more": has_more,
+            "next_before": runs[0]["run_id"] if has_more else None,
         }
+
+    def _json(self, record: RunRecord, owner: str | None) -> dict[str, Any]:
+        live = self.live.get(record.run_id, owner)
+        return live.snapshot() if live is not None else record_json(record)
 
     async def subscribe_thread(
         self,
+        owner: str,
         thread_id: str,
-        owner: str | None,
         cursor: tuple[str, int] | None,
         granularity: Granularity = "low",
     ) -> AsyncIterator[bytes] | None:
         """Follow the thread: after ``cursor`` (``(run_id, seq)``) in its run, then the thread's
         next run; without a cursor, its active run. Ids are ``run_id:seq``. None: nothing left."""
-        await self.thread_record(thread_id, owner)
+        await self.thread_record(owner, thread_id)
         if cursor is None:
-            active = self.live.active(thread_id)
+            active = self.live.active(owner, thread_id)
             active_id = active.run_id if active is not None else None
             if active_id is None and self.remote is not None:  # active on another process?
-                last = await self.store.list_runs(None, thread_id, limit=1)
+                last = await self.store.thread_runs(owner, thread_id, limit=1)
                 if last and last[0].status in ACTIVE_STATUSES:
                     active_id = last[0].run_id
             if active_id is None:
@@ -216,7 +266,7 @@ class RunReads:
         if stream is not None:
             return stream
         # That run is over and fully read: go on with the thread's next run, if there is one.
-        following = await self.store.next_run_on_thread(thread_id, run_id)
+        following = await self.store.next_run_on_thread(owner, thread_id, run_id)
         if following is None:
             return None
         return await self.subscribe(

@@ -1,6 +1,7 @@
-"""The runs alive in this process: by id, by thread (the active run, then the queued ones) and
-per principal. Pure bookkeeping, no awaits: adding a run is one synchronous step after the caps
-are checked, so concurrent starts cannot slip between a check and its claim."""
+"""The runs alive in this process: by id, by thread (the active run, then the queued ones; a
+thread is ``(owner, thread_id)``) and per principal. Pure bookkeeping, no awaits: adding a run
+is one synchronous step after the caps are checked, so concurrent starts cannot slip between a
+check and its claim."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ class LiveRuns:
 
     def __init__(self) -> None:
         self._by_id: dict[str, Run] = {}
-        self._threads: dict[str, list[Run]] = {}
+        self._threads: dict[tuple[str, str], list[Run]] = {}
         """Each busy thread's live runs: the active one first, then the queued ones."""
         self._per_owner: dict[str, int] = {}
 
@@ -30,13 +31,13 @@ class LiveRuns:
         run = self._by_id.get(run_id)
         return run if run is not None and owner in (None, run.owner) else None
 
-    def on_thread(self, thread_id: str) -> list[Run]:
+    def on_thread(self, owner: str, thread_id: str) -> list[Run]:
         """The thread's live runs, oldest first (a copy)."""
-        return list(self._threads.get(thread_id, ()))
+        return list(self._threads.get((owner, thread_id), ()))
 
-    def active(self, thread_id: str) -> Run | None:
+    def active(self, owner: str, thread_id: str) -> Run | None:
         """The thread's running run (or the first queued one)."""
-        queue = self._threads.get(thread_id)
+        queue = self._threads.get((owner, thread_id))
         return queue[0] if queue else None
 
     def count(self, owner: str) -> int:
@@ -45,18 +46,19 @@ class LiveRuns:
 
     def add(self, run: Run) -> None:
         self._by_id[run.run_id] = run
-        self._threads.setdefault(run.thread_id, []).append(run)
+        self._threads.setdefault((run.owner, run.thread_id), []).append(run)
         self._per_owner[run.owner] = self._per_owner.get(run.owner, 0) + 1
 
     def remove(self, run: Run) -> None:
         """Forget the run (idempotent)."""
         if self._by_id.pop(run.run_id, None) is None:
             return
-        queue = self._threads.get(run.thread_id, [])
+        key = (run.owner, run.thread_id)
+        queue = self._threads.get(key, [])
         if run in queue:
             queue.remove(run)
         if not queue:
-            self._threads.pop(run.thread_id, None)
+            self._threads.pop(key, None)
         left = self._per_owner.get(run.owner, 1) - 1
         if left:
             self._per_owner[run.owner] = left

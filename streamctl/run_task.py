@@ -34,16 +34,25 @@ from .events import (
     ToolStart,
     Usage,
 )
+from .limits import history_window
 from .runs import Run, RunOutput
 from .settings import Settings
 from .store.base import ACTIVE_STATUSES, FinalState, NewRun, RunStore
+
+AGENT_ERROR_MESSAGE = "the agent failed; the server's log has the details"
+"""What clients see of an agent's exception (its text goes to the log only)."""
 
 logger = logging.getLogger("streamctl.run_task")
 
 _FINISH_TIMEOUT = 30.0
 """Upper bound on the shielded clean-up of one run (flush, terminal event, final row)."""
 
-_CHECKPOINT_EVERY = 128
+_RETRY_BACKOFF = (0.1, 5.0)
+"""Retrying a failed store's terminal events: the first delay, doubling up to the second."""
+
+_STORE_LOST = "the store could not write the run's events"
+
+_CHECKPOINT_EVERY = 32
 """Events an agent may emit without awaiting before the run yields to the event loop once."""
 
 Outcome = tuple[TerminalStatus, str, dict[str, str] | None]
@@ -67,12 +76,14 @@ class RunTask:
     ) -> None:
         """The run's task. Reports started once its row and first event are committed."""
         store = self.store
+        run.max_backlog_events = self.settings.max_backlog_events
+        run.max_backlog_bytes = self.settings.max_backlog_bytes
         status = "queued" if run.ahead else "running"
         history = None
         if not run.ahead:
             # Read before the start is reported, so the agent starts at once; a queued run reads
             # it once the runs ahead of it (whose output belongs in it) have ended.
-            history = await self._history(run.thread_id, run.run_id)
+            history = await self._history(run)
             run.started_at = time.time()
         store.create_run(
             NewRun(
@@ -102,19 +113,24 @@ class RunTask:
         # If the supervisor itself is cancelled (it should not be: shutdown stops runs first),
         # the run still ends with a terminal event.
         outcome: Outcome = ("interrupted", "the server stopped the run", None)
+        lost: StreamctlError | None = None
         try:
             outcome = await self._drive(run, history)
         finally:
             with anyio.move_on_after(_FINISH_TIMEOUT, shield=True):
                 try:
                     await self._finish(run, outcome)
-                except StreamctlError:
+                except StreamctlError as exc:
                     # The store failed under this run (disk full, ...): contain it here, so the
-                    # supervisor and every other run go on. Its row stays active, so the next
-                    # start finalises it; its streams end now instead of waiting for ever.
-                    logger.exception("run %s: its terminal event could not be stored", run.run_id)
-                    run.log.closed = True
-                    run.log.publish()
+                    # supervisor and every other run go on. Its streams end now, with an error
+                    # they cannot resume past; its terminal events are retried below.
+                    logger.error(
+                        "run %s: its terminal events could not be stored: %s", run.run_id, exc
+                    )
+                    run.streams_failed(exc)
+                    lost = exc
+        if lost is not None:
+            await self._retry_finish(run, lost)
 
     async def _drive(self, run: Run, history: list[Message] | None) -> Outcome:
         """Run the agent inside the run's own cancel scope; say how the run ended."""
@@ -130,7 +146,7 @@ class RunTask:
                     run.started_at = time.time()
                     self.store.mark_running(run.run_id, run.started_at)
                     run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id))
-                    history = await self._history(run.thread_id, run.run_id)
+                    history = await self._history(run)
                 assert history is not None
                 run.last_event_at = time.time()
                 self._tg.start_soon(self._watch, run)
@@ -141,8 +157,9 @@ class RunTask:
             logger.error("run %s failed: %s", run.run_id, exc)
             return "failed", exc.message, {"code": exc.code, "message": exc.message}
         except Exception as exc:  # the per-run boundary: one agent's failure is its run's alone
-            logger.warning("run %s: agent failed", run.run_id, exc_info=True)
-            message = f"{type(exc).__name__}: {exc}"
+            # The exception's text stays in the log: upstream errors carry URLs, keys, prompts.
+            logger.warning("run %s: agent failed: %r", run.run_id, exc, exc_info=True)
+            message = AGENT_ERROR_MESSAGE
             return (
                 "failed",
                 "the agent raised an error",
@@ -152,16 +169,25 @@ class RunTask:
             return run.stop_status, run.stop_reason, None
         return "completed", "the agent finished", None
 
-    async def _history(self, thread_id: str, run_id: str) -> list[Message]:
-        """The thread's finished runs before this one, as the conversation the agent continues."""
+    async def _history(self, run: Run) -> list[Message]:
+        """The thread's finished runs before this one, as the conversation the agent continues:
+        only its latest messages (``history_messages``, ``history_bytes``), so a new run's cost
+        does not grow with the thread. Each finished run gives at least one message, so the
+        latest ``history_messages`` runs hold every message the window can keep."""
+        count = self.settings.history_messages
+        if count == 0:
+            return []
+        records = await self.store.thread_runs(
+            run.owner, run.thread_id, limit=count, before=run.run_id
+        )
         history: list[Message] = []
-        for record in await self.store.thread_runs(thread_id):
-            if record.run_id == run_id or record.status in ACTIVE_STATUSES:
+        for record in records:
+            if record.run_id == run.run_id or record.status in ACTIVE_STATUSES:
                 continue
             history += [Message(**m) for m in record.input["messages"]]
             text = record.output["text"] if record.output is not None else ""
             history.append(Message(role="assistant", content=text))
-        return history
+        return history_window(history, count, self.settings.history_bytes)
 
     async def _iterate(self, run: Run, history: list[Message]) -> None:
         """Emit what the agent yields; count steps (new messages, tool calls) against the limit."""
@@ -204,7 +230,9 @@ class RunTask:
                     raise RecursionLimitExceeded(f"the run took more than {limit} steps")
                 run.emit(event)
                 emitted += 1
-                if emitted % _CHECKPOINT_EVERY == 0:
+                if run.backlogged:  # the store is behind: the agent waits (backpressure)
+                    await run.backlog_drained()
+                elif emitted % _CHECKPOINT_EVERY == 0:
                     # An agent that never awaits (a burst, a cached answer) would otherwise hold
                     # the loop until it ends: the writer, subscribers and stops get a turn.
                     await anyio.lowlevel.checkpoint()
@@ -224,9 +252,47 @@ class RunTask:
         if run.broken is not None:
             # The store lost some of this run's events. No subscriber ever saw them (commit
             # before send), so the run numbers on from its last stored event: ids stay dense.
-            status, reason = "failed", "the store lost some of the run's events"
+            status, reason = "failed", _STORE_LOST
             error = {"code": "store_error", "message": run.broken.message}
             run.last_seq, run.broken = run.output.last_seq, None
+        await self._terminal(run, status, reason, error)
+
+    async def _retry_finish(self, run: Run, lost: StreamctlError) -> None:
+        """The store could not write the run's terminal events: retry them (with backoff) until
+        it can, for at most ``store_retry_seconds``. Meanwhile the run stays live, and its
+        snapshot, pages and streams show what is stored. Not shielded: a shutdown cancels the
+        retry, and the next start finalises the run from its stored events."""
+        delay, give_up = _RETRY_BACKOFF[0], time.monotonic() + self.settings.store_retry_seconds
+        error = {"code": "store_error", "message": lost.message}
+        while time.monotonic() + delay <= give_up:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _RETRY_BACKOFF[1])
+            # Whatever the last attempt queued is lost: number on from the last stored event.
+            run.last_seq, run.broken = run.output.last_seq, None
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._terminal(run, "failed", _STORE_LOST, error)
+            except StreamctlError as exc:
+                logger.info("run %s: the store still fails (%s); retrying", run.run_id, exc)
+                continue
+            run.log.failure = None
+            logger.warning("run %s: its terminal events are stored at last", run.run_id)
+            return
+        logger.error(
+            "run %s: the store failed for %g s; the next start finalises it",
+            run.run_id,
+            self.settings.store_retry_seconds,
+        )
+
+    async def _terminal(
+        self,
+        run: Run,
+        status: TerminalStatus,
+        reason: str,
+        error: dict[str, str] | None,
+    ) -> None:
+        """Emit the run's ``error`` (if any) and ``done``, queue its final row, flush."""
+        store = self.store
         if error is not None:
             run.emit(ErrorEvent(code=error["code"], message=error["message"]))
         run.ended_at = time.time()

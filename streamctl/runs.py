@@ -19,14 +19,33 @@ import anyio
 import orjson
 
 from .broadcast import RunLog
-from .errors import StoreError
-from .events import Frame, RunStatus, TerminalStatus, _Event
+from .errors import StoreError, StreamctlError
+from .events import ErrorEvent, Frame, RunStatus, TerminalStatus, _Event
 from .store.base import RunRecord, RunStore
 
 
 def iso(ts: float | None) -> str | None:
     """Unix seconds as an ISO 8601 UTC string."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+class TextParts(list[str]):
+    """A message's text as parts, compacted as it grows: every ``_COMPACT`` parts become one
+    string, so a run of a million chunks holds its text, not a million small objects."""
+
+    __slots__ = ("_joined",)
+    _COMPACT = 4096
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._joined = 0
+        """Parts before this index are already compacted blocks."""
+
+    def append(self, part: str) -> None:
+        super().append(part)
+        if len(self) - self._joined >= self._COMPACT:
+            self[self._joined :] = ["".join(self[self._joined :])]
+            self._joined += 1
 
 
 class RunOutput:
@@ -48,7 +67,7 @@ class RunOutput:
     )
 
     def __init__(self, status: RunStatus = "running") -> None:
-        self._parts: list[str] = []
+        self._parts: list[str] = TextParts()
         self._messages: dict[str, list[str]] = {}
         self._message_seq: dict[str, int] = {}
         """Seq of each message's first chunk, so clients can order text and tool calls."""
@@ -70,7 +89,7 @@ class RunOutput:
             self._parts.append(content)
             parts = self._messages.get(data["message_id"])
             if parts is None:
-                parts = self._messages[data["message_id"]] = []
+                parts = self._messages[data["message_id"]] = TextParts()
                 self._message_seq[data["message_id"]] = seq
             parts.append(content)
             self.tokens += 1
@@ -167,10 +186,17 @@ class Run:
     """Set when the run's task has exited: its terminal event is committed and its agent is gone."""
     usage: dict[str, int] = field(default_factory=dict)
     """Model tokens the agent reported so far (its ``Usage`` events added up), for ``done``."""
+    max_backlog_events: int = 2000
+    max_backlog_bytes: int = 4 * 1024 * 1024
+    """Bounds on the run's uncommitted events: past either, its task waits at the next emit."""
+    backlog_events: int = 0
+    backlog_bytes: int = 0
+    """Events emitted and not committed yet (nor lost), and their SSE bytes."""
 
     def __post_init__(self) -> None:
         self.log = RunLog(self.run_id, self.tail_events, tail_bytes=self.tail_bytes)
         self.output = RunOutput()
+        self._drained: anyio.Event | None = None
 
     # -- writing (the run's task only) -----------------------------------------------------------
 
@@ -184,22 +210,67 @@ class Run:
         self.last_seq = seq
         self.last_event_at = now
         self.store.append(self.run_id, frame, event, self)
+        self.backlog_events += 1
+        self.backlog_bytes += len(frame.sse)
         return seq
+
+    @property
+    def backlogged(self) -> bool:
+        """True once the uncommitted backlog is past a bound: the next emit must wait
+        (``backlog_drained``). Two integer compares, so that an emit below it stays cheap."""
+        return (
+            self.backlog_events > self.max_backlog_events
+            or self.backlog_bytes > self.max_backlog_bytes
+        )
+
+    async def backlog_drained(self) -> None:
+        """Wait until the store has caught up with this run: its backlog is down to half of
+        both bounds (hysteresis: one wait per half a bound, not one per event). Backpressure:
+        the agent is not advanced meanwhile. Cancelled by ``stop`` like any await of the run."""
+        self.store.stats.backpressure_waits += 1
+        try:
+            while not self._below_half():
+                self._drained = anyio.Event()
+                await self._drained.wait()
+        finally:
+            self._drained = None
+
+    def _below_half(self) -> bool:
+        return (
+            self.backlog_events <= self.max_backlog_events // 2
+            and self.backlog_bytes <= self.max_backlog_bytes // 2
+        )
 
     # -- CommitSink: called by the store's writer after each commit ------------------------------
 
     def committed(self, frame: Frame, event: object) -> None:
         self.log.add(frame)
         self.output.apply(frame.seq, frame.type, event.__dict__)
+        self.backlog_events -= 1
+        self.backlog_bytes -= len(frame.sse)
 
     def publish(self) -> None:
         self.log.publish()
+        if self._drained is not None and self._below_half():
+            self._drained.set()
 
-    def failed(self, error: Exception) -> None:
-        """The store lost a batch holding this run's events: it must stop here. Nothing more
-        is numbered (no gap in its ids); the next start finalises it from what was stored."""
+    def failed(self, error: BaseException) -> None:
+        """The store lost a batch holding this run's events (and dropped the rest it had queued):
+        it must stop here. Nothing more is numbered past the hole; its terminal events number on
+        from its last stored event (``RunTask``)."""
         self.broken = StoreError(f"the store lost events of run {self.run_id!r}: {error}")
+        self.backlog_events = self.backlog_bytes = 0
+        if self._drained is not None:
+            self._drained.set()
         self.request_stop("failed", "the store failed")
+
+    def streams_failed(self, error: StreamctlError) -> None:
+        """The store cannot write the run's terminal events (yet): end its streams with an
+        ``error`` event that has no ``id:`` (it is not in the log, so no cursor moves past what
+        is stored); a later resume gets the stored terminal events."""
+        event = ErrorEvent(code="store_error", message=error.message)
+        sse = Frame.encode(0, event, time.time()).sse
+        self.log.fail(sse[sse.index(b"\n") + 1 :])
 
     # -- control ---------------------------------------------------------------------------------
 

@@ -10,17 +10,17 @@ receives its ``done`` and closes; then uvicorn's own shutdown finds nothing left
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ipaddress
 import logging
 import logging.config
+import signal
 import socket
 import struct
-import time
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
-import anyio
 import uvicorn
 from fastapi import FastAPI
 
@@ -28,6 +28,7 @@ from . import __version__
 from .errors import SettingsError
 from .logs import log_config
 from .settings import Settings
+from .store.lock import DatabaseLock
 from .workers import serve_workers, worker_socket
 
 logger = logging.getLogger("streamctl.server")
@@ -61,8 +62,12 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        embedding = getattr(self.app.state, "embedding", None)
+        if embedding is not None:
+            embedding.drain_on_signal = False  # `shutdown` below drains, before uvicorn waits
         await super().startup(sockets)
         self.app.state.abort_connection = self._abort_connection
+        self.app.state.unsent_probe = self._unsent_probe
         if self.started:
             self._banner()
 
@@ -93,6 +98,35 @@ class Server(uvicorn.Server):
         settings = {k: ("[set]" if k in _SECRETS and v else v) for k, v in values.items()}
         logger.debug("settings: %s", settings)
 
+    def _transport(self, client: tuple[str, int] | None) -> asyncio.Transport | None:
+        for connection in list(self.server_state.connections):
+            if client is not None and getattr(connection, "client", None) == client:
+                transport: asyncio.Transport | None = getattr(connection, "transport", None)
+                return transport
+        return None
+
+    def _unsent_probe(self, client: tuple[str, int] | None) -> Callable[[], int] | None:
+        """For the connection of ``client``: a function giving the bytes written to it that its
+        client has not taken yet (the transport's buffer and the kernel's send queue, unsent or
+        unacknowledged). None where the kernel does not tell (not Linux)."""
+        try:
+            import fcntl
+            import termios
+        except ImportError:  # not a POSIX system
+            return None
+        transport = self._transport(client)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if transport is None or sock is None or not hasattr(termios, "TIOCOUTQ"):
+            return None
+        fd = sock.fileno()
+        request = termios.TIOCOUTQ  # = SIOCOUTQ on a TCP socket
+
+        def unsent() -> int:
+            queued = struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
+            return transport.get_write_buffer_size() + int(queued)
+
+        return unsent
+
     def _abort_connection(self, client: tuple[str, int] | None) -> None:
         """Reset the connection of a client cut off for not reading (``send_timeout``).
 
@@ -112,24 +146,52 @@ class Server(uvicorn.Server):
                 transport.abort()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        supervisor = getattr(self.app.state, "supervisor", None)
-        if supervisor is not None:
-            grace = self.settings.drain_grace
-            logger.info(
-                "draining: %d active runs get %g s to finish", supervisor.active_runs, grace
-            )
-            started = time.monotonic()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._report_drain, supervisor)
-                await supervisor.control.drain(grace)
-                tg.cancel_scope.cancel()
-            logger.info("drained in %.1f s", time.monotonic() - started)
+        embedding = getattr(self.app.state, "embedding", None)
+        if embedding is not None and embedding.supervisor is not None:
+            await embedding.drain()
         await super().shutdown(sockets)
+        # uvicorn re-raises the signals it caught once it has returned, so a server that drained
+        # cleanly on SIGTERM died of it (status 143, a failure to systemd and to orchestrators).
+        # A completed drain is the clean exit SIGTERM asks for: 0. SIGINT is still re-raised.
+        self._captured_signals[:] = [s for s in self._captured_signals if s != signal.SIGTERM]
 
-    async def _report_drain(self, supervisor: Any) -> None:
-        while True:
-            await anyio.sleep(_DRAIN_REPORT_EVERY)
-            logger.info("draining: %d runs still active", supervisor.active_runs)
+
+_FD_RESERVE = 64
+"""File descriptors kept for the database, logs and the listening socket beyond connections."""
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one (an idle client costs one descriptor,
+    and the common soft default, 1,024, is reached by 1,100 idle sockets). Returns the limit."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return 1 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20  # macOS refuses "infinity" as a soft limit
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+        return soft
+    return hard
+
+
+def connection_cap(settings: Settings, open_files: int) -> int:
+    """``max_connections``, lowered to fit the open files limit (past it, accept() fails and
+    even ``/healthz`` goes unanswered; under the cap, a request over it gets 503)."""
+    fitting = max(open_files - _FD_RESERVE, 16)
+    if settings.max_connections > fitting:
+        logger.warning(
+            "max_connections %d lowered to %d to fit the open files limit (%d)",
+            settings.max_connections,
+            fitting,
+            open_files,
+        )
+    return min(settings.max_connections, fitting)
 
 
 def serve(settings: Settings) -> int:
@@ -145,13 +207,21 @@ def serve(settings: Settings) -> int:
         )
     # Configured here rather than by uvicorn so that loading the agent already logs this way.
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
+    # Before binding the port: a second server on a database in use refuses and touches nothing
+    # (the store takes the same lock again when the lifespan opens it).
+    lock = DatabaseLock(settings.db) if settings.backend == "sqlite" else None
+    if lock is not None:
+        lock.acquire()
     app = create_app(settings)
+    open_files = raise_open_files_limit()
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
+        # Connections (idle or half-sent ones included) and requests at once; beyond, 503.
+        limit_concurrency=connection_cap(settings, open_files),
         # After the drain, streams have closed; this only bounds idle keep-alive stragglers.
         timeout_graceful_shutdown=3,
         lifespan="on",
@@ -163,5 +233,9 @@ def serve(settings: Settings) -> int:
     # of its way; cycles are still collected, just less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    server.run(sockets=worker_socket(settings))
+    try:
+        server.run(sockets=worker_socket(settings))
+    finally:
+        if lock is not None:
+            lock.release()
     return 0 if server.started else 1

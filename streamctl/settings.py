@@ -123,6 +123,52 @@ class Settings(BaseModel):
     stop_timeout: float = Field(
         10.0, gt=0, description="Seconds `stop` waits for a run's task to exit before answering."
     )
+    # -- bounds under pressure (issue 11): backpressure and a failing store -----------------------
+    max_backlog_events: int = Field(
+        2000,
+        ge=2,
+        description="Uncommitted events one run may have; past it the agent waits at its next"
+        " event until the store is down to half (backpressure).",
+    )
+    max_backlog_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Uncommitted SSE bytes one run may have; past it the agent waits likewise.",
+    )
+    store_retry_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="How long a run whose events the store could not write retries writing its"
+        " terminal events (with backoff); then the next start finalises it.",
+    )
+    # -- bounds per stream, thread and connection; operator endpoints (issue 11, sections 3-4) --
+    metrics_token: str = Field(
+        "",
+        description="Bearer token for `/metrics` and the detail of `/readyz` (admins may use"
+        " theirs); when auth is on and this is empty, only admins see them.",
+    )
+    max_message_buffer: int = Field(
+        65_536,
+        ge=1,
+        description="Characters a `message`-granularity stream holds for one message before it"
+        " sends them as a part.",
+    )
+    history_messages: int = Field(
+        100, ge=0, description="Most earlier thread messages handed to an agent (the latest)."
+    )
+    history_bytes: int = Field(
+        1_048_576,
+        ge=0,
+        description="Most bytes of earlier thread messages handed to an agent (the latest).",
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client may take between two parts of a request body."
+    )
+    max_connections: int = Field(
+        2000,
+        ge=1,
+        description="Connections and requests served at once; beyond, new requests answer 503.",
+    )
     # -- the Redis backend (docs/redis.md) --------------------------------------------------------
     backend: Literal["sqlite", "redis"] = Field(
         "sqlite", description="Where runs and events are stored: one SQLite file, or Redis."

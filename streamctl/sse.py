@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import anyio.lowlevel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -57,6 +58,11 @@ class SendWatch:
     One timer for every stream, instead of a cancel scope around each write (that scope cost a
     measurable share of the per-write CPU at high fan-out). A stuck stream is cut off between
     ``timeout`` and 1.25 x ``timeout`` after its write began.
+
+    A write only blocks once the socket's buffers are full (≈1.7 MB on loopback): at a model's
+    speed that is never within a run. So a stream with a ``probe`` (the bytes its client has not
+    taken yet, under ``streamctl serve``) is also cut when those bytes have not gone down for
+    ``timeout`` while more were written: its client stopped reading, whatever the buffers hold.
     """
 
     def __init__(self, timeout: float) -> None:
@@ -69,7 +75,9 @@ class SendWatch:
             now = time.monotonic()
             for stream in list(self.streams):
                 since = stream.sending_since
-                if since is not None and now - since > self.timeout:
+                if (since is not None and now - since > self.timeout) or stream.stalled(
+                    now, self.timeout
+                ):
                     stream.cut_off()
 
 
@@ -90,10 +98,14 @@ class EventStream(Response):
         on_close: Callable[[], None] | None = None,
         status_code: int = 200,
         watch: SendWatch | None = None,
+        probe: Callable[[], int] | None = None,
     ) -> None:
         self.status_code = status_code  # always 200; the keyword is for FastAPI's OpenAPI
         self.body_iter = body
         self.retry_ms = retry_ms
+        # One newline, not a blank line: a blank line would end an empty event, which some
+        # parsers (httpx-sse, fetch-event-source) surface as an event with no data.
+        self.preamble = b"retry: %d\n" % retry_ms
         self.on_disconnect = on_disconnect
         self.send_timeout = send_timeout
         self.on_slow = on_slow
@@ -107,6 +119,30 @@ class EventStream(Response):
         """When the write in progress began (the watch's clock); None between writes."""
         self._slow = False
         self._scope: anyio.CancelScope | None = None
+        self.probe = probe
+        """Bytes written to the connection that its client has not taken yet (None: unknown)."""
+        self._written = 0
+        self._unsent = 0
+        self._unsent_written = 0
+        self._taking_since = time.monotonic()
+
+    def stalled(self, now: float, timeout: float) -> bool:
+        """Whether the client has taken nothing for ``timeout`` while bytes waited for it."""
+        if self.probe is None:
+            return False
+        try:
+            unsent = self.probe()
+        except OSError:  # the connection is gone: the disconnect ends the stream
+            return False
+        # Taken since the last look: what was unsent, plus what was written since, minus what is
+        # unsent now. The server's own framing (chunk sizes) only makes it smaller: a client that
+        # takes nothing never looks as if it had.
+        taken = self._unsent + (self._written - self._unsent_written) - unsent
+        self._unsent, self._unsent_written = unsent, self._written
+        if unsent == 0 or taken > 0:
+            self._taking_since = now
+            return False
+        return now - self._taking_since > timeout
 
     def cut_off(self) -> None:
         """The client accepts nothing: end this stream (it can resume with Last-Event-ID)."""
@@ -133,18 +169,16 @@ class EventStream(Response):
                 await send(
                     {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
                 )
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": b"retry: %d\n\n" % self.retry_ms,
-                        "more_body": True,
-                    }
-                )
+                if self.preamble:
+                    await send(
+                        {"type": "http.response.body", "body": self.preamble, "more_body": True}
+                    )
                 async for chunk in self.body_iter:
                     # The server's send waits while the client's socket is full (backpressure):
                     # the subscriber falls behind by a cursor, not a queue. A client that accepts
                     # nothing for send_timeout is cut off; it can resume with Last-Event-ID.
                     message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                    self._written += len(chunk)
                     if self.watch is not None:
                         self.sending_since = time.monotonic()
                         await send(message)
@@ -170,5 +204,8 @@ class EventStream(Response):
                 self.on_close()
         if self._slow and self.on_slow is not None:
             self.on_slow(scope)
+            # A connection reset by ``on_slow`` is reported lost on the loop's next turn: let the
+            # server see that first, or it logs the unfinished response as an ERROR per client.
+            await anyio.lowlevel.checkpoint()
         if disconnected and self.on_disconnect is not None:
             self.on_disconnect()

@@ -67,3 +67,14 @@ class StoreStats:
     commit_seconds: Buckets = field(
         default_factory=lambda: Buckets((0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
     )
+    failed_batches: int = 0
+    """Transactions that failed (their events were lost; their runs end ``failed``)."""
+    max_batch_rows: int = 0
+    max_batch_bytes: int = 0
+    """The largest transaction so far, in rows and in bytes (bounded by the batch caps)."""
+    max_backlog_events: int = 0
+    max_backlog_bytes: int = 0
+    """The largest backlog of one run in the store so far (queued or being committed, in rows
+    and bytes of the byte caps): what ``max_backlog_events`` / ``max_backlog_bytes`` bound."""
+    backpressure_waits: int = 0
+    """Times a run waited at an emit for the store to catch up with it."""

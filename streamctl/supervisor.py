@@ -44,7 +44,16 @@ class Supervisor:
     """Starts, queues, stops and drains runs (``control``); answers every question about them
     (``reads``); counts streams (``streams``)."""
 
-    def __init__(self, store: RunStore, agent: Agent, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        agent: Agent,
+        settings: Settings,
+        *,
+        per_principal: bool | None = None,
+    ) -> None:
+        """``per_principal``: whether the per-principal caps apply (default: auth is on; a host's
+        ``authenticate`` tells principals apart too). ``max_runs`` always applies."""
         self.store = store
         self.agent = agent
         self.settings = settings
@@ -58,6 +67,8 @@ class Supervisor:
             self.remote = RemoteLogs(store, settings.tail_events, settings.tail_bytes)
         self.reads = RunReads(store, self.live, settings, self.counters, self.remote)
         self.control = RunControl(store, agent, settings, self.live, self.reads, self.stats)
+        if per_principal is not None:
+            self.control.caps.per_principal = self.streams.per_principal = per_principal
         if isinstance(store, SharedStore):
             store.on_stop_request = self.control.stop_asked
         self.recovered_runs = 0

@@ -16,6 +16,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from streamctl.agents import load_agent
 from streamctl.agents.langgraph import LangGraphAgent
+from streamctl.run_task import AGENT_ERROR_MESSAGE
 
 from .conftest import ServerProcess, StartServer, read_sse
 from .langgraph_agents import ScriptedChatModel, booking_graph, call, get_weather, react_graph
@@ -178,7 +179,7 @@ async def test_a_failing_graph_fails_the_run(serve: StartServer) -> None:
     async with server.client() as client:
         _, events = await read_sse(client, "POST", "/v1/runs/stream", json=ask("x"))
     assert [e.event for e in events] == ["run", "error", "done"]
-    assert data(events[1]) == {"code": "agent_error", "message": "RuntimeError: the graph broke"}
+    assert data(events[1]) == {"code": "agent_error", "message": AGENT_ERROR_MESSAGE}
 
 
 async def test_the_graph_recursion_limit_is_the_runs(serve: StartServer) -> None:

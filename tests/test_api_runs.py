@@ -19,6 +19,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from streamctl.agents import AgentContext, Fail, ScriptedAgent, Wait
 from streamctl.events import AgentEvent, ToolStart
+from streamctl.run_task import AGENT_ERROR_MESSAGE
 
 from .conftest import Server, StartServer, chunks, read_sse, run_body, tool_call
 
@@ -350,7 +351,8 @@ async def test_agent_failure_fails_only_its_run(serve: StartServer) -> None:
             gate.set()
             _, rest = await read_sse(client, "GET", f"/v1/runs/{ok['run_id']}/stream")
     assert [e.event for e in events] == ["run", "message_chunk", "message_chunk", "error", "done"]
-    assert data(events[3]) == {"code": "agent_error", "message": "RuntimeError: boom"}
+    # The exception's text ("boom") stays in the server's log: clients get a generic message.
+    assert data(events[3]) == {"code": "agent_error", "message": AGENT_ERROR_MESSAGE}
     assert data(events[4])["status"] == "failed"
     assert failed["status"] == "failed" and failed["error"]["code"] == "agent_error"
     assert failed["output"]["text"] == "w0 w1 "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -36,7 +35,11 @@ def test_migrate_applies_once(db_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "nothing (up to date)" in second.stdout
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [
+            (1,),
+            (2,),
+            (3,),
+        ]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -86,8 +89,8 @@ def test_readme_curl_session_works_as_written(
     assert run_id is not None
     snapshot = httpx.get(f"{server.url}/v1/runs/{run_id.group(1)}").json()
     assert snapshot["status"] == "cancelled" and snapshot["output"]["text"]
-    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
-    assert server.stop() in (0, -signal.SIGTERM)
+    # A clean drain on SIGTERM exits 0 (uvicorn would re-raise the signal: 143).
+    assert server.stop() == 0
 
 
 MY_AGENTS = """

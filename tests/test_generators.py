@@ -24,6 +24,7 @@ from streamctl.events import (
     ToolStart,
     Usage,
 )
+from streamctl.run_task import AGENT_ERROR_MESSAGE
 
 from .conftest import StartServer, read_sse
 from .test_limits import ask, data
@@ -176,7 +177,9 @@ def test_load_agent_wraps_generator_functions_and_refuses_non_agents() -> None:
         del sys.modules[module.__name__]
 
 
-async def test_a_generator_yielding_something_else_fails_its_run(serve: StartServer) -> None:
+async def test_a_generator_yielding_something_else_fails_its_run(
+    serve: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
     async def wrong(ctx: AgentContext) -> AsyncIterator[Any]:
         yield 42
 
@@ -184,5 +187,6 @@ async def test_a_generator_yielding_something_else_fails_its_run(serve: StartSer
     async with server.client() as client:
         _, events = await read_sse(client, "POST", "/v1/runs/stream", json=ask("x"))
     assert [e.event for e in events] == ["run", "error", "done"]
-    assert "expected str or an AgentEvent" in data(events[1])["message"]
+    assert data(events[1])["message"] == AGENT_ERROR_MESSAGE
+    assert "expected str or an AgentEvent" in caplog.text  # the detail: in the log only
     assert data(events[-1])["status"] == "failed"

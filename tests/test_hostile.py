@@ -18,6 +18,7 @@ from httpx_sse import ServerSentEvent
 from streamctl.agents import AgentContext, Fail, ScriptedAgent
 from streamctl.agents.scripted import Step
 from streamctl.events import AgentEvent, MessageChunk, ToolEnd, ToolStart
+from streamctl.run_task import AGENT_ERROR_MESSAGE
 
 from .conftest import Server, StartServer, chunks, read_sse, run_body
 
@@ -305,15 +306,16 @@ async def test_no_text_can_make_an_sse_field(
     payload = [orjson.loads(e.data) for e in events]
     assert payload[1]["content"] == text and payload[2]["args"] == {"q": text}
     assert payload[3]["output"] == {"text": text, "list": [text]} and payload[2]["name"] == text
-    assert payload[4]["message"] == f"RuntimeError: {text}"
+    assert payload[4]["message"] == AGENT_ERROR_MESSAGE  # the exception's text is only logged
     assert payload[5]["status"] == "failed"
-    blocks = wire_blocks(wire)
-    assert blocks[0] == [b"retry: 2000"]
-    assert [len(b) for b in blocks[1:]] == [3] * 6  # id, event, data: one line each
-    assert [b[0] for b in blocks[1:]] == [b"id: %d" % i for i in range(1, 7)]
-    assert [b[1] for b in blocks[1:]] == [b"event: " + e.encode() for e in expected]
-    assert [orjson.loads(b[2].removeprefix(b"data: ")) for b in blocks[1:]] == payload
-    assert_same_as_parsed(events, blocks[1:])
+    # The retry line opens the first event's block (one newline: no empty event of its own).
+    assert wire.startswith(b"retry: 2000\nid: 1\n")
+    blocks = wire_blocks(wire.removeprefix(b"retry: 2000\n"))
+    assert [len(b) for b in blocks] == [3] * 6  # id, event, data: one line each
+    assert [b[0] for b in blocks] == [b"id: %d" % i for i in range(1, 7)]
+    assert [b[1] for b in blocks] == [b"event: " + e.encode() for e in expected]
+    assert [orjson.loads(b[2].removeprefix(b"data: ")) for b in blocks] == payload
+    assert_same_as_parsed(events, blocks)
 
 
 def assert_same_as_parsed(events: list[ServerSentEvent], blocks: list[list[bytes]]) -> None:

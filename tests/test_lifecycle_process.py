@@ -177,13 +177,17 @@ def test_sigterm_drains_every_run_and_stream_then_exits_promptly(
         readers = [StreamReader(server.url, run_id) for run_id in slow_ids]
         for reader in readers:
             reader.start()
+        deadline = time.monotonic() + 10.0
+        # The short run starts once the slow streams are open (opening 30 of them on a loaded
+        # machine can take longer than the short run lasts).
+        for reader in readers:
+            assert reader.opened.wait(max(0.0, deadline - time.monotonic()))
+            assert reader.status_code == 200 and reader.error is None, reader.error
         short_id = start_run(client, SHORT)
         short = StreamReader(server.url, short_id)
         short.start()
-        deadline = time.monotonic() + 10.0
-        for reader in [*readers, short]:
-            assert reader.opened.wait(max(0.0, deadline - time.monotonic()))
-            assert reader.status_code == 200 and reader.error is None, reader.error
+        assert short.opened.wait(max(0.0, deadline - time.monotonic()))
+        assert short.status_code == 200 and short.error is None, short.error
         assert client.get(f"/v1/runs/{short_id}").json()["status"] == "running"
 
         sigterm_at = time.monotonic()
@@ -202,8 +206,8 @@ def test_sigterm_drains_every_run_and_stream_then_exits_promptly(
 
     returncode = server.process.wait(GRACE + EXIT_SLACK + 10.0)
     exited_after = time.monotonic() - sigterm_at
-    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
-    assert returncode in (0, -signal.SIGTERM), server.output()
+    # A clean drain on SIGTERM exits 0 (uvicorn would re-raise the signal: 143).
+    assert returncode == 0, server.output()
     assert exited_after <= GRACE + EXIT_SLACK, f"exit took {exited_after:.2f} s"
 
     deadline = time.monotonic() + 5.0
@@ -241,7 +245,7 @@ def test_sigterm_drains_every_run_and_stream_then_exits_promptly(
             assert [(e.id, e.type, e.data) for e in reader.events] == [
                 (e["seq"], e["type"], e["data"]) for e in stored
             ]
-    assert restarted.stop() in (0, -signal.SIGTERM)
+    assert restarted.stop() == 0
     assert integrity_check(db_path) == [("ok",)]
 
 
@@ -346,7 +350,7 @@ def test_sigkill_mid_run_loses_nothing_and_resume_is_exact(
         assert_one_final_done(stored_events(client, in_tool), "interrupted", crashed_reason)
         assert_one_final_done(stored_events(client, queued_id), "interrupted", crashed_reason)
         last_seqs = {r: len(stored_events(client, r)) for r in (run_id, in_tool, queued_id)}
-    assert restarted.stop() in (0, -signal.SIGTERM)
+    assert restarted.stop() == 0
     assert integrity_check(db_path) == [("ok",)]
     assert done_rows(db_path) == {run_id: 1, in_tool: 1, queued_id: 1}
 
@@ -363,7 +367,7 @@ def test_sigkill_mid_run_loses_nothing_and_resume_is_exact(
             ).status_code
             == 204
         )
-    assert again.stop() in (0, -signal.SIGTERM)
+    assert again.stop() == 0
     assert done_rows(db_path) == {run_id: 1, in_tool: 1, queued_id: 1}
     assert integrity_check(db_path) == [("ok",)]
 

@@ -213,14 +213,20 @@ async def test_a_queued_runs_clock_starts_when_it_starts(serve: StartServer) -> 
 CAPS = {"max_runs": "its maximum of {} runs", "max_runs_per_owner": "you have {} active runs"}
 
 
-def caps(setting: str, cap: int) -> dict[str, int]:
-    return {"max_runs": 1000, "max_runs_per_owner": 1000, setting: cap}
+KEY = "k" * 24
+BEARER = {"Authorization": f"Bearer {KEY}"}
+
+
+def caps(setting: str, cap: int) -> dict[str, Any]:
+    # A per-principal cap needs principals: with auth=none everyone is `anonymous`.
+    auth = {"auth": "api-key", "api_keys": f"alice:{KEY}"} if setting != "max_runs" else {}
+    return {"max_runs": 1000, "max_runs_per_owner": 1000, setting: cap, **auth}
 
 
 @pytest.mark.parametrize("setting", list(CAPS))
 async def test_a_full_server_answers_429_until_a_run_ends(serve: StartServer, setting: str) -> None:
     server = await serve(agent=ScriptedAgent([Wait(anyio.Event())]), **caps(setting, 2))
-    async with server.client() as client:
+    async with server.client(headers=BEARER) as client:
         with anyio.fail_after(10):
             first = await client.post("/v1/runs", json=ask("a", thread_id="t"))
             queued = await client.post(
@@ -242,7 +248,7 @@ async def test_a_burst_of_starts_cannot_slip_past_the_cap(serve: StartServer, se
     gates = {"one": anyio.Event(), "two": anyio.Event()}
     agent = Switch(**{tag: ScriptedAgent([*chunks(1), Wait(gate)]) for tag, gate in gates.items()})
     server = await serve(agent=agent, **caps(setting, 5))
-    async with server.client() as client:
+    async with server.client(headers=BEARER) as client:
         sup = await supervisor_of(server, client)
 
         async def post(answers: list[httpx.Response], tag: str, i: int) -> None:
@@ -272,7 +278,9 @@ async def test_the_per_owner_cap_counts_each_owner_alone(db_path: Path) -> None:
     request = RunCreate.model_validate(ask("x"))
     async with (
         Store(db_path) as store,
-        Supervisor(store, ScriptedAgent([Wait(anyio.Event())]), settings) as sup,
+        Supervisor(
+            store, ScriptedAgent([Wait(anyio.Event())]), settings, per_principal=True
+        ) as sup,
     ):
         alice = [await sup.control.start(request, "alice") for _ in range(2)]
         with pytest.raises(TooManyRuns, match="you have 2 active runs"):
@@ -284,6 +292,30 @@ async def test_the_per_owner_cap_counts_each_owner_alone(db_path: Path) -> None:
             await sup.control.stop(alice[0].run_id, "alice")
         await sup.control.start(request, "bob")
         assert sup.active_runs == 3
+
+
+async def test_with_auth_off_per_principal_caps_do_not_cap_the_server(serve: StartServer) -> None:
+    # Everyone is `anonymous`: max_runs_per_owner and max_streams_per_owner would be server-wide.
+    server = await serve(
+        agent=ScriptedAgent([*chunks(1), Wait(anyio.Event())]),
+        max_runs=4,
+        max_runs_per_owner=1,
+        max_streams_per_owner=1,
+        runs_per_minute=1,
+    )
+    async with server.client() as client:
+        with anyio.fail_after(10):
+            started = [await client.post("/v1/runs", json=ask(str(i))) for i in range(4)]
+            assert [r.status_code for r in started] == [201] * 4
+            refused = await client.post("/v1/runs", json=ask("5"))
+            assert "its maximum of 4 runs" in assert_error(refused, 429, "too_many_runs")
+            async with (
+                aconnect_sse(client, "GET", f"/v1/runs/{started[0].json()['run_id']}/stream"),
+                aconnect_sse(client, "GET", f"/v1/runs/{started[1].json()['run_id']}/stream") as s,
+            ):
+                assert s.response.status_code == 200  # a second stream of `anonymous`
+            for answer in started:
+                await client.post(f"/v1/runs/{answer.json()['run_id']}/stop")
 
 
 # -- request size ---------------------------------------------------------------------------------

@@ -257,7 +257,14 @@ def test_pings_keep_an_idle_run_open_through_nginx(
     assert pings >= 2 * PROXY_READ_TIMEOUT / 0.5
 
     # The control: the same idle run without pings is cut by nginx at its read timeout.
-    silent = proxied("--agent", GATED, env={"STREAMCTL_PING_INTERVAL": "300"})
+    # Its own database: the first server still owns the fixture's (one process per database).
+    silent = proxied(
+        "--agent",
+        GATED,
+        "--db",
+        str(tmp_path / "silent.db"),
+        env={"STREAMCTL_PING_INTERVAL": "300"},
+    )
     gates = tmp_path / "silent-gates"
     with silent.client() as client:
         run = gated_run(silent, client, gates, tokens=2)

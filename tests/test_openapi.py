@@ -40,7 +40,15 @@ ANSWERS: dict[tuple[str, str, str], tuple[str, set[str]]] = {
     ("post", "/v1/threads/{thread_id}/stop", "200"): ("Stopped", RUN_FIELDS | {"stopping"}),
     ("get", "/v1/threads/{thread_id}", "200"): (
         "Thread",
-        {"thread_id", "created_at", "messages", "active_run", "last_run"},
+        {
+            "thread_id",
+            "created_at",
+            "messages",
+            "active_run",
+            "last_run",
+            "has_more",
+            "next_before",
+        },
     ),
     ("get", "/healthz", "200"): ("Health", {"status"}),
     ("get", "/readyz", "200"): ("Ready", {"status", "active_runs"}),

@@ -119,16 +119,23 @@ async def test_anothers_run_is_exactly_a_missing_one(serve: StartServer, state: 
                 assert {k: v for k, v in got.headers.items() if k != "date"} == {
                     k: v for k, v in missing.headers.items() if k != "date"
                 }
-            for multitask in ("reject", "interrupt", "enqueue"):
-                body = run_body(thread_id=thread_id, multitask=multitask)
-                for url in ("/v1/runs", "/v1/runs/stream"):
-                    taken = await client.post(url, json=body, headers=as_("bob"))
-                    assert taken.status_code == 404, taken.text
-                    assert taken.json()["error"]["code"] == "thread_not_found"
             listed = (await client.get("/v1/runs", headers=as_("bob"))).json()["runs"]
             assert [r["run_id"] for r in listed] == [bobs["run_id"]]
             of_thread = await client.get(f"/v1/runs?thread_id={thread_id}", headers=as_("bob"))
             assert of_thread.json() == {"runs": []}
+            # Alice's thread id is free in bob's namespace: exactly like a fresh id, a new thread
+            # of bob's (no 404 to probe with, no way to squat alice's thread).
+            taken = {}
+            for fresh in (thread_id, missing_thread):
+                body = run_body(thread_id=fresh, multitask="reject")
+                response = await client.post("/v1/runs", json=body, headers=as_("bob"))
+                assert response.status_code == 201, response.text
+                assert response.json()["thread_id"] == fresh
+                taken[fresh] = response.json()["run_id"]
+            bobs_thread = await client.get(f"/v1/threads/{thread_id}", headers=as_("bob"))
+            assert {m["run_id"] for m in bobs_thread.json()["messages"]} == {taken[thread_id]}
+            alices_thread = await client.get(f"/v1/threads/{thread_id}", headers=as_("alice"))
+            assert {m["run_id"] for m in alices_thread.json()["messages"]} == {run_id}
             after = await snapshot(client, run_id)
             assert after == before  # bob's stops and starts changed nothing
             assert after["status"] == ("running" if state == "live" else "completed")
@@ -155,12 +162,19 @@ async def test_admin_sees_follows_and_stops_every_run(serve: StartServer) -> Non
             assert [e.id for e in events] == ["1", "2", "3", "4"]  # now held at the gate
             page = (await client.get(url + "/events", headers=as_("root"))).json()
             assert [e["seq"] for e in page["events"]] == [1, 2, 3, 4]
-            thread = await client.get(f"/v1/threads/{first['thread_id']}", headers=as_("root"))
+            # Threads are per owner: an admin names whose thread with ?owner= (its own without).
+            threads = f"/v1/threads/{first['thread_id']}"
+            assert (await client.get(threads, headers=as_("root"))).status_code == 404
+            thread = await client.get(threads, params={"owner": "alice"}, headers=as_("root"))
             assert thread.json()["active_run"]["run_id"] == first["run_id"]
+            not_admin = await client.get(threads, params={"owner": "alice"}, headers=as_("bob"))
+            assert not_admin.status_code == 404
             stopped = await client.post(url + "/stop", headers=as_("root"))
             assert stopped.status_code == 200 and stopped.json()["status"] == "cancelled"
             by_thread = await client.post(
-                "/stop", json={"thread_id": second["thread_id"]}, headers=as_("root")
+                f"/v1/threads/{second['thread_id']}/stop",
+                params={"owner": "alice"},
+                headers=as_("root"),
             )
             assert by_thread.json()["status"] == "cancelled"
             assert by_thread.json()["run_id"] == second["run_id"]

@@ -231,7 +231,7 @@ async def test_stop_while_the_run_is_starting(db_path: Path, script: list[Step])
             runs.append(await sup.control.start(request, "u"))
 
         async def stop() -> None:
-            stops.append(await sup.control.stop_thread("t", "u"))
+            stops.append(await sup.control.stop_thread("u", "t"))
 
         release = store.hold = anyio.Event()
         with anyio.fail_after(5):

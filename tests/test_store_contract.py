@@ -215,12 +215,21 @@ async def test_run_lists_threads_and_history(backend: Backend) -> None:
         assert await ids("alice", "ta") == ["a2", "a1"]
         assert await ids("bob", "ta") == []
         assert await ids(None, "ta", limit=1) == ["a2"]
-        record = await store.get_thread("ta")
+        record = await store.get_thread("alice", "ta")
         assert record is not None and (record.owner, record.created_at) == ("alice", 10.0)
-        assert await store.get_thread("nope") is None
-        assert [r.run_id for r in await store.thread_runs("ta")] == ["a1", "a2"]  # oldest first
-        assert await store.next_run_on_thread("ta", "a1") == "a2"
-        assert await store.next_run_on_thread("ta", "a2") is None
+        assert await store.get_thread("alice", "nope") is None
+        assert await store.get_thread("bob", "ta") is None  # each principal has its own ids
+        runs_ta = await store.thread_runs("alice", "ta")
+        assert [r.run_id for r in runs_ta] == ["a1", "a2"]  # oldest first
+        assert [r.run_id for r in await store.thread_runs("alice", "ta", limit=1)] == ["a2"]
+        before = await store.thread_runs("alice", "ta", limit=5, before="a2")
+        assert [r.run_id for r in before] == ["a1"]
+        assert await store.next_run_on_thread("alice", "ta", "a1") == "a2"
+        assert await store.next_run_on_thread("alice", "ta", "a2") is None
+        store.finish_run("a1", final(0))
+        await store.flush()
+        done = await store.list_runs("alice", None, 50, "completed")
+        assert [r.run_id for r in done] == ["a1"]
 
 
 # -- owners gone: orphans --------------------------------------------------------------------

@@ -152,9 +152,13 @@ def test_tokens_never_reach_the_access_log(spawn_server: Callable[..., ServerPro
         assert client.get(f"/v1/runs/{run['run_id']}", params={"token": token}).status_code == 200
         stream = client.get(f"/v1/runs/{run['run_id']}/stream", params={"token": token})
         assert stream.status_code == 200 and "event: done" in stream.text
+        # The server decodes the name (`%74` is `t`): accepted, so it must be redacted as well.
+        encoded = client.get(f"/v1/runs/{run['run_id']}?after=0&%74oken={token}")
+        assert encoded.status_code == 200
     server.stop(signal.SIGTERM)
     log = server.output()
     assert f"/v1/runs/{run['run_id']}?token=[redacted]" in log
+    assert f"/v1/runs/{run['run_id']}?after=0&%74oken=[redacted]" in log
     assert token not in log and ALICE not in log
 
 
@@ -164,3 +168,42 @@ async def test_only_stream_tokens_may_travel_in_the_url(serve: StartServer) -> N
         run = (await client.post("/v1/runs", json=run_body(), headers=bearer(ALICE))).json()
         for url in ("/v1/runs", f"/v1/runs/{run['run_id']}", f"/v1/runs/{run['run_id']}/events"):
             assert_401(await client.get(url, params={"token": ALICE}), "malformed_token", ALICE)
+
+
+async def test_an_expired_stream_token_lives_as_long_as_its_run(serve: StartServer) -> None:
+    # A native EventSource reconnects with the URL it was given: its token may have expired
+    # meanwhile. While the run goes on, the stream reopens; the snapshot does not; once the run
+    # has ended, the expired token is refused like any other.
+    gate = anyio.Event()
+    server = await serve(
+        agent=ScriptedAgent([*chunks(2), Wait(gate), *chunks(1, word="v")]),
+        auth="api-key",
+        api_keys=API_KEYS,
+        stream_token_secret=STREAM_SECRET,
+    )
+    async with server.client() as client:
+        run = (await client.post("/v1/runs", json=run_body(), headers=bearer(ALICE))).json()
+        run_id = run["run_id"]
+        claims = {"run": run_id, "sub": "alice", "exp": int(time.time()) - 1}
+        expired = forge_stream_token(orjson.dumps(claims))
+        url = f"/v1/runs/{run_id}/stream"
+        with anyio.fail_after(20):
+            response, events = await read_sse(
+                client,
+                "GET",
+                url,
+                params={"token": expired},
+                headers={"Last-Event-ID": "1"},
+                limit=1,
+            )
+        assert response.status_code == 200 and events[0].id == "2"  # reopened after event 1
+        assert_401(
+            await client.get(f"/v1/runs/{run_id}", params={"token": expired}), "expired_token"
+        )
+        stranger = forge_stream_token(orjson.dumps({**claims, "sub": "bob"}))
+        assert (await client.get(url, params={"token": stranger})).status_code == 401
+        gate.set()
+        with anyio.fail_after(20):
+            _, events = await read_sse(client, "GET", url, headers=bearer(ALICE))
+        assert events[-1].event == "done"
+        assert_401(await client.get(url, params={"token": expired}), "expired_token")

@@ -16,6 +16,7 @@ from streamctl.agents import Agent, AgentContext, Fail, Message, ScriptedAgent, 
 from streamctl.errors import RunNotFound, ThreadBusy, ThreadNotFound, Unavailable
 from streamctl.events import AgentEvent, Done, Frame, MessageChunk, RunStarted, ToolEnd
 from streamctl.inputs import RunCreate
+from streamctl.run_task import AGENT_ERROR_MESSAGE
 from streamctl.runs import Run
 from streamctl.settings import Settings
 from streamctl.store import RunRecord, Store
@@ -108,7 +109,7 @@ async def test_agent_failure_fails_only_its_run(db_path: Path) -> None:
         log = await events(sup, failing.run_id)
         assert types(log) == ["run", CHUNK, "error", "done"]
         assert_one_terminal_done(log, "failed")
-        error = {"code": "agent_error", "message": "RuntimeError: boom"}
+        error = {"code": "agent_error", "message": AGENT_ERROR_MESSAGE}
         assert log[2][2] == error
         snapshot = await sup.reads.get_run(failing.run_id, USER)
         assert (snapshot["status"], snapshot["error"]) == ("failed", error)
@@ -122,7 +123,9 @@ async def test_agent_failure_fails_only_its_run(db_path: Path) -> None:
         assert healthy.snapshot()["output"]["text"] == "w0 w1 w0 w1 "
 
 
-async def test_agent_yielding_a_run_owned_event_fails_the_run(db_path: Path) -> None:
+async def test_agent_yielding_a_run_owned_event_fails_the_run(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async def agent(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
         yield MessageChunk(content="a", message_id="m")
         yield Done(run_id=ctx.run_id, thread_id="t", status="completed", reason="x")  # type: ignore[misc]
@@ -132,7 +135,8 @@ async def test_agent_yielding_a_run_owned_event_fails_the_run(db_path: Path) -> 
         await finish(run)
         log = await events(sup, run.run_id)
         assert_one_terminal_done(log, "failed")
-        assert log[-2][2]["message"].startswith("AgentProtocolError: agent yielded Done")
+        assert log[-2][2] == {"code": "agent_error", "message": AGENT_ERROR_MESSAGE}
+    assert "AgentProtocolError('agent yielded Done" in caplog.text  # the detail: in the log
 
 
 async def test_stop_returns_after_the_task_exited_and_keeps_partial_output(db_path: Path) -> None:
@@ -268,7 +272,7 @@ async def test_multitask_reject_and_interrupt(db_path: Path) -> None:
         assert first.snapshot()["reason"] == "interrupted by a newer run on the thread"
         assert_one_terminal_done(await events(sup, first.run_id), "cancelled")
         assert not second.finished.is_set()
-        assert (await sup.reads.get_thread("t1", USER))["active_run"]["run_id"] == second.run_id
+        assert (await sup.reads.get_thread(USER, "t1"))["active_run"]["run_id"] == second.run_id
         gate.set()
         await finish(second)
         assert second.snapshot()["status"] == "completed"
@@ -409,7 +413,7 @@ async def test_cancelled_start_leaves_no_run_without_done(db_path: Path) -> None
     assert [d["run_id"] for d in dones] == [r["run_id"] for r in rows]
 
 
-async def test_another_principal_cannot_touch_a_run_on_a_thread_being_created(
+async def test_two_principals_starting_the_same_thread_id_get_a_thread_each(
     db_path: Path,
 ) -> None:
     agent = ScriptedAgent([Wait(anyio.Event())])
@@ -432,14 +436,20 @@ async def test_another_principal_cannot_touch_a_run_on_a_thread_being_created(
             owner: o.snapshot()["status"] if isinstance(o, Run) else type(o).__name__
             for owner, o in outcomes.items()
         }
-    # One of them owns the thread; the other gets ThreadNotFound (a 404), never a 409, and
-    # certainly cannot stop the owner's run. The bug: {'alice': 'cancelled', 'mallory': 'running'}
-    assert sorted(seen.values()) == ["ThreadNotFound", "running"], seen
+        # Threads are (owner, thread_id): each got a `shared` of its own, holding its run only.
+        for owner, outcome in outcomes.items():
+            assert isinstance(outcome, Run)
+            thread = await sup.reads.get_thread(owner, "shared")
+            assert {m["run_id"] for m in thread["messages"]} == {outcome.run_id}
+    # Neither can stop (an old bug: {'alice': 'cancelled', 'mallory': 'running'}) nor block (a
+    # 404 that tells whose id it is, a race to squat it) the other.
+    assert seen == {"alice": "running", "mallory": "running"}, seen
 
 
-async def test_a_failed_final_commit_is_contained_to_its_run(db_path: Path) -> None:
-    """Disk trouble while one run's `done` is committed: that run's streams end, the supervisor
-    and the other runs go on, and the next start finalises the run (invariant 9)."""
+async def test_a_failed_final_commit_is_contained_and_retried(db_path: Path) -> None:
+    """Disk trouble while one run's `done` is committed: the supervisor and the other runs go
+    on, and the run's terminal events are written once the store accepts writes again (a retry,
+    no restart): it ends `failed` (`store_error`) with dense ids (invariants 2, 6, 9)."""
     gate = anyio.Event()
     agent = ScriptedAgent([*chunks(2), Wait(gate)])
     async with supervisor(db_path, agent) as sup:
@@ -447,26 +457,32 @@ async def test_a_failed_final_commit_is_contained_to_its_run(db_path: Path) -> N
         commit = store._commit
         failing = True
 
-        async def fail_the_done(conn: Any, statements: Any, events: Any) -> None:
+        async def fail_the_done(conn: Any, batch: Any) -> None:
             nonlocal failing
-            if failing and any(frame.type == "done" for _, frame, _, _ in events):
+            if failing and any(frame.type == "done" for _, frame, _, _ in batch.events):
                 failing = False
                 raise sqlite3.OperationalError("disk I/O error (simulated)")
-            await commit(conn, statements, events)
+            await commit(conn, batch)
 
         store._commit = fail_the_done  # type: ignore[method-assign]
         doomed = await sup.control.start(request(), USER)
         other = await sup.control.start(request(), USER)
         with anyio.fail_after(5):
-            await sup.control.stop(doomed.run_id, USER)
-            assert doomed.finished.is_set() and doomed.log.closed
-            assert sup.accepting and other.output.status == "running"
+            await sup.control.stop(doomed.run_id, USER, wait=False)
+            await doomed.finished.wait()
+            assert doomed.log.closed and sup.accepting and other.output.status == "running"
             gate.set()
             await other.finished.wait()
         assert other.snapshot()["status"] == "completed"
+        snapshot = await sup.reads.get_run(doomed.run_id, USER)
+        page = await sup.reads.events_page(doomed.run_id, USER, 0, 100)
+    seqs = [e["seq"] for e in page["events"]]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [e["type"] for e in page["events"]][-2:] == ["error", "done"]
+    assert page["events"][-2]["data"]["code"] == "store_error"
+    assert snapshot["status"] == "failed" and snapshot["last_seq"] == seqs[-1]
     async with supervisor(db_path, ScriptedAgent([])) as again:
-        assert again.recovered_runs == 1
-        assert (await again.reads.get_run(doomed.run_id, USER))["status"] == "interrupted"
+        assert again.recovered_runs == 0
 
 
 async def test_a_lost_batch_ends_its_run_with_dense_ids(db_path: Path) -> None:
@@ -479,14 +495,14 @@ async def test_a_lost_batch_ends_its_run_with_dense_ids(db_path: Path) -> None:
         commit = store._commit
         failing = True
 
-        async def fail_once(conn: Any, statements: Any, events: Any) -> None:
+        async def fail_once(conn: Any, batch: Any) -> None:
             nonlocal failing
             if failing and any(
-                frame.type == "message_chunk" and frame.seq > 3 for _, frame, _, _ in events
+                frame.type == "message_chunk" and frame.seq > 3 for _, frame, _, _ in batch.events
             ):
                 failing = False
                 raise sqlite3.OperationalError("disk I/O error (simulated)")
-            await commit(conn, statements, events)
+            await commit(conn, batch)
 
         store._commit = fail_once  # type: ignore[method-assign]
         run = await sup.control.start(request(), USER)

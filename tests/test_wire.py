@@ -202,8 +202,10 @@ async def test_bytes_are_utf8_and_parse_the_same_one_byte_at_a_time(serve: Start
             log = await fetch_log(client, run_id)
     raw.decode("utf-8")  # strict: every character the server wrote is whole, valid UTF-8
     retry = server.settings.retry_ms
-    assert raw.startswith(b"retry: %d\n\n" % retry) and b"\r" not in raw
-    assert re.fullmatch(rb"(retry: \d+\n\n)(id: \d+\nevent: [a-z_]+\ndata: [^\n]*\n\n)+", raw)
+    # The retry line ends with one newline: a blank line would dispatch an empty event to
+    # httpx-sse and fetch-event-source.
+    assert raw.startswith(b"retry: %d\nid: 1\n" % retry) and b"\r" not in raw
+    assert re.fullmatch(rb"(retry: \d+\n)(id: \d+\nevent: [a-z_]+\ndata: [^\n]*\n\n)+", raw)
     reference = parse_bytes(raw, step=1)
     assert reference.retry == retry and reference.comments == []
     check_shaped(decode([(e.id, e.type, e.data) for e in reference.events]), log, 0, "low")
@@ -332,3 +334,28 @@ async def test_thread_stream_ids_are_short_ascii_and_resumable(serve: StartServe
     received = decode([(e.id.removeprefix(prefix), e.event, e.data) for e in head + tail])
     check_shaped(received, log, 0, "low")
     assert rejected.status_code == 400 and rejected.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_retry_and_pings_never_make_an_empty_event(serve: StartServer) -> None:
+    # A blank line after `retry:` or `: ping` would end an empty event: httpx-sse (and
+    # fetch-event-source) hand those to the application, where `.json()` raises.
+    gate = anyio.Event()
+    agent = ScriptedAgent([*chunks(1), Wait(gate), *chunks(1, word="v")])
+    server = await serve(agent=agent, ping_interval=0.1)
+    raw = b""
+    async with server.client() as client:
+        run_id = (await client.post("/v1/runs", json=run_body())).json()["run_id"]
+        with anyio.fail_after(20):
+            async with client.stream("GET", f"/v1/runs/{run_id}/stream") as response:
+                async for chunk in response.aiter_raw():
+                    raw += chunk
+                    if raw.count(b": ping") >= 2:
+                        gate.set()  # idle long enough to be pinged twice: let the run end
+    assert raw.count(b": ping\n") >= 2 and b": ping\n\n" not in raw
+    assert raw.startswith(b"retry: %d\nid: 1\n" % server.settings.retry_ms)
+    headers = {"content-type": "text/event-stream; charset=utf-8"}
+    events = [
+        e async for e in EventSource(httpx.Response(200, headers=headers, content=raw)).aiter_sse()
+    ]
+    assert [e.event for e in events] == ["run", "message_chunk", "message_chunk", "done"]
+    assert all(e.data != "" for e in events) and all(e.json() for e in events)

@@ -1,8 +1,11 @@
-"""``create_app``: the streamctl ASGI application, assembled from the routers.
+"""``create_app``: the streamctl ASGI application, assembled from a ``Streamctl``.
 
-The lifespan opens the store, then the supervisor, and hands them to the routes through the
-application's ``Services`` (``services.py``); the routers (``runs``, ``threads``, ``system``,
-``page``) hold no state of their own. Middleware: the body limit, then CORS when configured.
+A ``Streamctl`` (``embedding.py``) holds the parts a host application includes: its lifespan
+(store, then supervisor) and its router (``runs``, ``threads``, ``system``, ``page``, and the
+protocols' ``ai_sdk``, ``ag_ui``, ``agentflow``). The
+application adds what a whole application owns: the body limit, CORS when configured, and the
+error handlers of what no route answers (404, 405). ``ROUTERS`` lists routers added beside
+``sc.router``: they find the ``Services`` in ``app.state``.
 """
 
 from __future__ import annotations
@@ -10,49 +13,31 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..agents import Agent, as_agent, load_agent
-from ..auth import Authenticator
-from ..metrics import registry_for
+from ..agents import Agent
 from ..settings import Settings
-from ..sse import SendWatch
-from ..store import open_store
-from ..supervisor import Supervisor
-from . import page, runs, system, threads
 from .body_limit import BodyLimit
+from .embedding import Streamctl
 from .errors import install_error_handlers
-from .services import STATE_KEY, Services
+from .services import STATE_KEY
 
-ROUTERS = (runs.router, threads.router, page.router, system.router)
+ROUTERS: tuple[APIRouter, ...] = ()
+"""Routers of the application beyond ``sc.router`` (other protocols)."""
 
 
 def create_app(settings: Settings | None = None, *, agent: Agent | None = None) -> FastAPI:
     """The streamctl ASGI application. ``agent`` overrides ``settings.agent`` (tests use it)."""
-    settings = settings or Settings.from_env()
-    the_agent = (
-        as_agent(agent) if agent is not None else load_agent(settings.agent, model=settings.model)
-    )
-    services = Services(
-        settings=settings, auth=Authenticator(settings), watch=SendWatch(settings.send_timeout)
-    )
+    sc = Streamctl(agent=agent, settings=settings or Settings.from_env())
+    settings = sc.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with (
-            open_store(settings) as store,
-            Supervisor(store, the_agent, settings) as sup,
-            anyio.create_task_group() as tg,
-        ):
-            services.supervisor = sup
-            services.metrics = registry_for(sup)
-            app.state.supervisor = sup  # `streamctl serve` drains it on SIGTERM
-            tg.start_soon(services.watch.run, name="streamctl send watch")
+        async with sc.lifespan(app):
+            app.state.supervisor = sc.supervisor  # for tests and tools that look inside
             yield
-            tg.cancel_scope.cancel()
 
     app = FastAPI(
         title="streamctl",
@@ -61,8 +46,9 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         lifespan=lifespan,
     )
     app.state.settings = settings
-    setattr(app.state, STATE_KEY, services)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.state.embedding = sc  # `streamctl serve` drains through it
+    setattr(app.state, STATE_KEY, sc.services)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
@@ -74,6 +60,7 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
             max_age=600,
         )
     install_error_handlers(app)
+    app.include_router(sc.router)
     for router in ROUTERS:
         app.include_router(router)
     return app

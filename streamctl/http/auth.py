@@ -16,10 +16,16 @@ from fastapi import Depends, Request
 
 from ..auth import STREAM_TOKEN_PREFIX, Principal
 from ..errors import AuthError, RunNotFound
-from .services import Services, get_services
+from .services import PRINCIPAL_KEY, Services, get_services
 
 
-async def _principal(request: Request, services: Services) -> Principal:
+async def principal_of(request: Request, services: Services) -> Principal:
+    """The principal of this request's credential, stream tokens included (401 if it is bad)."""
+    if services.host_auth:  # the host's authenticate ran first (a dependency of the router)
+        found: Principal | None = request.scope.get(PRINCIPAL_KEY)
+        if found is None:
+            raise AuthError("missing_token", "the host's authenticate named no principal")
+        return found
     auth = services.auth
     token: str | None = None
     header = request.headers.get("authorization")
@@ -39,7 +45,40 @@ async def _principal(request: Request, services: Services) -> Principal:
         token = request.query_params.get("token")
         if token is not None and not token.startswith(STREAM_TOKEN_PREFIX):
             raise AuthError("malformed_token", "only a stream token may be given as ?token=")
-    return auth.authenticate(token)
+    try:
+        return auth.authenticate(token)
+    except AuthError as exc:
+        return await _outlived(request, services, token, exc)
+
+
+async def _outlived(
+    request: Request, services: Services, token: str | None, exc: AuthError
+) -> Principal:
+    """A stream token lives as long as its run: past its ``exp`` it still reopens the stream of
+    its run while that run is queued or running. A native ``EventSource`` reconnects with the URL
+    it was given, so without this a long run's stream would end in a 401 at its next drop, with
+    no way for the page to renew the token. Once the run has ended, the expired token gets 401;
+    the run's final state is then one ``GET /v1/runs/{id}`` away with the principal's own
+    credential."""
+    route = getattr(request.scope.get("route"), "path", "")
+    sup = services.supervisor
+    if (
+        exc.code != "expired_token"
+        or token is None
+        or sup is None
+        or request.method != "GET"
+        or route != "/v1/runs/{run_id}/stream"
+    ):
+        raise exc
+    principal = services.auth.expired_stream_principal(token)
+    assert principal.stream_run is not None
+    try:
+        run = await sup.reads.get_run(principal.stream_run, principal.scope)
+    except RunNotFound:
+        raise exc from None
+    if run["status"] not in ("queued", "running"):
+        raise exc
+    return principal
 
 
 def _insufficient_scope() -> AuthError:
@@ -52,7 +91,7 @@ async def authenticate(
     request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> Principal:
     """The principal making this request (401 if its credential is bad); no stream tokens."""
-    principal = await _principal(request, services)
+    principal = await principal_of(request, services)
     if principal.stream_run is not None:
         raise _insufficient_scope()
     return principal
@@ -63,7 +102,7 @@ async def authenticate_reader(
 ) -> Principal:
     """As ``authenticate``, for a GET of one run (path parameter ``run_id``): a stream token for
     that run is accepted too. Another run's id answers 404, as a run that does not exist."""
-    principal = await _principal(request, services)
+    principal = await principal_of(request, services)
     if principal.stream_run is not None:
         if request.method != "GET":
             raise _insufficient_scope()

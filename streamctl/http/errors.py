@@ -8,11 +8,15 @@ error's own ``code``. ``error_responses`` documents the same answers in ``/opena
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi import routing as fastapi_routing
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
@@ -21,6 +25,7 @@ from ..errors import (
     InvalidAgentConfig,
     InvalidCursor,
     InvalidInput,
+    RunIdTaken,
     RunNotFound,
     RunPurged,
     StoreError,
@@ -41,6 +46,7 @@ STATUS: dict[type[StreamctlError], int] = {
     RunNotFound: 404,
     ThreadNotFound: 404,
     ThreadBusy: 409,
+    RunIdTaken: 409,
     RunPurged: 410,
     InvalidInput: 422,
     InvalidAgentConfig: 422,
@@ -75,48 +81,132 @@ def error_response(exc: StreamctlError) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message), status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error the app answers, in the one JSON shape (``Error``)."""
+async def domain_error(request: Request, exc: StreamctlError) -> JSONResponse:
+    response = error_response(exc)
+    if response.status_code >= 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return response
 
-    @app.exception_handler(StreamctlError)
-    async def domain_error(request: Request, exc: StreamctlError) -> JSONResponse:
-        response = error_response(exc)
-        if response.status_code >= 500:
-            logger.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return response
 
-    @app.exception_handler(RecursionError)
-    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
-        message = "the request body is nested too deeply"
-        return JSONResponse(error_body("invalid_json", message), 400)
+async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+    message = "the request body is nested too deeply"
+    return JSONResponse(error_body("invalid_json", message), 400)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        details = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
-            for e in errors
-        ]
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse(
-                error_body("invalid_json", "the request body is not valid JSON", details=details),
-                400,
-            )
-        first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    details = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+        for e in errors
+    ]
+    if any(e.get("type") == "json_invalid" for e in errors):
         return JSONResponse(
-            error_body("invalid_request", f"{where}: {first['msg']}", details=details), 422
+            error_body("invalid_json", "the request body is not valid JSON", details=details),
+            400,
         )
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return JSONResponse(
+        error_body("invalid_request", f"{where}: {first['msg']}", details=details), 422
+    )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error"), 500)
+_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse(error_body("internal_error", "internal server error"), 500)
+
+
+async def error_answer(request: Request, exc: Exception) -> JSONResponse:
+    """The JSON answer to any exception a route lets out."""
+    if isinstance(exc, StreamctlError):
+        return await domain_error(request, exc)
+    if isinstance(exc, RequestValidationError):
+        return await invalid_request(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return await http_error(request, exc)
+    if isinstance(exc, RecursionError):
+        return await too_deep(request, exc)
+    return await internal_error(request, exc)
+
+
+class StreamctlRoute(APIRoute):
+    """A route that answers its own errors in the one JSON shape.
+
+    Exception handlers belong to an application; a host that only does
+    ``app.include_router(sc.router)`` has none of streamctl's, and would answer a ``RunNotFound``
+    with a bare 500. Every streamctl route is of this class, and ``include_router`` keeps a
+    route's class, so the errors of its dependencies (authentication included) and of its
+    endpoint are mapped wherever it is mounted.
+    """
+
+    strict_query = True
+    """Refuse query parameters the route does not take (422), rather than ignore them: a
+    misspelt ``?status=`` must not silently list everything."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        known = _query_names(self) if self.strict_query else None
+
+        async def answer(request: Request) -> Response:
+            try:
+                if known is not None:
+                    unknown = sorted(set(request.query_params) - known)
+                    if unknown:
+                        return _unknown_query(unknown, known)
+                return await handler(request)
+            except Exception as exc:
+                return await error_answer(request, exc)
+
+        return answer
+
+
+_ALWAYS_KNOWN = frozenset({"token"})
+"""Read by the authentication itself (a stream token on a GET), not declared by routes."""
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameters of the route, its dependencies' included (a host's ``authenticate``
+    may take its own). Included into another router, the route is built with that inclusion's
+    dependencies (FastAPI >= 0.16x passes them in a context variable)."""
+    dependant = route.dependant
+    context_var = getattr(fastapi_routing, "_effective_route_context_var", None)
+    context = context_var.get() if context_var is not None else None
+    if context is not None and getattr(context, "original_route", None) is route:
+        dependant = context.dependant
+    names: set[str] = set()
+    pending: list[Dependant] = [dependant]
+    while pending:
+        current = pending.pop()
+        names.update(field.alias for field in current.query_params)
+        pending.extend(current.dependencies)
+    return _ALWAYS_KNOWN | names
+
+
+def _unknown_query(unknown: list[str], known: frozenset[str]) -> JSONResponse:
+    taken = ", ".join(sorted(known - _ALWAYS_KNOWN)) or "none"
+    message = f"unknown query parameter {unknown[0]!r}; this route takes: {taken}"
+    details = [
+        {"loc": ["query", name], "msg": "unknown query parameter", "type": "extra_forbidden"}
+        for name in unknown
+    ]
+    return JSONResponse(error_body("invalid_request", message, details=details), 422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the app answers (outside routes too: 404, 405), in the one JSON shape."""
+    app.add_exception_handler(StreamctlError, domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RecursionError, too_deep)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, internal_error)
 
 
 _DESCRIPTIONS = {
@@ -142,7 +232,7 @@ _WHEN = {
     400: "`invalid_json`, `invalid_cursor` or `cursor_out_of_range`",
     401: "authentication failed (`WWW-Authenticate` says why)",
     404: "no such run, thread or path, or not yours",
-    409: "`thread_busy`: the thread has an active run",
+    409: "`thread_busy`: the thread has an active run; `run_id_taken`: a chosen run id in use",
     410: "`run_purged`: retention deleted the run's events",
     413: "`body_too_large`",
     422: "`invalid_request` (with `details`) or `invalid_input`",

@@ -139,6 +139,10 @@ class Thread(_Body):
     messages: list[ThreadMessage]
     active_run: Run | None
     last_run: Run | None
+    has_more: bool = Field(False, description="Older runs than this page's remain.")
+    next_before: str | None = Field(
+        None, description="With `has_more`: pass as `before=` for the page of older runs."
+    )
 
 
 class Health(_Body):
@@ -147,7 +151,8 @@ class Health(_Body):
 
 class Ready(_Body):
     status: Literal["ready"]
-    active_runs: int
+    active_runs: int | None = None
+    """Only for the metrics token or an admin while auth is on (docs/security.md)."""
 
 
 class ErrorDetail(_Body):

@@ -14,9 +14,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from .errors import StreamctlRoute
+
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
-router = APIRouter(tags=["page"])
+
+class PageRoute(StreamctlRoute):
+    strict_query = False  # a browser's URL may carry anything (tracking tags, cache busters)
+
+
+router = APIRouter(tags=["page"], route_class=PageRoute)
 _files = StaticFiles(directory=STATIC)
 
 

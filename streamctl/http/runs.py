@@ -5,17 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 
-from ..inputs import GraphStreamRequest, RunCreate, StopTarget
+from ..events import RunStatus
+from ..inputs import RunCreate, StopTarget
 from ..shaping import Granularity
 from ..sse import EventStream, parse_cursor
 from .auth import Me, Reader
-from .errors import error_responses
+from .errors import StreamctlRoute, error_responses
 from .models import EventsPage, Run, RunList, Stopped
 from .services import Sup, Svc
 from .streams import event_stream, start_streaming
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], route_class=StreamctlRoute)
 
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 
@@ -28,6 +30,14 @@ STOP_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": Stopped, "description": "The run is still stopping (`stopping: true`)."},
     **error_responses(*_ANY, 404, 413, 422),
 }
+
+
+class JSONLine(JSONResponse):
+    """JSON ending with a newline: ``curl -X POST …/stop`` is often typed at a shell, whose
+    next prompt would otherwise start on the answer's line."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(content) + b"\n"
 
 
 def stop_answer(state: tuple[dict[str, Any], bool], response: Response) -> dict[str, Any]:
@@ -59,14 +69,6 @@ async def create_run_stream(
     return await start_streaming(request, svc, sup, body, me)
 
 
-@router.post("/v1/graph/stream", response_class=EventStream, responses=_START_STREAM)
-async def graph_stream(
-    request: Request, body: GraphStreamRequest, svc: Svc, sup: Sup, me: Me
-) -> Response:
-    """Start a run from an AgentFlow-shaped body and stream it (SSE)."""
-    return await start_streaming(request, svc, sup, body.to_run_create(), me)
-
-
 @router.get(
     "/v1/runs",
     response_model=RunList,
@@ -77,10 +79,17 @@ async def list_runs(
     sup: Sup,
     me: Me,
     thread_id: str | None = None,
+    status: RunStatus | None = None,
+    owner: Annotated[str | None, Query(description="Admins: one owner's runs.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Any:
-    """Runs, newest first, optionally of one thread."""
-    return {"runs": await sup.reads.list_runs(me.scope, thread_id, limit)}
+    """Runs, newest first, optionally of one thread, in one status, of one owner (admins)."""
+    scope = me.scope
+    if owner is not None:
+        if scope is not None and owner != scope:
+            return {"runs": []}  # another principal's runs answer as if there were none
+        scope = owner
+    return {"runs": await sup.reads.list_runs(scope, thread_id, limit, status)}
 
 
 @router.get(
@@ -141,6 +150,7 @@ async def run_events(
     "/v1/runs/{run_id}/stop",
     response_model=Stopped,
     response_model_exclude_unset=True,
+    response_class=JSONLine,
     responses=STOP_RESPONSES,
 )
 async def stop_run(run_id: str, response: Response, sup: Sup, me: Me, wait: bool = True) -> Any:
@@ -152,11 +162,13 @@ async def stop_run(run_id: str, response: Response, sup: Sup, me: Me, wait: bool
     "/stop",
     response_model=Stopped,
     response_model_exclude_unset=True,
+    response_class=JSONLine,
     responses={**STOP_RESPONSES, **error_responses(400)},
 )
 async def stop_any(body: StopTarget, response: Response, sup: Sup, me: Me) -> Any:
-    """Stop a run by ``run_id``, or a thread's active run by ``thread_id``."""
+    """Stop a run by ``run_id``, or a thread's active run by ``thread_id`` (one of the caller's
+    own threads; an admin stops another's with ``POST /v1/threads/{id}/stop?owner=``)."""
     if body.run_id is not None:
         return stop_answer(await sup.control.stop(body.run_id, me.scope), response)
     assert body.thread_id is not None
-    return stop_answer(await sup.control.stop_thread(body.thread_id, me.scope), response)
+    return stop_answer(await sup.control.stop_thread(me.name, body.thread_id), response)

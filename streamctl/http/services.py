@@ -22,7 +22,12 @@ from ..sse import SendWatch
 from ..supervisor import Supervisor
 
 STATE_KEY = "streamctl"
-"""The attribute of ``app.state`` holding the ``Services``."""
+"""The attribute of ``app.state`` holding the ``Services`` (``create_app``)."""
+SCOPE_KEY = "streamctl.services"
+"""The request scope's key for the ``Services``, set by ``Streamctl.router``'s own dependency:
+a host application that includes the router carries nothing in its ``app.state``."""
+PRINCIPAL_KEY = "streamctl.principal"
+"""The request scope's key for the principal the host's ``authenticate`` returned."""
 
 
 @dataclass
@@ -34,10 +39,17 @@ class Services:
     supervisor: Supervisor | None = None
     """Set while the lifespan runs (the store is open)."""
     metrics: CollectorRegistry | None = None
+    host_auth: bool = False
+    """The host's ``authenticate`` names the principal (``PRINCIPAL_KEY``), not a token."""
+
+
+def find_services(request: Request) -> Services | None:
+    found: Services | None = request.scope.get(SCOPE_KEY)
+    return found if found is not None else getattr(request.app.state, STATE_KEY, None)
 
 
 def get_services(request: Request) -> Services:
-    services: Services | None = getattr(request.app.state, STATE_KEY, None)
+    services = find_services(request)
     if services is None:
         raise Unavailable("streamctl is not set up in this application")
     return services

@@ -19,6 +19,21 @@ from ..supervisor import Supervisor
 from .services import Services
 
 
+def slow_reset(request: Request, sup: Supervisor) -> Callable[[Scope], None]:
+    """What to do with a client that accepts no write within ``send_timeout``: count it and,
+    under ``streamctl serve``, reset its connection rather than wait to flush to it (plain
+    uvicorn has no such hook: the stream then closes normally)."""
+    app = request.app
+
+    def slow(scope: Scope) -> None:
+        sup.counters.slow_closed += 1
+        abort = getattr(app.state, "abort_connection", None)
+        if abort is not None:
+            abort(scope.get("client"))
+
+    return slow
+
+
 def event_stream(
     request: Request,
     services: Services,
@@ -38,16 +53,10 @@ def event_stream(
         return Response(status_code=204)
     if not claimed:
         sup.streams.open(me.name)  # 429 past max_streams_per_owner; the stream never starts
-    app = request.app
-
-    def slow(scope: Scope) -> None:
-        sup.counters.slow_closed += 1
-        # Under `streamctl serve`, reset the connection rather than wait to flush to a
-        # client that does not read (plain uvicorn has no such hook: it closes normally).
-        abort = getattr(app.state, "abort_connection", None)
-        if abort is not None:
-            abort(scope.get("client"))
-
+    # Under `streamctl serve`: how much of what was written the client has not taken yet, so a
+    # client that stopped reading is cut off even while the socket's buffers still take writes.
+    probe_for = getattr(request.app.state, "unsent_probe", None)
+    probe = probe_for(request.scope.get("client")) if probe_for is not None else None
     settings = services.settings
     return EventStream(
         stream,
@@ -55,9 +64,10 @@ def event_stream(
         send_timeout=settings.send_timeout,
         headers=headers,
         on_disconnect=on_disconnect,
-        on_slow=slow,
+        on_slow=slow_reset(request, sup),
         on_close=lambda: sup.streams.close(me.name),
         watch=services.watch,
+        probe=probe,
     )
 
 

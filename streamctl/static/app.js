@@ -2,9 +2,10 @@
 // The thread id lives in localStorage, so a reload (or a new tab) continues the conversation:
 // the page renders the thread's checkpoint, and if a run is active it renders that run's
 // snapshot and resumes its stream after the snapshot's last_seq: no word repeated, none missing.
-import { StreamctlClient } from "/static/streamctl.js";
+import { StreamctlClient } from "./streamctl.js";
 
-const client = new StreamctlClient();
+// Relative to where the page is served: streamctl may be mounted under a prefix (`/agent/`).
+const client = new StreamctlClient({ baseUrl: new URL(".", document.baseURI).pathname });
 const $ = (id) => document.getElementById(id);
 const log = $("log");
 const form = $("composer");

@@ -157,18 +157,28 @@ class RunStore(Protocol):
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     async def list_runs(
-        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
     ) -> list[RunRecord]:
-        """Runs newest first, of ``owner`` (``None``: everyone's), optionally of one thread."""
+        """Runs newest first, of ``owner`` (``None``: everyone's), optionally of one thread,
+        optionally in one ``status``."""
         ...
 
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None: ...
+    # A thread is keyed by (owner, thread_id): each principal has its own namespace of ids.
 
-    async def thread_runs(self, thread_id: str) -> list[RunRecord]:
-        """Every run of the thread, oldest first (its history)."""
+    async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None: ...
+
+    async def thread_runs(
+        self, owner: str, thread_id: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[RunRecord]:
+        """The thread's runs, oldest first (its history): with ``limit``, only the newest
+        ``limit`` of them created before the run ``before`` (before the end, if ``None``)."""
         ...
 
-    async def next_run_on_thread(self, thread_id: str, run_id: str) -> str | None:
+    async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
         """The id of the thread's run created right after ``run_id``, if any."""
         ...
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiosqlite
 
 from ..errors import StoreError
+from .lock import DatabaseLock
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -65,15 +66,18 @@ async def migrate(conn: aiosqlite.Connection) -> list[str]:
 
 
 async def migrate_file(path: str | Path) -> list[str]:
-    """Open ``path`` (creating it), switch it to WAL and apply pending migrations."""
-    try:
-        conn = await connect(Path(path))
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open store {str(path)!r}: {exc}") from exc
-    try:
-        await conn.execute("PRAGMA journal_mode=WAL")
-        return await migrate(conn)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot migrate store {str(path)!r}: {exc}") from exc
-    finally:
-        await conn.close()
+    """Open ``path`` (creating it), switch it to WAL and apply pending migrations.
+
+    Refuses (``DatabaseInUse``) while another process serves the database."""
+    with DatabaseLock(path):
+        try:
+            conn = await connect(Path(path))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {str(path)!r}: {exc}") from exc
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            return await migrate(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot migrate store {str(path)!r}: {exc}") from exc
+        finally:
+            await conn.close()

@@ -189,9 +189,10 @@ class RedisStore:
                     k.ORDER,
                     k.RUNS,
                     k.owner_runs(run.owner),
-                    k.thread(run.thread_id),
-                    k.thread_runs(run.thread_id),
+                    k.thread(run.owner, run.thread_id),
+                    k.thread_runs(run.owner, run.thread_id),
                     k.ACTIVE,
+                    k.thread_id_runs(run.thread_id),
                 ],
                 [run.run_id, run.owner, repr(run.created_at), deadline],
             ),
@@ -345,33 +346,46 @@ class RedisStore:
         return [k.record_of(raw) for raw in raws if raw and b"run_id" in raw]
 
     async def list_runs(
-        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
     ) -> list[RunRecord]:
         if thread_id is not None:
-            key, stop = k.thread_runs(thread_id), -1
+            key = k.thread_id_runs(thread_id) if owner is None else k.thread_runs(owner, thread_id)
         else:
-            key, stop = (k.RUNS if owner is None else k.owner_runs(owner)), limit - 1
+            key = k.RUNS if owner is None else k.owner_runs(owner)
+        # With a status filter every run of the list is read (no index by status yet).
+        stop = limit - 1 if status is None else -1
         ids = await self._call("listing runs", lambda: self.redis.zrevrange(key, 0, stop))
         records = await self._records(ids)
-        if owner is not None:
-            records = [r for r in records if r.owner == owner]
+        if status is not None:
+            records = [r for r in records if r.status == status]
         return records[:limit]
 
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        raw = await self._call("reading a thread", lambda: self.redis.hgetall(k.thread(thread_id)))
+    async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None:
+        key = k.thread(owner, thread_id)
+        raw = await self._call("reading a thread", lambda: self.redis.hgetall(key))
         if not raw:
             return None
         return ThreadRecord(thread_id, raw[b"owner"].decode(), float(raw[b"created_at"]))
 
-    async def thread_runs(self, thread_id: str) -> list[RunRecord]:
-        ids = await self._call(
-            "reading a thread", lambda: self.redis.zrange(k.thread_runs(thread_id), 0, -1)
-        )
+    async def thread_runs(
+        self, owner: str, thread_id: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[RunRecord]:
+        key = k.thread_runs(owner, thread_id)
+        ids = await self._call("reading a thread", lambda: self.redis.zrange(key, 0, -1))
+        if before is not None:
+            mark = before.encode()
+            ids = ids[: ids.index(mark)] if mark in ids else ids
+        if limit is not None:
+            ids = ids[len(ids) - limit :] if limit else []
         return await self._records(ids)
 
-    async def next_run_on_thread(self, thread_id: str, run_id: str) -> str | None:
+    async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
         async def after() -> str | None:
-            key = k.thread_runs(thread_id)
+            key = k.thread_runs(owner, thread_id)
             rank = await self.redis.zrank(key, run_id)
             if rank is None:
                 return None

@@ -46,13 +46,19 @@ def owner_runs(owner: str) -> str:
     return f"{INDEX}:owner:{owner}:runs"
 
 
-def thread(thread_id: str) -> str:
-    # Threads become per owner (issue 11): then this key (and ``thread_runs``) take the owner.
-    return f"{INDEX}:th:{thread_id}"
+def thread(owner: str, thread_id: str) -> str:
+    """A thread is ``(owner, thread_id)``: each principal has its own ids (the owner's length
+    first, so that no owner and id pair can spell another's key)."""
+    return f"{INDEX}:th:{len(owner)}:{owner}:{thread_id}"
 
 
-def thread_runs(thread_id: str) -> str:
-    return f"{INDEX}:th:{thread_id}:runs"
+def thread_runs(owner: str, thread_id: str) -> str:
+    return thread(owner, thread_id) + ":runs"
+
+
+def thread_id_runs(thread_id: str) -> str:
+    """Runs on threads of this id, whoever owns them (an admin's list by thread)."""
+    return f"{INDEX}:thid:{thread_id}:runs"
 
 
 def control_channel(node: str) -> str:
@@ -101,8 +107,8 @@ redis.call('SET', KEYS[2], ARGV[1] .. ':1', 'PX', ARGV[2])
 return 1
 """
 
-# KEYS order, runs, owner_runs, thread, thread_runs, active; ARGV run_id, owner, created_at,
-# deadline_ms
+# KEYS order, runs, owner_runs, thread, thread_runs, active, thread_id_runs; ARGV run_id, owner,
+# created_at, deadline_ms
 INDEX_RUN = """
 if redis.call('EXISTS', KEYS[4]) == 0 then
   redis.call('HSET', KEYS[4], 'owner', ARGV[2], 'created_at', ARGV[3])
@@ -113,6 +119,7 @@ redis.call('ZADD', KEYS[2], o, ARGV[1])
 redis.call('ZADD', KEYS[3], o, ARGV[1])
 redis.call('ZADD', KEYS[5], o, ARGV[1])
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[7], o, ARGV[1])
 return 1
 """
 

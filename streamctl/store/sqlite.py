@@ -26,6 +26,7 @@ from typing import Any
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
 import orjson
 from anyio.abc import TaskGroup
 
@@ -34,39 +35,41 @@ from ..events import Frame
 from ..stats import StoreStats
 from . import statements as sql
 from .base import CommitSink, FinalState, NewRun, Orphan, RunRecord, ThreadRecord
+from .lock import DatabaseLock
 from .migrate import connect, migrate
+from .queue import Batch, Pending, Statement, WriteQueue
 
 logger = logging.getLogger("streamctl.store")
 
 CLOSE_TIMEOUT = 30.0
 """Default bound on closing: committing what is queued, then closing the connections."""
 
-Pending = tuple[str, Frame, object, CommitSink]
-
-
-class _Batch:
-    """Completion of one group commit; everyone who enqueued into it waits on ``done``."""
-
-    __slots__ = ("done", "error")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.error: BaseException | None = None
+MAX_BATCH_EVENTS = 500
+"""Default cap on the rows of one transaction (see ``queue.py``)."""
+MAX_BATCH_BYTES = 1024 * 1024
+"""Default cap on the bytes of one transaction."""
 
 
 class SqliteStore:
     """One SQLite file. Use as ``async with SqliteStore(path) as store``."""
 
-    def __init__(self, path: str | Path, *, close_timeout: float = CLOSE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        close_timeout: float = CLOSE_TIMEOUT,
+        max_batch_events: int = MAX_BATCH_EVENTS,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
         self.path = Path(path)
         self.close_timeout = close_timeout
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._tg: TaskGroup | None = None
-        self._events: list[Pending] = []
-        self._statements: list[tuple[str, Sequence[Any]]] = []
-        self._pending = _Batch()
-        self._inflight: _Batch | None = None
+        self.stats = StoreStats()
+        self._queue = WriteQueue(max_batch_events, max_batch_bytes, self.stats)
+        self._inflight: Batch | None = None
+        """The batch being committed, if any."""
         self._commit_scope: anyio.CancelScope | None = None
         self._wake = anyio.Event()
         self._idle = False
@@ -75,11 +78,13 @@ class SqliteStore:
         self._abandoned = False
         self._owned: set[str] = set()
         """Runs this store created and has not finished: their owner is alive."""
-        self.stats = StoreStats()
+        self.lock = DatabaseLock(self.path)
+        """One process owns the file (``lock.py``): taken before anything is read."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> SqliteStore:
+        self.lock.acquire()  # DatabaseInUse: another process serves this file; nothing touched
         try:
             self._writer = await connect(self.path)
             await self._writer.execute("PRAGMA journal_mode=WAL")
@@ -88,6 +93,7 @@ class SqliteStore:
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._close_connections()
+            self.lock.release()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"cannot open store {str(self.path)!r}: {exc}") from exc
             raise
@@ -120,6 +126,7 @@ class SqliteStore:
         await self._tg.__aexit__(None, None, None)
         with anyio.move_on_after(self.close_timeout, shield=True):
             await self._close_connections()
+        self.lock.release()
 
     async def _close_connections(self) -> None:
         for conn in (self._reader, self._writer):
@@ -130,8 +137,8 @@ class SqliteStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def append(self, run_id: str, frame: Frame, event: object, sink: CommitSink) -> None:
-        """Queue one event for the next group commit. Synchronous: never awaits."""
-        self._events.append((run_id, frame, event, sink))
+        """Queue one event in its run's lane for a coming group commit; never awaits."""
+        self._queue.put(run_id, (run_id, frame, event, sink))
         if self._idle:
             self._idle = False
             self._wake.set()
@@ -139,8 +146,11 @@ class SqliteStore:
     def create_run(self, run: NewRun) -> None:
         # Encoded before anything is queued: if this raised, nothing half-written would remain.
         input_json, config_json = orjson.dumps(run.input), orjson.dumps(run.config)
-        self._execute_later(sql.INSERT_THREAD, (run.thread_id, run.owner, run.created_at))
         self._execute_later(
+            run.run_id, sql.INSERT_THREAD, (run.thread_id, run.owner, run.created_at)
+        )
+        self._execute_later(
+            run.run_id,
             sql.INSERT_RUN,
             (
                 run.run_id,
@@ -156,10 +166,11 @@ class SqliteStore:
         self._owned.add(run.run_id)
 
     def mark_running(self, run_id: str, started_at: float) -> None:
-        self._execute_later(sql.MARK_RUNNING, (started_at, run_id))
+        self._execute_later(run_id, sql.MARK_RUNNING, (started_at, run_id))
 
     def finish_run(self, run_id: str, final: FinalState) -> None:
         self._execute_later(
+            run_id,
             sql.FINAL_UPDATE,
             (
                 final.status,
@@ -173,33 +184,36 @@ class SqliteStore:
         )
         self._owned.discard(run_id)
 
-    def _execute_later(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Queue a statement for the next group commit (before that batch's events)."""
-        self._statements.append((sql, params))
+    def _execute_later(self, lane: str, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue a statement in a lane (a run's: in order with its events)."""
+        self._queue.put(lane, Statement(sql, params))
         if self._idle:
             self._idle = False
             self._wake.set()
 
     async def flush(self) -> None:
-        """Return once everything queued so far is committed; raise ``StoreError`` if it failed."""
-        batches = [] if self._inflight is None else [self._inflight]
-        if self._events or self._statements:
-            batches.append(self._pending)
-        for batch in batches:
-            await batch.done.wait()
-        for batch in batches:
-            if batch.error is not None:
-                raise StoreError(f"commit failed: {batch.error}") from batch.error
+        """Return once everything queued so far is committed; raise ``StoreError`` if some of
+        it was lost. With capped batches that may take several: each lane's count says when."""
+        marks = self._queue.marks()
+        while True:
+            progress = self._queue.progress  # taken before checking: no batch end is missed
+            if all(mark.reached for mark in marks):
+                break
+            await progress.wait()
+        for mark in marks:
+            lost = mark.loss()
+            if lost is not None:
+                raise StoreError(f"commit failed: {lost}") from lost
 
     async def _write_loop(self) -> None:
         conn = self._writer
         assert conn is not None
+        queue = self._queue
         while True:
             if self._abandoned:  # closing took too long: what is still queued is lost
-                self._pending.error = StoreError("the store closed before committing")
-                self._pending.done.set()
+                queue.abandon(StoreError("the store closed before committing"))
                 return
-            if not (self._events or self._statements):
+            if not queue:
                 if self._closing:
                     return
                 self._wake = anyio.Event()
@@ -207,67 +221,57 @@ class SqliteStore:
                 await self._wake.wait()
                 self._idle = False
                 continue
-            events, self._events = self._events, []
-            statements, self._statements = self._statements, []
-            batch, self._pending = self._pending, _Batch()
-            self._inflight = batch
+            batch = self._inflight = queue.take()
             began = time.perf_counter()
+            error: BaseException | None = None
             try:
                 # Shielded: a cancelled caller must not abandon a commit halfway. Only closing
                 # the store cancels it (``__aexit__``, past its bound).
                 with anyio.CancelScope(shield=True) as scope:
                     self._commit_scope = scope
-                    await self._commit(conn, statements, events)
+                    await self._commit(conn, batch)
                 if scope.cancelled_caught:
                     raise sqlite3.OperationalError("the store closed before the commit ended")
             except sqlite3.Error as exc:
-                logger.exception("group commit of %d events failed", len(events))
-                batch.error = exc
-                self._abandon(events, exc)
-            else:
-                stats = self.stats
-                stats.batches += 1
-                stats.committed_events += len(events)
-                stats.batch_sizes.observe(len(events))
-                stats.commit_seconds.observe(time.perf_counter() - began)
-                _deliver(events)
+                logger.error("group commit of %d events failed: %s", len(batch.events), exc)
+                self.stats.failed_batches += 1
+                error = exc
             finally:
                 self._commit_scope = None
                 self._inflight = None
-                batch.done.set()
+            if error is None:
+                self._count(batch, time.perf_counter() - began)
+                queue.settle(batch, None)
+                _deliver(batch.events)
+            else:
+                dropped = queue.settle(batch, error)
+                _tell_failed(batch.events + dropped, error)
+            # One batch per turn of the loop: with a firehose queued, the event loop (other
+            # runs, their streams, stops) gets a turn between two transactions.
+            await anyio.lowlevel.checkpoint()
 
-    def _abandon(self, events: list[Pending], exc: Exception) -> None:
-        """A batch is lost: its runs must not number on past the hole (dense ids), so their
-        later events still pending are dropped too, and each run is told it has failed."""
-        lost = {id(sink): sink for _, _, _, sink in events}
-        if not lost:
-            return
-        kept = [entry for entry in self._events if id(entry[3]) not in lost]
-        if len(kept) < len(self._events):
-            # Whoever waits for the pending batch waited for these too: it failed for them.
-            self._pending.error = exc
-            self._events = kept
-            if not kept and not self._statements:
-                self._pending.done.set()
-                self._pending = _Batch()
-        for sink in lost.values():
-            failed = getattr(sink, "failed", None)
-            if failed is not None:
-                failed(exc)
+    def _count(self, batch: Batch, seconds: float) -> None:
+        stats = self.stats
+        events = len(batch.events)
+        stats.batches += 1
+        stats.committed_events += events
+        stats.batch_sizes.observe(events)
+        stats.commit_seconds.observe(seconds)
+        stats.max_batch_rows = max(stats.max_batch_rows, batch.rows)
+        stats.max_batch_bytes = max(stats.max_batch_bytes, batch.bytes)
 
     @staticmethod
-    async def _commit(
-        conn: aiosqlite.Connection,
-        statements: list[tuple[str, Sequence[Any]]],
-        events: list[Pending],
-    ) -> None:
+    async def _commit(conn: aiosqlite.Connection, batch: Batch) -> None:
         try:
-            for statement, params in statements:
-                await conn.execute(statement, params)
-            if events:
+            for statement in batch.statements:
+                await conn.execute(statement.sql, statement.params)
+            if batch.events:
                 await conn.executemany(
                     sql.INSERT_EVENT,
-                    [(run_id, f.seq, f.type, f.data, f.created_at) for run_id, f, _, _ in events],
+                    [
+                        (run_id, f.seq, f.type, f.data, f.created_at)
+                        for run_id, f, _, _ in batch.events
+                    ],
                 )
             await conn.commit()
         except sqlite3.Error:
@@ -303,26 +307,38 @@ class SqliteStore:
         return None if row is None else sql.run_record(row)
 
     async def list_runs(
-        self, owner: str | None, thread_id: str | None = None, limit: int = 50
+        self,
+        owner: str | None,
+        thread_id: str | None = None,
+        limit: int = 50,
+        status: str | None = None,
     ) -> list[RunRecord]:
-        if thread_id is None:
+        if status is not None:
+            rows = await self.fetch_all(sql.RUNS_FILTERED, (owner, thread_id, status, limit))
+        elif thread_id is None:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER, (owner, limit))
         else:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))
         return [sql.run_record(row) for row in rows]
 
-    async def get_thread(self, thread_id: str) -> ThreadRecord | None:
-        row = await self.fetch_one(sql.THREAD, (thread_id,))
+    async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None:
+        row = await self.fetch_one(sql.THREAD, (owner, thread_id))
         if row is None:
             return None
         return ThreadRecord(row["thread_id"], row["owner"], row["created_at"])
 
-    async def thread_runs(self, thread_id: str) -> list[RunRecord]:
-        rows = await self.fetch_all(sql.RUNS_ON_THREAD, (thread_id,))
+    async def thread_runs(
+        self, owner: str, thread_id: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[RunRecord]:
+        if limit is None and before is None:
+            rows = await self.fetch_all(sql.RUNS_ON_THREAD, (owner, thread_id))
+        else:
+            page = -1 if limit is None else limit  # LIMIT -1: no limit
+            rows = await self.fetch_all(sql.LATEST_RUNS_ON_THREAD, (owner, thread_id, before, page))
         return [sql.run_record(row) for row in rows]
 
-    async def next_run_on_thread(self, thread_id: str, run_id: str) -> str | None:
-        row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (thread_id, run_id))
+    async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
+        row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (owner, thread_id, run_id))
         return None if row is None else str(row["run_id"])
 
     # -- maintenance -----------------------------------------------------------------------------
@@ -338,10 +354,22 @@ class SqliteStore:
     async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
         rows = await self.fetch_all(sql.PURGEABLE_RUNS, (ended_before, limit))
         for row in rows:
-            self._execute_later(sql.DELETE_EVENTS, (row["run_id"],))
-            self._execute_later(sql.MARK_PURGED, (now, row["run_id"]))
+            self._execute_later("", sql.DELETE_EVENTS, (row["run_id"],))
+            self._execute_later("", sql.MARK_PURGED, (now, row["run_id"]))
         await self.flush()
         return len(rows)
+
+
+def _tell_failed(events: list[Pending], error: BaseException) -> None:
+    """Tell each run whose events were lost (once): it must stop numbering past the hole."""
+    sinks = {id(sink): sink for _, _, _, sink in events}
+    for sink in sinks.values():
+        failed = getattr(sink, "failed", None)
+        if failed is not None:
+            try:
+                failed(error)
+            except Exception:
+                logger.exception("telling a run of its lost events failed")
 
 
 def _deliver(events: list[Pending]) -> None:

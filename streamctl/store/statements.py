@@ -36,18 +36,41 @@ FRAMES_BETWEEN = (
     "SELECT seq, type, data, created_at FROM events WHERE run_id = ? AND seq > ? AND seq <= ?"
     " ORDER BY seq"
 )
-RUN = "SELECT * FROM runs WHERE run_id = ?"
-RUNS_OF_OWNER = (
-    "SELECT * FROM runs WHERE ifnull(?, owner) = owner ORDER BY created_at DESC, rowid DESC LIMIT ?"
+_RUN_COLUMNS = (
+    f"runs.*, CASE WHEN {_ACTIVE} THEN (SELECT ifnull(max(seq), 0) FROM events"
+    " WHERE events.run_id = runs.run_id) END AS stored_seq"
 )
-RUNS_OF_OWNER_ON_THREAD = (
-    "SELECT * FROM runs WHERE ifnull(?, owner) = owner AND thread_id = ?"
+"""A run's row; for an active one, also its last stored seq (the row's ``last_seq`` is written
+only when the run ends, and a run whose owner could not end it must not show 0)."""
+
+RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
+RUNS_OF_OWNER = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner"
     " ORDER BY created_at DESC, rowid DESC LIMIT ?"
 )
-THREAD = "SELECT * FROM threads WHERE thread_id = ?"
-RUNS_ON_THREAD = "SELECT * FROM runs WHERE thread_id = ? ORDER BY created_at, rowid"
+RUNS_OF_OWNER_ON_THREAD = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner AND thread_id = ?"
+    " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+)
+RUNS_FILTERED = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE ifnull(?, owner) = owner"
+    " AND ifnull(?, thread_id) = thread_id"
+    " AND status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"
+)
+# A thread is (owner, thread_id) (migration 0003): every thread query names both.
+THREAD = "SELECT * FROM threads WHERE owner = ? AND thread_id = ?"
+RUNS_ON_THREAD = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE owner = ? AND thread_id = ? ORDER BY created_at, rowid"
+)
+# The newest ``limit`` runs created before a run (all, when it is NULL), returned oldest first.
+# A thread's runs are inserted in creation order, so rowid is that order.
+LATEST_RUNS_ON_THREAD = (
+    "SELECT * FROM (SELECT rowid AS _row, * FROM runs WHERE owner = ? AND thread_id = ?"
+    " AND rowid < ifnull((SELECT rowid FROM runs WHERE run_id = ?), 9223372036854775807)"
+    " ORDER BY rowid DESC LIMIT ?) ORDER BY _row"
+)
 NEXT_RUN_ON_THREAD = (
-    "SELECT run_id FROM runs WHERE thread_id = ?"
+    "SELECT run_id FROM runs WHERE owner = ? AND thread_id = ?"
     " AND rowid > (SELECT rowid FROM runs WHERE run_id = ?) ORDER BY rowid LIMIT 1"
 )
 ACTIVE_RUNS = f"SELECT run_id, thread_id FROM runs WHERE {_ACTIVE} ORDER BY created_at, rowid"
@@ -69,7 +92,7 @@ def run_record(row: dict[str, Any]) -> RunRecord:
         created_at=row["created_at"],
         started_at=row["started_at"],
         ended_at=row["ended_at"],
-        last_seq=row["last_seq"],
+        last_seq=row["last_seq"] if row.get("stored_seq") is None else row["stored_seq"],
         reason=snapshot.get("reason"),
         output=snapshot.get("output"),
         error=orjson.loads(row["error"]) if row["error"] else None,

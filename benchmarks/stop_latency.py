@@ -5,10 +5,16 @@ reader thread with a connection of its own. Once the stream shows the run mid-to
 ``message_chunk`` events arrived) or mid-tool (``tool_start`` arrived, the tool takes a minute), the
 main thread sends ``POST /v1/runs/{id}/stop`` on another connection and measures:
 
-* stop -> response: the server answers once the run's task has exited (DESIGN.md invariant 7);
+* stop -> response: the server answers once the run's task has exited (docs/architecture.md,
+  invariant 7);
 * stop -> done: the reader thread has parsed the run's ``done`` event off its stream.
 
-Prints a table (milliseconds) and, with ``--json PATH``, writes the figures and raw samples.
+Prints a table (milliseconds: p50 / p90 / p99 / max) and, with ``--json PATH``, writes the figures
+and raw samples. ``--repeat N`` does it all N times, each on a fresh server: the table then shows
+the median of each figure and its min..max.
+
+    scripts/bench-stop                          # 500 stops mid-token and 500 mid-tool
+    scripts/bench-stop --stops 50 --repeat 3 --json stop.json
 Every stop must answer 200 with status ``cancelled`` and its stream must end with exactly that
 ``done``; anything else is counted and makes the exit status 1.
 """
@@ -21,18 +27,20 @@ import math
 import os
 import platform
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from httpx_sse import connect_sse
+
+from benchmarks.report import Row, combine, render
+from benchmarks.servers import ROOT, Server, run_async
+from benchmarks.stats import median_of
 
 INPUT = {"messages": [{"role": "user", "content": "What is the weather in Tokyo?"}]}
 SCENARIOS = ("mid-token", "mid-tool")
@@ -154,50 +162,82 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "streamctl", "serve", "--port", str(port),
-        "--db", str(workdir / "bench.db"), "--log-level", "warning",
-    ]  # fmt: skip
-    # The log goes to a file: a pipe nobody reads would block the server once it is full.
-    log = (workdir / "server.log").open("wb")
+def start_server() -> Server:
     # Hundreds of runs a minute from one principal: lift the per-principal rate cap (an unknown
     # STREAMCTL_* variable is ignored by versions without it).
-    env = {**os.environ, "STREAMCTL_RUNS_PER_MINUTE": "1000000"}
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {(workdir / 'server.log').read_text()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.05)  # still starting: nothing to wait on but time
-    process.kill()
-    raise RuntimeError("server did not become ready")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
+    server = Server("streamctl", ROOT, env={"STREAMCTL_RUNS_PER_MINUTE": "1000000"})
+    server.start()
     try:
-        process.wait(20.0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        run_async(server.wait_ready())
+    except BaseException:
+        server.stop(signal.SIGTERM)
+        raise
+    return server
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def one_pass(args: argparse.Namespace) -> tuple[list[Sample], list[str], float]:
+    """Every stop of one repetition, on a fresh server: (samples, failures, seconds)."""
+    samples: list[Sample] = []
+    failures: list[str] = []
+    server = start_server()
+    url = f"http://127.0.0.1:{server.port}"
+    began = time.monotonic()
+    try:
+        timeout = httpx.Timeout(30.0)
+        with (
+            httpx.Client(base_url=url, timeout=timeout) as control,
+            httpx.Client(base_url=url, timeout=timeout) as stream,
+        ):
+            background = start_background(url, args.background)
+            # Alternate the scenarios so drift (a warmer cache, a fuller WAL) hits both alike.
+            for i in range(args.warmup + args.stops):
+                for scenario in SCENARIOS:
+                    try:
+                        sample = one_stop(control, stream, scenario, args.tokens, args.chunks)
+                    except RuntimeError as exc:
+                        failures.append(str(exc))
+                        continue
+                    if i >= args.warmup:
+                        samples.append(sample)
+            failures += stop_background(control, background)
+    finally:
+        server.stop(signal.SIGTERM)
+    return samples, failures, time.monotonic() - began
+
+
+MEASURES = (("stop -> response", "stop_response_ms"), ("stop -> done", "stop_to_done_ms"))
+
+
+def figures(samples: list[Sample]) -> dict[str, Any]:
+    """scenario -> measure -> {n, p50, p90, p99, max} (ms)."""
+    out: dict[str, Any] = {}
+    for scenario in SCENARIOS:
+        for measure, attr in MEASURES:
+            values = [getattr(s, attr) for s in samples if s.scenario == scenario]
+            if values:
+                out.setdefault(scenario, {})[measure] = {
+                    "n": len(values),
+                    **{f"p{p}": round(percentile(values, p), 2) for p in (50, 90, 99)},
+                    "max": round(max(values), 2),
+                }
+    return out
+
+
+def rows(result: dict[str, Any]) -> list[Row]:
+    return [
+        Row(
+            f"{scenario}, {measure} p50 / p90 / p99 / max (ms)",
+            (f["p50"], f["p90"], f["p99"], f["max"]),
+        )
+        for scenario, measures in result.items()
+        for measure, f in measures.items()
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench-stop", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--stops", type=int, default=500, help="stops per scenario (default 500)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed stops per scenario first")
     parser.add_argument(
@@ -216,89 +256,48 @@ def main() -> int:
         default=0,
         help="other runs streaming meanwhile (20 events/s each, each read by a client)",
     )
+    parser.add_argument("--repeat", type=int, default=1, help="repetitions, each on a new server")
     parser.add_argument("--json", type=Path, default=None, help="write results and samples here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    samples: list[Sample] = []
-    failures: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="bench-stop-") as tmp:
-        process, url = start_server(Path(tmp))
-        began = time.monotonic()
-        try:
-            timeout = httpx.Timeout(30.0)
-            with (
-                httpx.Client(base_url=url, timeout=timeout) as control,
-                httpx.Client(base_url=url, timeout=timeout) as stream,
-            ):
-                background = start_background(url, args.background)
-                # Alternate the scenarios so drift (a warmer cache, a fuller WAL) hits both alike.
-                for i in range(args.warmup + args.stops):
-                    for scenario in SCENARIOS:
-                        try:
-                            sample = one_stop(control, stream, scenario, args.tokens, args.chunks)
-                        except RuntimeError as exc:
-                            failures.append(str(exc))
-                            continue
-                        if i >= args.warmup:
-                            samples.append(sample)
-                failures += stop_background(control, background)
-        finally:
-            stop_server(process)
-        elapsed = time.monotonic() - began
-
-    rows = []
-    for scenario in SCENARIOS:
-        for measure, attr in (
-            ("stop -> response", "stop_response_ms"),
-            ("stop -> done", "stop_to_done_ms"),
-        ):
-            values = [getattr(s, attr) for s in samples if s.scenario == scenario]
-            if not values:
-                continue
-            rows.append(
-                {
-                    "scenario": scenario,
-                    "measure": measure,
-                    "n": len(values),
-                    **{f"p{p}": round(percentile(values, p), 2) for p in (50, 90, 99)},
-                    "max": round(max(values), 2),
-                }
-            )
+    passes = [one_pass(args) for _ in range(max(1, args.repeat))]
+    per_pass = [figures(samples) for samples, _, _ in passes]
+    result = median_of(per_pass)
+    table = combine(rows(result), [rows(f) for f in per_pass])
+    failures = [f for _, fails, _ in passes for f in fails]
+    elapsed = sum(seconds for _, _, seconds in passes)
+    stops = sum(len(samples) for samples, _, _ in passes)
 
     print(
-        f"stop latency in ms: {len(samples)} stops in {elapsed:.1f} s, {args.background} other"
-        f" runs streaming; Python {platform.python_version()}, {os.cpu_count()} CPUs, server and"
-        " client on one machine (loopback TCP)"
+        f"stop latency in ms: {stops} stops in {elapsed:.1f} s ({len(passes)} repetition(s)),"
+        f" {args.background} other runs streaming; Python {platform.python_version()},"
+        f" {os.cpu_count()} CPUs, server and client on one machine (loopback TCP)"
     )
-    print(f"{'scenario':<10} {'measure':<17} {'n':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}")
-    for row in rows:
-        print(
-            f"{row['scenario']:<10} {row['measure']:<17} {row['n']:>4} {row['p50']:>7.2f}"
-            f" {row['p90']:>7.2f} {row['p99']:>7.2f} {row['max']:>7.2f}"
-        )
+    print(render(table))
     for failure in failures:
         print("FAILED:", failure, file=sys.stderr)
 
     if args.json is not None:
         report = {
-            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "command": ["scripts/bench-stop", *(sys.argv[1:] if argv is None else argv)],
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "elapsed_s": round(elapsed, 2),
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "results": rows,
+            "results": result,
+            "repetitions": per_pass,
+            "table": table,
             "failures": failures,
-            "samples": {
-                scenario: {
-                    "stop_response_ms": [
-                        s.stop_response_ms for s in samples if s.scenario == scenario
-                    ],
-                    "stop_to_done_ms": [
-                        s.stop_to_done_ms for s in samples if s.scenario == scenario
-                    ],
+            "samples": [
+                {
+                    scenario: {
+                        attr: [getattr(s, attr) for s in samples if s.scenario == scenario]
+                        for _, attr in MEASURES
+                    }
+                    for scenario in SCENARIOS
                 }
-                for scenario in SCENARIOS
-            },
+                for samples, _, _ in passes
+            ],
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 1 if failures else 0

@@ -1,0 +1,104 @@
+"""What a process costs, read from /proc: CPU seconds (all threads) and resident memory.
+
+Server CPU is utime + stime from /proc/<pid>/stat (all threads, so SQLite's writer thread counts);
+server memory is VmRSS from /proc/<pid>/status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread, keyed ``name/tid``."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rpartition(")")[2].split()
+        out[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def proc_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + parts[4]
+    return (sum(parts[:8]) - idle) / CLK_TCK
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its reaped children (the servers, the workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@dataclass
+class CpuSampler:
+    """Samples (time, server CPU, client CPU) in the background, to read a window afterwards."""
+
+    pid: int
+    every: float = 0.2
+    samples: list[tuple[float, float, float]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        self.samples.append((time.perf_counter(), proc_cpu(self.pid), time.process_time()))
+
+    async def _loop(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.sample()
+
+    def server_at(self, t: float) -> float:
+        """Server CPU seconds at ``t``, interpolated between samples."""
+        for a, b in pairwise(self.samples):
+            if a[0] <= t <= b[0]:
+                return a[1] + (b[1] - a[1]) * (t - a[0]) / max(b[0] - a[0], 1e-9)
+        return self.samples[0][1] if t < self.samples[0][0] else self.samples[-1][1]
+
+    def window(self, t0: float, t1: float) -> tuple[float, float, float]:
+        """(seconds, server CPU %, client CPU %) over the samples inside [t0, t1]."""
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2:
+            return 0.0, float("nan"), float("nan")
+        a, b = inside[0], inside[-1]
+        wall = b[0] - a[0]
+        return wall, 100 * (b[1] - a[1]) / wall, 100 * (b[2] - a[2]) / wall

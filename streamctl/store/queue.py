@@ -1,0 +1,222 @@
+"""The write queue of a group-committing store: one FIFO lane per run, bounded fair batches.
+
+Everything a store is asked to write (a run's events, its row's statements) is queued in that
+run's *lane*, in order; statements that belong to no run (retention) have a lane of their own. The
+writer takes one batch at a time and commits it in one transaction:
+
+- a batch holds at most ``max_rows`` items and ``max_bytes`` bytes (a lone larger item still goes
+  alone), so no transaction grows with a firehose's backlog;
+- lanes are served round robin, each at most its share (``max_rows`` / lanes waiting) per turn,
+  and a lane served goes to the back: a run with one event waiting is in the next batch, however
+  much another run has queued;
+- a lane's items leave in order, so a run's row is written before its events and its final row
+  with (or after) its last event.
+
+``flush`` needs "everything queued before now is settled": each lane counts the items it was
+given (``queued``) and the items whose batch has ended (``settled``); a flush waits until every
+lane reaches the count it had, and fails if items of that range were lost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from ..events import Frame
+from ..stats import StoreStats
+from .base import CommitSink
+
+Pending = tuple[str, Frame, object, CommitSink]
+"""An event waiting for its commit: run id, frame, event, the sink told once it is durable."""
+
+EVENT_OVERHEAD = 64
+"""Bytes an event row costs besides its JSON payload (ids, type, time), for the byte cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A write of a run's row (or of retention) queued in a lane."""
+
+    sql: str
+    params: Sequence[Any]
+
+    @property
+    def size(self) -> int:
+        return 64 + sum(len(p) for p in self.params if isinstance(p, bytes | str))
+
+
+Item = Pending | Statement
+
+
+def size_of(item: Item) -> int:
+    """What an item weighs against the byte caps."""
+    if isinstance(item, Statement):
+        return item.size
+    return len(item[1].data) + EVENT_OVERHEAD
+
+
+class Lane:
+    """One run's queued writes, in order."""
+
+    __slots__ = ("bytes", "items", "key", "losses", "queued", "settled")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.items: deque[Item] = deque()
+        self.bytes = 0
+        """Bytes of the items not settled yet (queued or in the batch being committed)."""
+        self.queued = 0
+        """Items ever queued in this lane (item k is the k-th, from 1)."""
+        self.settled = 0
+        """Items whose batch has ended, committed or lost (always the first ones)."""
+        self.losses: list[tuple[int, int, BaseException]] = []
+        """Ranges (after, upto] of items lost, and why."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Items taken for one transaction: statements first (in order), then events."""
+
+    statements: list[Statement] = field(default_factory=list)
+    events: list[Pending] = field(default_factory=list)
+    lanes: dict[Lane, list[int]] = field(default_factory=dict)
+    """How many items, and how many bytes, each lane gave."""
+    bytes: int = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.statements) + len(self.events)
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """What one ``flush`` waits for in one lane: items (start, upto]."""
+
+    lane: Lane
+    start: int
+    upto: int
+
+    @property
+    def reached(self) -> bool:
+        return self.lane.settled >= self.upto
+
+    def loss(self) -> BaseException | None:
+        for after, upto, exc in self.lane.losses:
+            if after < self.upto and upto > self.start:
+                return exc
+        return None
+
+
+class WriteQueue:
+    """Lanes with something queued, and the batches the writer takes from them."""
+
+    def __init__(self, max_rows: int, max_bytes: int, stats: StoreStats) -> None:
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.stats = stats
+        """Where the high-water marks of a lane's backlog go."""
+        self._lanes: dict[str, Lane] = {}
+        self._ready: deque[Lane] = deque()
+        """Lanes with items waiting, in round-robin order."""
+        self.progress = anyio.Event()
+        """Set (and replaced) each time a batch ends: flushes re-check their marks."""
+
+    def __bool__(self) -> bool:
+        return bool(self._ready)
+
+    def put(self, key: str, item: Item) -> None:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = Lane(key)
+        if not lane.items:
+            self._ready.append(lane)
+        lane.items.append(item)
+        lane.queued += 1
+        lane.bytes += size_of(item)
+        if isinstance(item, Statement):
+            return  # a run's rows are not what backpressure bounds (the final one is big)
+        # High-water marks: what the backlog bounds (``Run.backlogged``) must keep small.
+        stats = self.stats
+        if lane.queued - lane.settled > stats.max_backlog_events:
+            stats.max_backlog_events = lane.queued - lane.settled
+        if lane.bytes > stats.max_backlog_bytes:
+            stats.max_backlog_bytes = lane.bytes
+
+    def marks(self) -> list[Mark]:
+        """Everything queued so far that is not settled yet, lane by lane."""
+        return [
+            Mark(lane, lane.settled, lane.queued)
+            for lane in self._lanes.values()
+            if lane.settled < lane.queued
+        ]
+
+    def take(self) -> Batch:
+        """The next batch: round robin over the lanes waiting, within both caps."""
+        batch = Batch()
+        ready = self._ready
+        quantum = max(1, self.max_rows // max(1, len(ready)))
+        full = False
+        while ready and not full:
+            lane = ready.popleft()
+            items, taken, bytes_before = lane.items, 0, batch.bytes
+            while items and taken < quantum:
+                item = items[0]
+                size = size_of(item)
+                if batch.rows and (
+                    batch.rows >= self.max_rows or batch.bytes + size > self.max_bytes
+                ):
+                    full = True
+                    break
+                items.popleft()
+                if isinstance(item, Statement):
+                    batch.statements.append(item)
+                else:
+                    batch.events.append(item)
+                batch.bytes += size
+                taken += 1
+            if taken:
+                given = batch.lanes.setdefault(lane, [0, 0])
+                given[0] += taken
+                given[1] += batch.bytes - bytes_before
+            if items:
+                ready.append(lane)  # served: to the back of the line
+            full = full or batch.rows >= self.max_rows
+        return batch
+
+    def settle(self, batch: Batch, error: BaseException | None) -> list[Pending]:
+        """The batch has ended. If it was lost, its lanes lose what they still queue too (a run
+        must not number on past a hole): returns those dropped events."""
+        dropped: list[Pending] = []
+        for lane, (count, size) in batch.lanes.items():
+            if error is None:
+                lane.settled += count
+                lane.bytes -= size
+            else:
+                dropped += (item for item in lane.items if not isinstance(item, Statement))
+                lane.items.clear()
+                lane.losses.append((lane.settled, lane.queued, error))
+                lane.settled, lane.bytes = lane.queued, 0
+                if lane in self._ready:
+                    self._ready.remove(lane)
+            if lane.settled == lane.queued and self._lanes.get(lane.key) is lane:
+                del self._lanes[lane.key]  # flushes still holding it keep it alive
+        self._signal()
+        return dropped
+
+    def abandon(self, error: BaseException) -> None:
+        """The store closed with writes still queued: every one of them is lost."""
+        for lane in list(self._lanes.values()):
+            lane.items.clear()
+            lane.losses.append((lane.settled, lane.queued, error))
+            lane.settled = lane.queued
+        self._lanes.clear()
+        self._ready.clear()
+        self._signal()
+
+    def _signal(self) -> None:
+        progress, self.progress = self.progress, anyio.Event()
+        progress.set()
