@@ -181,6 +181,9 @@ class RunControl:
             status = run.output.status
             if status in TERMINAL_STATUSES:  # not a run whose start failed (never begun)
                 self.stats.ended[status] = self.stats.ended.get(status, 0) + 1
+                self.stats.run_seconds.observe((run.ended_at or time.time()) - run.created_at)
+                if run.first_event_at is not None and run.started_at is not None:
+                    self.stats.first_event_seconds.observe(run.first_event_at - run.started_at)
             run.finished.set()
 
     # -- stopping --------------------------------------------------------------------------------

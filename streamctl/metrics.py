@@ -47,6 +47,25 @@ class Collector:
         yield GaugeMetricFamily(
             "streamctl_active_runs", "Runs running or queued right now.", value=sup.active_runs
         )
+        by_status = GaugeMetricFamily(
+            "streamctl_live_runs", "Runs alive right now, by status.", labels=["status"]
+        )
+        live = {"queued": 0, "running": 0}
+        for run in sup.live:
+            live["queued" if run.ahead else "running"] += 1
+        for status, count in live.items():
+            by_status.add_metric([status], count)
+        yield by_status
+        yield histogram(
+            "streamctl_run_seconds",
+            "Duration of ended runs, from creation (queueing included) to their terminal event.",
+            stats.run_seconds,
+        )
+        yield histogram(
+            "streamctl_first_event_seconds",
+            "Time from a run's start to its agent's first event.",
+            stats.first_event_seconds,
+        )
         yield GaugeMetricFamily(
             "streamctl_subscribers", "SSE streams open right now.", value=counters.subscribers
         )

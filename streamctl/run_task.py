@@ -230,6 +230,8 @@ class RunTask:
                     raise RecursionLimitExceeded(f"the run took more than {limit} steps")
                 run.emit(event)
                 emitted += 1
+                if emitted == 1:
+                    run.first_event_at = run.last_event_at
                 if run.backlogged:  # the store is behind: the agent waits (backpressure)
                     await run.backlog_drained()
                 elif emitted % _CHECKPOINT_EVERY == 0:

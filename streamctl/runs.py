@@ -171,6 +171,8 @@ class Run:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     ended_at: float | None = None
+    first_event_at: float | None = None
+    """When the agent's first event was emitted (time to first event, for metrics)."""
     last_seq: int = 0
     """Last seq emitted (committed or not). ``output.last_seq`` is the last committed one."""
     last_event_at: float = 0.0

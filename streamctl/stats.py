@@ -51,6 +51,14 @@ class RunStats:
     purged: int = 0
     loop_restarts: int = 0
     """Background loops (retention, heartbeat) restarted after an unexpected error."""
+    run_seconds: Buckets = field(
+        default_factory=lambda: Buckets((0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+    )
+    """Runs' durations, from creation (queueing included) to their terminal event."""
+    first_event_seconds: Buckets = field(
+        default_factory=lambda: Buckets((0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    )
+    """Time from a run's start (its agent called) to the agent's first event."""
 
 
 @dataclass

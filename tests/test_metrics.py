@@ -41,6 +41,9 @@ async def test_metrics_follow_a_run(serve: StartServer) -> None:
             during = samples(response.text)
             assert during[("streamctl_active_runs", ())] == 1
             assert during[("streamctl_subscribers", ())] == 1
+            assert during[("streamctl_live_runs", (("status", "running"),))] == 1
+            assert during[("streamctl_live_runs", (("status", "queued"),))] == 0
+            assert during[("streamctl_run_seconds_count", ())] == 0
             assert during[("streamctl_runs_started_total", ())] == 1
             assert during[("streamctl_events_committed_total", ())] >= 4
             assert during[("streamctl_events_sent_total", ())] >= 4
@@ -56,6 +59,10 @@ async def test_metrics_follow_a_run(serve: StartServer) -> None:
         after = samples((await client.get("/metrics")).text)
     assert after[("streamctl_active_runs", ())] == 0
     assert after[("streamctl_runs_ended_total", (("status", "completed"),))] == 1
+    assert after[("streamctl_live_runs", (("status", "running"),))] == 0
+    assert after[("streamctl_run_seconds_count", ())] == 1
+    assert after[("streamctl_run_seconds_sum", ())] > 0
+    assert after[("streamctl_first_event_seconds_count", ())] == 1
     assert after[("streamctl_events_committed_total", ())] == 7  # run, 5 chunks, done
     assert after[("streamctl_commit_batch_events_sum", ())] == 7
 

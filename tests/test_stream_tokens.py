@@ -153,12 +153,12 @@ def test_tokens_never_reach_the_access_log(spawn_server: Callable[..., ServerPro
         stream = client.get(f"/v1/runs/{run['run_id']}/stream", params={"token": token})
         assert stream.status_code == 200 and "event: done" in stream.text
         # The server decodes the name (`%74` is `t`): accepted, so it must be redacted as well.
-        encoded = client.get(f"/v1/runs/{run['run_id']}?after=0&%74oken={token}")
-        assert encoded.status_code == 200
+        encoded = client.get(f"/v1/runs/{run['run_id']}/stream?after=0&%74oken={token}")
+        assert encoded.status_code == 200 and "event: done" in encoded.text
     server.stop(signal.SIGTERM)
     log = server.output()
     assert f"/v1/runs/{run['run_id']}?token=[redacted]" in log
-    assert f"/v1/runs/{run['run_id']}?after=0&%74oken=[redacted]" in log
+    assert f"/v1/runs/{run['run_id']}/stream?after=0&%74oken=[redacted]" in log
     assert token not in log and ALICE not in log
 
 
