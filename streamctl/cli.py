@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default 8000)")
     serve.add_argument("--db", help="SQLite file (default ./streamctl.db)")
+    serve.add_argument("--backend", choices=["sqlite", "redis"], help="default sqlite")
+    serve.add_argument("--redis-url", dest="redis_url", help="with --backend redis: redis://...")
+    serve.add_argument(
+        "--workers", type=int, help="server processes on one port (default 1; --backend redis)"
+    )
     serve.add_argument("--agent", help="'demo' (default), 'openai' or MODULE:ATTR")
     serve.add_argument("--model", help="the chat model's name, for --agent openai")
     serve.add_argument(

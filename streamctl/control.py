@@ -30,7 +30,7 @@ from .run_task import RunTask
 from .runs import Run, record_json
 from .settings import Settings
 from .stats import RunStats
-from .store.base import RunStore
+from .store.base import ACTIVE_STATUSES, RunStore, SharedStore
 
 logger = logging.getLogger("streamctl.control")
 
@@ -194,6 +194,8 @@ class RunControl:
         """Stop a run (idempotent). Returns its state and whether its task has exited."""
         run = self.live.get(run_id, owner)
         if run is None:
+            if isinstance(self.store, SharedStore):
+                return await self._stop_elsewhere(self.store, run_id, owner, wait)
             return await self.reads.get_run(run_id, owner), True
         self.stats.stop_requests += 1
         run.request_stop("cancelled", "stopped by request")
@@ -201,6 +203,30 @@ class RunControl:
             with anyio.move_on_after(self.settings.stop_timeout):
                 await run.finished.wait()
         return run.snapshot(), run.finished.is_set()
+
+    async def _stop_elsewhere(
+        self, store: SharedStore, run_id: str, owner: str | None, wait: bool
+    ) -> tuple[dict[str, Any], bool]:
+        """Stop a run another process owns: ask it through the store, then wait until the run's
+        final record is stored (its owner writes it after the run's task has exited)."""
+        record = await self.reads.run_record(run_id, owner)
+        if record.status not in ACTIVE_STATUSES:
+            return record_json(record), True
+        self.stats.stop_requests += 1
+        await store.request_stop(run_id)
+        if wait:
+            with anyio.move_on_after(self.settings.stop_timeout):
+                record = await store.wait_ended(run_id) or record
+        if record.status in ACTIVE_STATUSES:
+            record = await self.reads.run_record(run_id, owner)
+        return record_json(record), record.status not in ACTIVE_STATUSES
+
+    def stop_asked(self, run_id: str) -> None:
+        """Another process asked to stop a run this one owns (a shared store)."""
+        run = self.live.get(run_id)
+        if run is not None:
+            self.stats.stop_requests += 1
+            run.request_stop("cancelled", "stopped by request")
 
     async def stop_thread(self, owner: str, thread_id: str) -> tuple[dict[str, Any], bool]:
         """Stop the thread ``(owner, thread_id)``'s active run; with none active, return its last
@@ -212,6 +238,8 @@ class RunControl:
         last = await self.store.thread_runs(owner, thread_id, limit=1)
         if not last:
             raise ThreadNotFound(thread_id)
+        if isinstance(self.store, SharedStore) and last[0].status in ACTIVE_STATUSES:
+            return await self.stop(last[0].run_id, owner)  # active on another process
         return record_json(last[0]), True
 
     def request_stop(self, run_id: str, status: TerminalStatus = "cancelled") -> None:

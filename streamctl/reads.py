@@ -15,11 +15,12 @@ from .broadcast import follow, follow_frames
 from .errors import CursorOutOfRange, InvalidCursor, RunNotFound, RunPurged, ThreadNotFound
 from .events import Frame
 from .registry import LiveRuns
-from .runs import iso, record_json
+from .remote import RemoteLogs
+from .runs import RunOutput, iso, record_json, run_json
 from .settings import Settings
 from .shaping import Granularity
 from .stats import Counters
-from .store.base import RunRecord, RunStore, ThreadRecord
+from .store.base import ACTIVE_STATUSES, RunRecord, RunStore, ThreadRecord
 
 
 class RunReads:
@@ -29,12 +30,19 @@ class RunReads:
     namespace is addressed (the HTTP layer decides whom a principal may address)."""
 
     def __init__(
-        self, store: RunStore, live: LiveRuns, settings: Settings, counters: Counters
+        self,
+        store: RunStore,
+        live: LiveRuns,
+        settings: Settings,
+        counters: Counters,
+        remote: RemoteLogs | None = None,
     ) -> None:
         self.store = store
         self.live = live
         self.settings = settings
         self.counters = counters
+        self.remote = remote
+        """With a shared store: the runs owned by another process, followed from this one."""
 
     async def run_record(self, run_id: str, owner: str | None) -> RunRecord:
         """The run's stored record; ``RunNotFound`` if missing or another principal's."""
@@ -55,7 +63,28 @@ class RunReads:
         run = self.live.get(run_id, owner)
         if run is not None:
             return run.snapshot()
-        return record_json(await self.run_record(run_id, owner))
+        return await self._record_json(await self.run_record(run_id, owner))
+
+    async def _record_json(self, record: RunRecord) -> dict[str, Any]:
+        """A stored run as JSON. A run live on another process (a shared store) has no output in
+        its record yet: it is folded from its stored events, as its owner folds it."""
+        if self.remote is None or record.status not in ACTIVE_STATUSES:
+            return record_json(record)
+        out = RunOutput.fold(await self.store.read_frames(record.run_id, 0, record.last_seq))
+        return run_json(
+            run_id=record.run_id,
+            thread_id=record.thread_id,
+            status=record.status,
+            reason=None,
+            last_seq=out.last_seq,
+            output=out.as_json(),
+            error=out.error,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            ended_at=None,
+            tokens=out.tokens,
+            usage=out.usage,
+        )
 
     async def list_runs(
         self,
@@ -65,10 +94,11 @@ class RunReads:
         status: str | None = None,
     ) -> list[dict[str, Any]]:
         records = await self.store.list_runs(owner, thread_id, limit, status)
-        return [
-            run.snapshot() if (run := self.live.get(r.run_id, owner)) else record_json(r)
-            for r in records
-        ]
+        runs = []
+        for record in records:
+            live = self.live.get(record.run_id, owner)
+            runs.append(live.snapshot() if live else await self._record_json(record))
+        return runs
 
     async def events_page(
         self, run_id: str, owner: str | None, after: int, limit: int
@@ -112,10 +142,12 @@ class RunReads:
             record = await self.run_record(run_id, owner)
             if cursor > record.last_seq:
                 raise CursorOutOfRange(run_id, cursor, record.last_seq)
-            if cursor == record.last_seq:
+            log = None
+            if self.remote is not None and record.status in ACTIVE_STATUSES:
+                log = self.remote.log(run_id, record.last_seq)  # live on another process
+            elif cursor == record.last_seq:
                 return None
             _check_not_purged(record, cursor)
-            log = None
         return follow(
             self.store,
             run_id,
@@ -214,10 +246,15 @@ class RunReads:
         await self.thread_record(owner, thread_id)
         if cursor is None:
             active = self.live.active(owner, thread_id)
-            if active is None:
+            active_id = active.run_id if active is not None else None
+            if active_id is None and self.remote is not None:  # active on another process?
+                last = await self.store.thread_runs(owner, thread_id, limit=1)
+                if last and last[0].status in ACTIVE_STATUSES:
+                    active_id = last[0].run_id
+            if active_id is None:
                 return None
             return await self.subscribe(
-                active.run_id, owner, 0, id_prefix=_prefix(active.run_id), granularity=granularity
+                active_id, owner, 0, id_prefix=_prefix(active_id), granularity=granularity
             )
         run_id, seq = cursor
         record = await self.run_record(run_id, owner)

@@ -29,13 +29,14 @@ from .errors import SettingsError
 from .logs import log_config
 from .settings import Settings
 from .store.lock import DatabaseLock
+from .workers import serve_workers, worker_socket
 
 logger = logging.getLogger("streamctl.server")
 
 _DRAIN_REPORT_EVERY = 1.0
 """Seconds between two drain progress lines."""
 
-_SECRETS = ("api_keys", "jwt_secret", "stream_token_secret")
+_SECRETS = ("api_keys", "jwt_secret", "stream_token_secret", "redis_url")
 
 
 def _loopback(host: str) -> bool:
@@ -78,13 +79,13 @@ class Server(uvicorn.Server):
                 port = sock.getsockname()[1]
         host = f"[{s.host}]" if ":" in s.host else s.host
         logger.info(
-            "streamctl %s serving http://%s:%d with agent %s, database %s, auth %s; limits:"
+            "streamctl %s serving http://%s:%d with agent %s, store %s, auth %s; limits:"
             " %d runs (%d per owner), %d runs/min per owner, %g s per run, %g s ping, %g s drain",
             __version__,
             host,
             port,
             s.agent,
-            s.db,
+            s.db if s.backend == "sqlite" else "redis",  # the URL may hold a password
             s.auth,
             s.max_runs,
             s.max_runs_per_owner,
@@ -197,6 +198,8 @@ def serve(settings: Settings) -> int:
     """Run streamctl until SIGINT/SIGTERM; return the process exit status."""
     from .http import create_app
 
+    if settings.workers > 1:
+        return serve_workers(settings)
     if settings.auth == "none" and not _loopback(settings.host) and not settings.allow_no_auth:
         raise SettingsError(
             f"refusing to serve {settings.host} without authentication: set auth (api-key or"
@@ -206,8 +209,9 @@ def serve(settings: Settings) -> int:
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     # Before binding the port: a second server on a database in use refuses and touches nothing
     # (the store takes the same lock again when the lifespan opens it).
-    lock = DatabaseLock(settings.db)
-    lock.acquire()
+    lock = DatabaseLock(settings.db) if settings.backend == "sqlite" else None
+    if lock is not None:
+        lock.acquire()
     app = create_app(settings)
     open_files = raise_open_files_limit()
     config = uvicorn.Config(
@@ -230,7 +234,8 @@ def serve(settings: Settings) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     try:
-        server.run()
+        server.run(sockets=worker_socket(settings))
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     return 0 if server.started else 1

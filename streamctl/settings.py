@@ -169,6 +169,21 @@ class Settings(BaseModel):
         ge=1,
         description="Connections and requests served at once; beyond, new requests answer 503.",
     )
+    # -- the Redis backend (docs/redis.md) --------------------------------------------------------
+    backend: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="Where runs and events are stored: one SQLite file, or Redis."
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="The Redis server of backend=redis."
+    )
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes on one port (needs backend=redis)."
+    )
+    redis_lease_seconds: float = Field(
+        10.0,
+        ge=0.3,
+        description="With backend=redis: how long a run outlives its node's last heartbeat.",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -28,10 +28,11 @@ from .errors import StreamctlError
 from .limits import StreamCaps
 from .reads import RunReads
 from .registry import LiveRuns
+from .remote import RemoteLogs
 from .run_task import finalise_orphans
 from .settings import Settings
 from .stats import Counters, RunStats
-from .store.base import RunStore
+from .store.base import RunStore, SharedStore
 
 logger = logging.getLogger("streamctl.supervisor")
 
@@ -60,10 +61,16 @@ class Supervisor:
         self.stats = RunStats()
         self.live = LiveRuns()
         self.streams = StreamCaps(settings)
-        self.reads = RunReads(store, self.live, settings, self.counters)
+        self.remote: RemoteLogs | None = None
+        """With a shared store: runs owned by other processes, followed from this one."""
+        if isinstance(store, SharedStore):
+            self.remote = RemoteLogs(store, settings.tail_events, settings.tail_bytes)
+        self.reads = RunReads(store, self.live, settings, self.counters, self.remote)
         self.control = RunControl(store, agent, settings, self.live, self.reads, self.stats)
         if per_principal is not None:
             self.control.caps.per_principal = self.streams.per_principal = per_principal
+        if isinstance(store, SharedStore):
+            store.on_stop_request = self.control.stop_asked
         self.recovered_runs = 0
         """Runs finalised at entry because their owner was gone."""
         self._tg: TaskGroup | None = None
@@ -85,6 +92,11 @@ class Supervisor:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self.control.open(self._tg)
+        if self.remote is not None:
+            self.remote.open(self._tg)
+        if isinstance(self.store, SharedStore):
+            # An owner may die at any time, not only before this process started.
+            self._tg.start_soon(self._contained, "sweep", self._sweep_loop)
         if self.settings.retention_days > 0:
             self._tg.start_soon(self._contained, "retention", self._purge_loop)
         self._tg.start_soon(self._contained, "heartbeat", self._heartbeat_loop)
@@ -128,6 +140,15 @@ class Supervisor:
                 logger.exception("purging old events failed; will retry")
             await anyio.sleep(self.settings.purge_interval)
 
+    async def _sweep_loop(self) -> None:
+        assert isinstance(self.store, SharedStore)
+        while True:
+            await anyio.sleep(self.store.sweep_interval)
+            try:
+                self.recovered_runs += await finalise_orphans(self.store)
+            except StreamctlError:  # the store failed: expected, not a bug; retry next time
+                logger.exception("sweeping for runs whose owner is gone failed; will retry")
+
     async def _heartbeat_loop(self) -> None:
         """Wake the subscribers of logs idle for half a ping interval, so that each stream idle
         for a whole interval sends a `: ping` (one timer here instead of one per waiting stream).
@@ -136,7 +157,9 @@ class Supervisor:
         while True:
             await anyio.sleep(half)
             due = time.monotonic() - half
-            for run in self.live:
-                log = run.log
+            logs = [run.log for run in self.live]
+            if self.remote is not None:
+                logs += self.remote
+            for log in logs:
                 if log.subscribers and log.last_publish <= due:
                     log.publish()

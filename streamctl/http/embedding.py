@@ -42,7 +42,7 @@ from ..metrics import registry_for
 from ..settings import Settings
 from ..shaping import Granularity
 from ..sse import EventStream, SendWatch, parse_cursor
-from ..store import Store
+from ..store import open_store
 from ..supervisor import Supervisor
 from . import page, runs, system, threads
 from .errors import StreamctlRoute, error_response
@@ -139,7 +139,7 @@ class Streamctl:
         settings = self.settings
         try:
             async with (
-                Store(settings.db) as store,
+                open_store(settings) as store,
                 Supervisor(store, self.agent, settings, per_principal=self._per_principal()) as sup,
                 anyio.create_task_group() as tg,
             ):

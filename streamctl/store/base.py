@@ -19,9 +19,10 @@ Errors of the backend surface as ``StoreError`` and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..events import Frame
 from ..stats import StoreStats
@@ -190,4 +191,38 @@ class RunStore(Protocol):
     async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
         """Delete the events of up to ``limit`` runs that ended before ``ended_before`` (oldest
         first), marking them purged at ``now``; their rows stay. Returns how many."""
+        ...
+
+
+# -- shared stores: several processes or nodes on one store (Redis; SQLite is not one) -----------
+
+
+@runtime_checkable
+class SharedStore(RunStore, Protocol):
+    """A store several streamctl processes share. A run is live in one process (its owner) and
+    may be read, followed and stopped from any other. The supervisor then also:
+
+    - sweeps for orphans every ``sweep_interval`` seconds (an owner may die at any time, not
+      only before this process started);
+    - forwards a stop of a run owned elsewhere (``request_stop``, then ``wait_ended``); the
+      owner's store calls its ``on_stop_request`` with the run's id;
+    - follows a run owned elsewhere through ``tail`` (one reader per run per process, fanned out
+      to that process's subscribers, as a live run's log is).
+    """
+
+    sweep_interval: float
+    on_stop_request: Callable[[str], None] | None
+
+    async def request_stop(self, run_id: str) -> bool:
+        """Ask the run's owner to stop it; False if the run is not active."""
+        ...
+
+    async def wait_ended(self, run_id: str) -> RunRecord | None:
+        """The run's record once it is no longer active (the caller bounds the wait)."""
+        ...
+
+    def tail(self, run_id: str, after: int) -> AsyncGenerator[list[Frame], None]:
+        """The run's committed frames after ``after`` as they are stored, in batches; an empty
+        batch every few seconds while nothing comes (so the caller may give up). Ends after the
+        terminal event."""
         ...

@@ -1,0 +1,300 @@
+"""The Redis backend's figures (a benchmark, not a test): run with ``.venv/bin/python
+scripts/bench_redis.py [--json PATH]``; needs ``redis-server`` on PATH.
+
+Starts a private ``redis-server`` (no persistence) and ``streamctl serve`` processes, and
+measures:
+
+1. one stream's events/s: a demo run of ``--tokens`` chunks at zero delay, streamed by
+   ``POST /v1/runs/stream``, on SQLite and on Redis (events = the last id received / time from
+   the request to the ``done`` event);
+2. stop latency from a node that does not own the run: run on A (``delay_ms=5``) streamed from A;
+   once 5 events arrived, ``POST .../stop`` on B; the time until B answers (after the owner
+   stored the final record) and until the ``done`` is read on A's stream; the same stop sent to
+   the owner for comparison;
+3. takeover after ``kill -9``: run on A followed from B (lease ``--lease`` s, the issue's 3 s);
+   kill -9 A; the time until B's stream reads the ``done`` (status ``interrupted``);
+4. with ``--workers-only``: events/s of many concurrent runs (``--runs`` runs of ``--tokens``
+   chunks at zero delay, started with ``POST /v1/runs``, no stream open: the store's write path)
+   on ``serve --backend redis --workers 2`` vs ``--workers 1``: the sum of the runs' ``last_seq``
+   over the time from the first POST until every run has ended (polled every 0.1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("server not ready")
+
+
+class Processes:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def redis(self) -> str:
+        port = free_port()
+        args = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.tmp), "--logfile", str(self.tmp / "redis.log")]
+        proc = subprocess.Popen(args)
+        self.procs.append(proc)
+        end = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.02)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def serve(self, *args: str, env: dict[str, str] | None = None) -> tuple[str, Any]:
+        port = free_port()
+        cmd = [sys.executable, "-m", "streamctl", "serve", "--port", str(port)]
+        cmd += ["--log-level", "warning", *args]
+        environ = {**os.environ, "STREAMCTL_RUNS_PER_MINUTE": "100000", **(env or {})}
+        proc = subprocess.Popen(cmd, env=environ, cwd=ROOT, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc)
+        return url, proc
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def body(**demo: Any) -> dict[str, Any]:
+    return {"input": {"messages": [{"role": "user", "content": "go"}]}, "config": {"demo": demo}}
+
+
+def one_stream(url: str, tokens: int) -> float:
+    """Events/s of one zero-delay run, as its own streaming client receives them."""
+    with httpx.Client(timeout=120) as client:
+        began = time.perf_counter()
+        tail = b""
+        with client.stream(
+            "POST", url + "/v1/runs/stream", json=body(tokens=tokens, delay_ms=0, tool=False)
+        ) as response:
+            for chunk in response.iter_bytes():
+                tail = (tail + chunk)[-4096:]
+        took = time.perf_counter() - began
+    last_id = int(tail.rsplit(b"\nid: ", 1)[-1].split(b"\n", 1)[0])
+    return last_id / took
+
+
+def follow(url: str, run_id: str, marks: dict[str, float], after_events: threading.Event) -> None:
+    """Stream a run; note when the 5th event and the ``done`` arrive."""
+    seen = 0
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("GET", f"{url}/v1/runs/{run_id}/stream") as response,
+    ):
+        buffer = b""
+        for chunk in response.iter_bytes():
+            buffer += chunk
+            seen += chunk.count(b"\nevent: ")
+            if seen >= 5:
+                after_events.set()
+            if b"event: done" in buffer[-2048:]:
+                marks["done"] = time.perf_counter()
+                marks["done_status"] = float(b'"interrupted"' in buffer[-2048:])
+                return
+            buffer = buffer[-4096:]
+
+
+def stop_latency(owner: str, stopper: str, samples: int) -> dict[str, list[float]]:
+    answer, done = [], []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(samples):
+            run_id = client.post(
+                owner + "/v1/runs", json=body(tokens=100000, delay_ms=5, tool=False)
+            ).json()["run_id"]
+            marks: dict[str, float] = {}
+            ready = threading.Event()
+            reader = threading.Thread(target=follow, args=(owner, run_id, marks, ready))
+            reader.start()
+            ready.wait(30)
+            began = time.perf_counter()
+            response = client.post(f"{stopper}/v1/runs/{run_id}/stop")
+            answered = time.perf_counter()
+            reader.join(30)
+            assert response.json()["status"] == "cancelled", response.text
+            answer.append((answered - began) * 1000)
+            done.append((marks["done"] - began) * 1000)
+    return {"answer_ms": answer, "done_ms": done}
+
+
+def takeover(procs: Processes, redis_url: str, lease: float, samples: int) -> list[float]:
+    env = {"STREAMCTL_REDIS_LEASE_SECONDS": str(lease)}
+    args = ("--backend", "redis", "--redis-url", redis_url)
+    follower, _ = procs.serve(*args, env=env)
+    times = []
+    for _ in range(samples):
+        owner, proc = procs.serve(*args, env=env)
+        with httpx.Client(timeout=60) as client:
+            run_id = client.post(
+                owner + "/v1/runs", json=body(tokens=100000, delay_ms=20, tool=False)
+            ).json()["run_id"]
+        marks: dict[str, float] = {}
+        ready = threading.Event()
+        reader = threading.Thread(target=follow, args=(follower, run_id, marks, ready))
+        reader.start()
+        ready.wait(30)
+        killed = time.perf_counter()
+        proc.send_signal(signal.SIGKILL)
+        reader.join(lease * 3 + 30)
+        assert marks.get("done_status") == 1.0, "not finalised as interrupted"
+        times.append(marks["done"] - killed)
+    return times
+
+
+def many_runs(url: str, runs: int, tokens: int) -> float:
+    """Events/s over ``runs`` concurrent zero-delay runs (no stream: the write path)."""
+    with httpx.Client(timeout=120) as client:
+        began = time.perf_counter()
+        run_ids = []
+        for _ in range(runs):  # a new connection each, so --workers spreads them
+            with httpx.Client(timeout=60) as fresh:
+                answer = fresh.post(
+                    url + "/v1/runs", json=body(tokens=tokens, delay_ms=0, tool=False)
+                )
+                run_ids.append(answer.json()["run_id"])
+        events = 0
+        for run_id in run_ids:
+            while True:
+                run = client.get(f"{url}/v1/runs/{run_id}").json()
+                if run["status"] not in ("queued", "running"):
+                    events += run["last_seq"]
+                    break
+                time.sleep(0.1)
+        return events / (time.perf_counter() - began)
+
+
+def workers_bench(procs: Processes, args: argparse.Namespace) -> dict[str, list[float]]:
+    redis_url = procs.redis()
+    results: dict[str, list[float]] = {}
+    for workers in (1, 2):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "streamctl", "serve", "--port", str(port)]
+        cmd += ["--log-level", "warning", "--backend", "redis", "--redis-url", redis_url]
+        cmd += ["--workers", str(workers)]
+        environ = {**os.environ, "STREAMCTL_RUNS_PER_MINUTE": "100000"}
+        proc = subprocess.Popen(cmd, env=environ, cwd=ROOT, stderr=subprocess.DEVNULL)
+        wait_ready(url, proc)
+        many_runs(url, 4, 500)  # warm-up
+        results[str(workers)] = [many_runs(url, args.runs, args.tokens) for _ in range(3)]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    return results
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=50_000)
+    parser.add_argument("--stops", type=int, default=20)
+    parser.add_argument("--takeovers", type=int, default=3)
+    parser.add_argument("--lease", type=float, default=3.0)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--workers-only", action="store_true")
+    parser.add_argument("--runs", type=int, default=16)
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    if args.workers_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = Processes(Path(tmp))
+            try:
+                results = workers_bench(procs, args)
+            finally:
+                procs.close()
+        for workers, rates in results.items():
+            print(f"--workers {workers}: {statistics.median(rates):>10,.0f} events/s (median of 3)")
+        ratio = statistics.median(results["2"]) / statistics.median(results["1"])
+        print(f"ratio 2/1: {ratio:.2f}")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = Processes(Path(tmp))
+        try:
+            redis_url = procs.redis()
+            sqlite, _ = procs.serve("--db", str(Path(tmp) / "bench.db"))
+            a, _ = procs.serve("--backend", "redis", "--redis-url", redis_url)
+            b, _ = procs.serve("--backend", "redis", "--redis-url", redis_url)
+            one_stream(sqlite, 2000)  # warm-up
+            one_stream(a, 2000)
+            results["one_stream_events_per_s"] = {
+                "sqlite": [one_stream(sqlite, args.tokens) for _ in range(3)],
+                "redis": [one_stream(a, args.tokens) for _ in range(3)],
+            }
+            results["stop_redis_from_non_owner"] = stop_latency(a, b, args.stops)
+            results["stop_redis_from_owner"] = stop_latency(a, a, args.stops)
+            results["takeover_s"] = takeover(procs, redis_url, args.lease, args.takeovers)
+        finally:
+            procs.close()
+    streams = results["one_stream_events_per_s"]
+    print(f"one stream, {args.tokens} events at zero delay (events/s, median of 3):")
+    for name in ("sqlite", "redis"):
+        print(f"  {name:7s} {statistics.median(streams[name]):>10,.0f}")
+    for key in ("stop_redis_from_non_owner", "stop_redis_from_owner"):
+        figures = results[key]
+        print(
+            f"{key}: answer p50 {pct(figures['answer_ms'], 0.5):.1f} ms"
+            f" p99 {pct(figures['answer_ms'], 0.99):.1f} ms;"
+            f" done on the stream p50 {pct(figures['done_ms'], 0.5):.1f} ms"
+        )
+    takeovers = ", ".join(f"{t:.2f}" for t in results["takeover_s"])
+    print(f"takeover after kill -9 with a {args.lease:g} s lease: {takeovers} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

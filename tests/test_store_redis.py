@@ -1,0 +1,221 @@
+"""What only the Redis store has: fencing, idempotent retries, bounded script calls, leases and
+their heartbeat, stop requests, and a server that goes away (the contract itself is in
+``test_store_contract.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis
+
+from streamctl.errors import StoreError
+from streamctl.events import Frame, MessageChunk
+from streamctl.run_task import finalise_orphans
+from streamctl.store import NewRun
+from streamctl.store import redis_keys as keys
+from streamctl.store.redis import RedisStore
+from streamctl.store.redis_writer import CHUNK_EVENTS
+from tests.redis_server import RedisServer, redis_server, redis_url, start_redis
+
+pytestmark = pytest.mark.anyio
+__all__ = ["redis_server", "redis_url"]  # fixtures this module uses
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.errors: list[Exception] = []
+        self.failed_once = anyio.Event()
+
+    def committed(self, frame: Frame, event: object) -> None:
+        self.frames.append(frame)
+
+    def publish(self) -> None:
+        pass
+
+    def failed(self, error: Exception) -> None:
+        self.errors.append(error)
+        self.failed_once.set()
+
+
+def chunk_frame(seq: int, text: str = "") -> Frame:
+    return Frame.encode(seq, MessageChunk(content=text or f"w{seq} ", message_id="m1"), 1.0)
+
+
+def new_run(run_id: str = "r1") -> NewRun:
+    return NewRun(run_id, "t-" + run_id, "alice", "running", {"messages": []}, {}, 1.0, 1.0)
+
+
+@pytest.fixture
+def client(redis_server: RedisServer, redis_url: str) -> Iterator[redis.Redis]:
+    with redis_server.client() as client:
+        yield client
+
+
+def stored(client: redis.Redis, run_id: str = "r1") -> list[int]:
+    entries: list[tuple[bytes, object]] = client.xrange(keys.events(run_id))  # type: ignore[assignment]
+    return [int(entry_id.split(b"-")[1]) for entry_id, _ in entries]
+
+
+async def test_a_stale_owner_is_fenced_and_the_new_owner_finalises(
+    redis_url: str, client: redis.Redis
+) -> None:
+    sink = Sink()
+    async with RedisStore(redis_url) as stale, RedisStore(redis_url) as taker:
+        stale.create_run(new_run())
+        stale.append("r1", chunk_frame(1), None, sink)
+        await stale.flush()
+        client.delete(keys.lease("r1"))  # its lease expired (the owner was paused)
+        client.zadd(keys.ACTIVE, {"r1": 0})
+        assert [o.run_id for o in await taker.claim_orphans()] == ["r1"]
+        assert client.hget(keys.meta("r1"), "fence") == b"2"
+
+        stale.append("r1", chunk_frame(2), None, sink)  # the zombie wakes up and writes
+        with pytest.raises(StoreError, match="FENCED"):
+            await stale.flush()
+        assert [f.seq for f in sink.frames] == [1] and len(sink.errors) == 1
+        assert stored(client) == [1]
+
+        taker.leases.give_back(
+            "r1"
+        )  # hand it back to the claim below, as a fresh taker would see it
+        client.delete(keys.lease("r1"))
+        assert await finalise_orphans(taker) == 1
+        assert stored(client) == [1, 2]
+        record = await taker.get_run("r1")
+        assert record is not None and (record.status, record.last_seq) == ("interrupted", 2)
+
+
+async def test_a_retried_append_is_already_applied_and_a_different_one_conflicts(
+    redis_url: str, client: redis.Redis
+) -> None:
+    async with RedisStore(redis_url) as store:
+        store.create_run(new_run())
+        await store.flush()
+        append = client.register_script(keys.APPEND)
+        args: list[int | bytes] = [1, 1, b"message_chunk 1.0 {}", b"message_chunk 1.0 {}"]
+        assert append([keys.meta("r1"), keys.events("r1")], args) == 1
+        # redis-py re-sends a call whose reply was lost: the same batch answers "already".
+        assert append([keys.meta("r1"), keys.events("r1")], args) == 0
+        other: list[int | bytes] = [1, 1, b"message_chunk 1.0 {}", b'message_chunk 1.0 {"x":1}']
+        with pytest.raises(redis.ResponseError, match="CONFLICT"):
+            append([keys.meta("r1"), keys.events("r1")], other)
+        with pytest.raises(redis.ResponseError, match="GAP"):
+            append([keys.meta("r1"), keys.events("r1")], [1, 4, b"message_chunk 1.0 {}"])
+        with pytest.raises(redis.ResponseError, match="FENCED"):
+            append([keys.meta("r1"), keys.events("r1")], [7, 3, b"message_chunk 1.0 {}"])
+        assert stored(client) == [1, 2]
+        store.append("r1", chunk_frame(3), None, Sink())  # the store numbers on after them
+        await store.flush()
+        assert stored(client) == [1, 2, 3]
+
+
+async def test_one_script_call_holds_a_bounded_chunk(redis_url: str, client: redis.Redis) -> None:
+    sink = Sink()
+    async with RedisStore(redis_url) as store:
+        store.create_run(new_run())
+        for seq in range(1, 1001):
+            store.append("r1", chunk_frame(seq), None, sink)
+        big = "x" * 20_000
+        for seq in range(1001, 1011):
+            store.append("r1", chunk_frame(seq, big), None, sink)
+        await store.flush()
+        sizes = store.stats.batch_sizes
+        assert store.stats.batches >= 1000 // CHUNK_EVENTS + 3  # 20 KB events: 4 per 64 KB
+        assert sum(sizes.counts[sizes.bounds.index(500) + 1 :]) == 0  # none above 200
+    assert stored(client) == list(range(1, 1011))
+    assert [f.seq for f in sink.frames] == list(range(1, 1011))
+
+
+async def test_scripts_lost_by_the_server_are_loaded_again(
+    redis_url: str, client: redis.Redis
+) -> None:
+    async with RedisStore(redis_url) as store:
+        store.create_run(new_run())
+        await store.flush()
+        client.script_flush()
+        store.append("r1", chunk_frame(1), None, Sink())
+        await store.flush()
+    assert stored(client) == [1]
+
+
+async def test_a_run_whose_lease_went_elsewhere_is_told_by_the_heartbeat(
+    redis_url: str, client: redis.Redis
+) -> None:
+    sink = Sink()
+    async with RedisStore(redis_url, lease_seconds=0.3) as owner:
+        owner.create_run(new_run())
+        owner.append("r1", chunk_frame(1), None, sink)
+        await owner.flush()
+        client.hset(keys.meta("r1"), "fence", 5)  # another node claimed it
+        with anyio.fail_after(5):
+            await sink.failed_once.wait()
+        assert "another node" in str(sink.errors[0])
+        assert "r1" not in owner.leases.owned
+
+
+async def test_a_stop_requested_elsewhere_reaches_the_owner_by_its_channel(
+    redis_url: str,
+) -> None:
+    asked = anyio.Event()
+    seen: list[str] = []
+
+    def stop_requested(run_id: str) -> None:
+        seen.append(run_id)
+        asked.set()
+
+    # A lease of a minute: the heartbeat (every 20 s) cannot be what delivers it within the test.
+    async with RedisStore(redis_url, lease_seconds=60) as owner, RedisStore(redis_url) as other:
+        owner.on_stop_request = stop_requested
+        owner.create_run(new_run())
+        await owner.flush()
+        assert await other.request_stop("r1") is True
+        assert await other.request_stop("missing") is False
+        with anyio.fail_after(10):
+            await asked.wait()
+    assert seen[0] == "r1"
+
+
+async def test_a_stop_flag_whose_message_was_lost_is_seen_at_the_heartbeat(
+    redis_url: str, client: redis.Redis
+) -> None:
+    asked = anyio.Event()
+    async with RedisStore(redis_url, lease_seconds=0.3) as owner:
+        owner.on_stop_request = lambda run_id: asked.set()
+        owner.create_run(new_run())
+        await owner.flush()
+        client.hset(keys.meta("r1"), "stop_requested", 1)  # the flag, with no message
+        with anyio.fail_after(5):
+            await asked.wait()
+
+
+async def test_an_unreachable_server_is_a_store_error(tmp_path: Path) -> None:
+    server = start_redis(tmp_path)
+    url = server.url
+    server.stop()
+    with pytest.raises(StoreError, match="cannot open store"):
+        async with RedisStore(url):
+            pass
+
+
+async def test_a_server_gone_mid_run_fails_the_run_and_the_flush(tmp_path: Path) -> None:
+    server = start_redis(tmp_path)
+    sink = Sink()
+    try:
+        async with RedisStore(server.url, close_timeout=2) as store:
+            store.create_run(new_run())
+            store.append("r1", chunk_frame(1), None, sink)
+            await store.flush()
+            server.stop()
+            store.append("r1", chunk_frame(2), None, sink)
+            store.append("r1", chunk_frame(3), None, sink)
+            with pytest.raises(StoreError):
+                await store.flush()
+            with pytest.raises(StoreError):
+                await store.get_run("r1")
+    finally:
+        server.stop()
+    assert [f.seq for f in sink.frames] == [1] and len(sink.errors) == 1
