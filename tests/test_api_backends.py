@@ -19,9 +19,9 @@ from streamctl.agents import ScriptedAgent, Wait
 from streamctl.events import MessageChunk
 from streamctl.settings import Settings
 from streamctl.store import NewRun, open_store
-from tests.redis_server import RedisServer, redis_server
 
-from .conftest import StartServer, chunks, read_sse, run_body
+from .support import StartServer, chunks, read_sse, run_body
+from .support.redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.anyio
 __all__ = ["redis_server"]  # a fixture this module uses

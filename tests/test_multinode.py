@@ -20,9 +20,8 @@ import orjson
 import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
-from tests.redis_server import RedisServer, redis_server, redis_url
-
-from .conftest import ServerProcess
+from .support import ServerProcess
+from .support.redis_server import RedisServer, redis_server, redis_url
 
 __all__ = ["redis_server", "redis_url"]  # fixtures this module uses
 

@@ -20,7 +20,8 @@ from streamctl.events import Frame, MessageChunk
 from streamctl.run_task import finalise_orphans
 from streamctl.store import FinalState, NewRun, RunStore, SqliteStore
 from streamctl.store.redis import RedisStore
-from tests.redis_server import RedisServer, redis_server
+
+from .support.redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.anyio
 __all__ = ["redis_server"]  # a fixture this module uses

@@ -18,7 +18,8 @@ from streamctl.store import NewRun
 from streamctl.store import redis_keys as keys
 from streamctl.store.redis import RedisStore
 from streamctl.store.redis_writer import CHUNK_EVENTS
-from tests.redis_server import RedisServer, redis_server, redis_url, start_redis
+
+from .support.redis_server import RedisServer, redis_server, redis_url, start_redis
 
 pytestmark = pytest.mark.anyio
 __all__ = ["redis_server", "redis_url"]  # fixtures this module uses

@@ -12,9 +12,8 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from tests.redis_server import RedisServer, redis_server, redis_url
-
-from .conftest import ServerProcess
+from .support import ServerProcess
+from .support.redis_server import RedisServer, redis_server, redis_url
 
 __all__ = ["redis_server", "redis_url"]  # fixtures this module uses
 
