@@ -2,7 +2,7 @@
 round-robin balancer would be: start a run on one, stream it from another, stop it from the third,
 resume on any; kill -9 the node that owns a run and another one finalises it.
 
-Runs are paced by ``tests.gated_agent`` (token k+1 only once the test has created the file
+Runs are paced by ``tests.support.gated_agent`` (token k+1 only once the test has created the file
 ``k``), so every step is synchronised on what the test received, not on time.
 """
 
@@ -25,7 +25,7 @@ from .support.redis_server import RedisServer, redis_server, redis_url
 
 __all__ = ["redis_server", "redis_url"]  # fixtures this module uses
 
-GATED = "tests.gated_agent:gated"
+GATED = "tests.support.gated_agent:gated"
 Nodes = list[ServerProcess]
 
 
