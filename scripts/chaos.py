@@ -26,7 +26,6 @@ import argparse
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ import anyio
 import httpx
 import orjson
 from httpx_sse import aconnect_sse
+
+from benchmarks.servers import free_port
 
 TERMINAL = {"completed", "cancelled", "failed", "timed_out", "interrupted"}
 
@@ -266,13 +267,6 @@ class Chaos:
                 return
             if limit is not None and got >= limit:
                 return
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_server(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:

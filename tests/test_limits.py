@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
-from httpx_sse import ServerSentEvent, aconnect_sse
+from httpx_sse import aconnect_sse
 
 from streamctl.agents import AgentContext, ScriptedAgent, Sleep, Wait
 from streamctl.agents.scripted import Step
@@ -26,55 +25,20 @@ from streamctl.settings import Settings
 from streamctl.store import Store
 from streamctl.supervisor import Supervisor
 
-from .support import Server, StartServer, chunks, read_sse, tool_call
+from .support import (
+    StartServer,
+    ask,
+    assert_error,
+    assert_one_done,
+    chunks,
+    data,
+    next_events,
+    read_sse,
+    supervisor_of,
+    tool_call,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def ask(content: str, **extra: Any) -> dict[str, Any]:
-    return {"input": {"messages": [{"role": "user", "content": content}]}, **extra}
-
-
-def data(event: ServerSentEvent) -> Any:
-    return orjson.loads(event.data)
-
-
-async def supervisor_of(server: Server, client: httpx.AsyncClient) -> Supervisor:
-    """The server's supervisor, once its lifespan has started (it answers ``/readyz``)."""
-    assert (await client.get("/readyz")).status_code == 200
-    sup: Supervisor = cast(FastAPI, server.uvicorn.config.app).state.supervisor
-    return sup
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code and error["message"]
-    message: str = error["message"]
-    return message
-
-
-def assert_one_done(events: list[ServerSentEvent], status: str) -> dict[str, Any]:
-    """Dense ids, exactly one ``done``, last, with ``status``; returns its data."""
-    assert [e.id for e in events] == [str(i) for i in range(1, len(events) + 1)]
-    assert [e.event for e in events].count("done") == 1 and events[-1].event == "done"
-    done: dict[str, Any] = data(events[-1])
-    assert done["status"] == status, done
-    return done
-
-
-async def next_events(
-    source: AsyncIterator[ServerSentEvent], n: int | None = None
-) -> list[ServerSentEvent]:
-    """The next ``n`` events of an open stream (all, until it closes, when None)."""
-    got: list[ServerSentEvent] = []
-    async for event in source:
-        if event.data == "" and event.retry is not None:  # the retry-only block
-            continue
-        got.append(event)
-        if len(got) == n:
-            break
-    return got
 
 
 class Switch:
