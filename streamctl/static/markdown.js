@@ -155,7 +155,8 @@ const CODE_SPAN = /^(`+)([^`][\s\S]*?)\1(?!`)/;
 const LINK = /^!?\[((?:\\.|[^\]\\])*)\]\(\s*<?([^\s<>()]*(?:\([^\s<>()]*\)[^\s<>()]*)*)>?(?:\s+"[^"]*")?\s*\)/;
 const AUTOLINK = /^<([a-z][a-z0-9+.-]{1,31}:[^\s<>]+)>/i;
 const BARE_URL = /^https?:\/\/[^\s<]*[^\s<.,:;"')\]!?*_~]/i;
-const STRONG = /^(\*\*|__)(?=\S)([\s\S]*?\S)\1/;
+// `_` is not emphasis inside a word (snake_case, __dunder__ in code-like text).
+const STRONG = /^(\*\*(?=\S)([\s\S]*?\S)\*\*|__(?=\S)([\s\S]*?\S)__(?!\w))/;
 const EMPHASIS = /^([*_])(?=[^\s*_])([\s\S]*?[^\s\\])\1(?![*_\w])/;
 const STRIKE = /^~~(?=\S)([\s\S]*?\S)~~/;
 
@@ -202,7 +203,7 @@ function appendInline(parent, text, links) {
       add(link(null, m[0]));
       i += m[0].length;
     } else if ((c === "*" || (c === "_" && !wordBefore)) && (m = STRONG.exec(rest))) {
-      add(styled("strong", m[2], links));
+      add(styled("strong", m[2] ?? m[3], links));
       i += m[0].length;
     } else if ((c === "*" || (c === "_" && !wordBefore)) && (m = EMPHASIS.exec(rest))) {
       add(styled("em", m[2], links));
