@@ -554,3 +554,46 @@ async def test_a_reader_who_scrolled_up_is_left_where_they_are(chat: Chat) -> No
     chat.agent.release.set()
     await chat.status_is("completed")
     assert await chat.page.evaluate("document.getElementById('transcript').scrollTop") == 0
+
+
+# Every construct, with a list that goes on after a blank line, a fence left open until late, and
+# text after it; streamed in chunks of any size it must end as the whole text rendered at once.
+STREAMED = (
+    "# Title\n\nSome *em* and **strong** and `code` and ~~old~~ text,\nnext line.\n\n"
+    "- one\n- two\n  more of two\n\n- three\n\n1. first\n2. second\n\n> quoted\n> *twice*\n\n"
+    "---\n\n```js\nlet a = '<b>';\n\n```\n\n2024. was a year; see https://example.com/a_(b)."
+    " [x](http://e.x) [y](data:text/html,hi) snake_case_name and __dunder__.\n\n~~~\nopen fence"
+)
+STREAM_JS = """async ([text, sizes]) => {
+  const { appendMarkdown, renderMarkdown } = await import("./static/markdown.js");
+  const whole = document.createElement("div");
+  renderMarkdown(whole, text);
+  return [whole.innerHTML, sizes.map((size) => {
+    const div = document.createElement("div");
+    for (let i = 0; i < text.length; i += size) appendMarkdown(div, text.slice(i, i + size));
+    return div.innerHTML;
+  })];
+}"""
+
+
+async def test_markdown_streamed_in_any_chunks_ends_as_rendered_at_once(chat: Chat) -> None:
+    whole, streamed = await chat.page.evaluate(STREAM_JS, [STREAMED, [1, 2, 3, 7, 64]])
+    assert all(html == whole for html in streamed)
+    for part in (
+        "<h1>Title</h1>",
+        "<em>em</em>",
+        "<strong>strong</strong>",
+        "<code>code</code>",
+        "<del>old</del>",
+        " text,<br>next line.</p>",
+        "<li>two<br>more of two</li><li>three</li></ul>",
+        "<ol><li>first</li><li>second</li></ol>",
+        "<blockquote><p>quoted<br><em>twice</em></p></blockquote>",
+        "<hr>",
+        "<pre><code class=\"language-js\">let a = '&lt;b&gt;';\n</code></pre>",
+        '<ol start="2024"><li>was a year; see <a href="https://example.com/a_(b)"',
+        '<span class="unsafe-link" title=',
+        "snake_case_name and <strong>dunder</strong>.",
+        "<pre><code>open fence</code></pre>",
+    ):
+        assert part in whole, (part, whole)

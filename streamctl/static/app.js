@@ -5,7 +5,7 @@
 // Agent text is Markdown, rendered by markdown.js into DOM nodes (never as HTML); reasoning is
 // folded away, tool calls and custom events are one line each.
 import { StreamctlClient } from "./streamctl.js";
-import { renderMarkdown } from "./markdown.js";
+import { appendMarkdown } from "./markdown.js";
 
 // Relative to where the page is served: streamctl may be mounted under a prefix (`/agent/`).
 const client = new StreamctlClient({ baseUrl: new URL(".", document.baseURI).pathname });
@@ -17,7 +17,7 @@ const input = $("message");
 const send = $("send");
 const stopButton = $("stop");
 const connection = $("connection");
-const sources = new WeakMap(); // a text or reasoning segment -> its Markdown / text so far
+const reasonings = new WeakMap(); // a reasoning segment -> its text so far
 const COMPACT = 240; // characters of a tool result or custom event shown on its line
 
 let threadId = localStorage.getItem("streamctl.thread");
@@ -58,12 +58,9 @@ function segment(view, kind, id, create) {
   return node;
 }
 
-/** Text of message ``id``, rendered as Markdown (again, as a whole, on every chunk). */
+/** Text of message ``id``, rendered as Markdown as it streams. */
 function appendText(view, id, text) {
-  const node = segment(view, "text", id, () => document.createElement("div"));
-  const source = (sources.get(node) ?? "") + text;
-  sources.set(node, source);
-  renderMarkdown(node, source);
+  appendMarkdown(segment(view, "text", id, () => document.createElement("div")), text);
 }
 
 /** Reasoning before message ``id``, folded away (a summary the user may open). */
@@ -77,8 +74,8 @@ function appendReasoning(view, id, text) {
     details.append(summary, content);
     return details;
   });
-  const source = (sources.get(node) ?? "") + text;
-  sources.set(node, source);
+  const source = (reasonings.get(node) ?? "") + text;
+  reasonings.set(node, source);
   node.querySelector(".reasoning-text").textContent = source;
 }
 

@@ -1,7 +1,8 @@
 // markdown.js: a small Markdown renderer for agent text, safe by construction.
 //
-//   import { renderMarkdown } from "./markdown.js";
-//   renderMarkdown(element, source);  // again with the longer source as chunks stream
+//   import { appendMarkdown, renderMarkdown } from "./markdown.js";
+//   appendMarkdown(element, chunk);   // for each chunk as it streams
+//   renderMarkdown(element, source);  // or a whole text at once
 //
 // It builds DOM nodes and sets text through text nodes only: agent text is never parsed as HTML,
 // so `<img onerror=…>` shows as the characters it is. Links open in a new tab without access to
@@ -11,24 +12,46 @@
 // and numbered lists, fenced code blocks, block quotes, rules, inline code,
 // emphasis, strong, strikethrough, links, <autolinks> and bare web addresses.
 //
-// Re-rendering is incremental: the source is split into blocks, and a block whose source is
-// unchanged keeps its nodes; while text streams, only the last block is rebuilt.
+// Streaming is incremental: appendMarkdown re-parses only from the second-to-last block on (the
+// blocks before it are final), and a block whose source is unchanged keeps its nodes, so while
+// text streams only the growing block is rebuilt.
 
 const SAFE_PROTOCOLS = new Set(["http", "https", "mailto"]);
 const rendered = new WeakMap(); // element -> the block key it was built from
+const streams = new WeakMap(); // container -> {source, from, index}: where the next parse starts
 
-/** @param {HTMLElement} container @param {string} source */
+/** Render ``source`` into ``container`` (reusing the nodes of unchanged blocks). */
 export function renderMarkdown(container, source) {
-  const blocks = parseBlocks(source);
+  streams.delete(container);
+  place(container, parseBlocks(source), 0);
+}
+
+/** Append streamed ``text`` to what ``container`` shows. */
+export function appendMarkdown(container, text) {
+  const state = streams.get(container) ?? { source: "", from: 0, index: 0 };
+  state.source += text;
+  const blocks = parseBlocks(state.source.slice(state.from));
+  place(container, blocks, state.index);
+  // Only the last line can still grow, and with it the last block, which may yet join the block
+  // before it ("- one" then "-" becomes "- two"): the next parse starts at that one.
+  if (blocks.length > 2) {
+    state.from += blocks[blocks.length - 2].start;
+    state.index += blocks.length - 2;
+  }
+  streams.set(container, state);
+}
+
+/** ``blocks`` as ``container``'s children from ``index`` on. */
+function place(container, blocks, index) {
   blocks.forEach((block, i) => {
-    const existing = container.children[i];
+    const existing = container.children[index + i];
     if (existing && rendered.get(existing) === block.key) return;
     const node = renderBlock(block);
     rendered.set(node, block.key);
     if (existing) existing.replaceWith(node);
     else container.append(node);
   });
-  while (container.children.length > blocks.length) container.lastElementChild.remove();
+  while (container.children.length > index + blocks.length) container.lastElementChild.remove();
 }
 
 /** The URL if it is safe to follow (http, https, mailto), else null. @param {string} raw */
@@ -50,15 +73,31 @@ const ITEM = /^( {0,3})([-*+]|\d{1,9}[.)])\s+(.*)$/;
 const QUOTE = /^ {0,3}>\s?(.*)$/;
 const RULE = /^ {0,3}([-*_])(?:\s*\1){2,}\s*$/;
 
-/** Split ``source`` into blocks: {kind, key, ...}. An unclosed fence runs to the end (streaming). */
+/**
+ * Split ``source`` into blocks: {kind, key, start, ...}, ``start`` being the offset of the block's
+ * first line. An unclosed fence runs to the end (streaming).
+ */
 export function parseBlocks(source) {
-  const lines = source.split(/\r\n|\r|\n/);
+  const parts = source.split(/(\r\n|\r|\n)/); // lines and the line ends between them
+  const lines = [];
+  const starts = [];
+  for (let k = 0, at = 0; k < parts.length; k += 2) {
+    lines.push(parts[k]);
+    starts.push(at);
+    at += parts[k].length + (parts[k + 1]?.length ?? 0);
+  }
   const blocks = [];
+  const push = (block, first) => blocks.push({ ...block, start: starts[first] });
   let i = 0;
-  const startsBlock = (line) =>
-    FENCE.test(line) || HEADING.test(line) || ITEM.test(line) || QUOTE.test(line) || RULE.test(line);
+  // What ends a paragraph: a new block; a numbered list only when it starts at 1 ("2024. was…").
+  const startsBlock = (line) => {
+    const item = ITEM.exec(line);
+    if (item) return !/\d/.test(item[2]) || Number.parseInt(item[2], 10) === 1;
+    return FENCE.test(line) || HEADING.test(line) || QUOTE.test(line) || RULE.test(line);
+  };
   while (i < lines.length) {
     const line = lines[i];
+    const first = i;
     let m;
     if (!line.trim()) {
       i += 1;
@@ -72,17 +111,16 @@ export function parseBlocks(source) {
       }
       const closed = i < lines.length;
       i += 1;
-      blocks.push({ kind: "code", lang: m[2], text: body.join("\n"), key: `code${closed}:${m[2]}:${body.join("\n")}` });
+      push({ kind: "code", lang: m[2], text: body.join("\n"), key: `code${closed}:${m[2]}:${body.join("\n")}` }, first);
     } else if ((m = HEADING.exec(line))) {
-      blocks.push({ kind: "heading", level: m[1].length, text: m[2] ?? "", key: `h:${line}` });
+      push({ kind: "heading", level: m[1].length, text: m[2] ?? "", key: `h:${line}` }, first);
       i += 1;
     } else if (RULE.test(line)) {
-      blocks.push({ kind: "rule", key: "hr" });
+      push({ kind: "rule", key: "hr" }, first);
       i += 1;
     } else if ((m = ITEM.exec(line))) {
       const ordered = /\d/.test(m[2]);
       const items = [];
-      const start = i;
       while (i < lines.length) {
         const item = ITEM.exec(lines[i]);
         if (item && /\d/.test(item[2]) === ordered) {
@@ -96,15 +134,15 @@ export function parseBlocks(source) {
         }
         i += 1;
       }
-      const first = Number.parseInt(m[2], 10);
-      blocks.push({ kind: "list", ordered, start: first, items, key: `list:${lines.slice(start, i).join("\n")}` });
+      const number = Number.parseInt(m[2], 10);
+      push({ kind: "list", ordered, number, items, key: `list:${lines.slice(first, i).join("\n")}` }, first);
     } else if (QUOTE.test(line)) {
       const body = [];
       while (i < lines.length && (m = QUOTE.exec(lines[i]))) {
         body.push(m[1]);
         i += 1;
       }
-      blocks.push({ kind: "quote", text: body.join("\n"), key: `quote:${body.join("\n")}` });
+      push({ kind: "quote", text: body.join("\n"), key: `quote:${body.join("\n")}` }, first);
     } else {
       const body = [line];
       i += 1;
@@ -112,7 +150,7 @@ export function parseBlocks(source) {
         body.push(lines[i]);
         i += 1;
       }
-      blocks.push({ kind: "paragraph", text: body.join("\n"), key: `p:${body.join("\n")}` });
+      push({ kind: "paragraph", text: body.join("\n"), key: `p:${body.join("\n")}` }, first);
     }
   }
   return blocks;
@@ -134,7 +172,7 @@ function renderBlock(block) {
       return document.createElement("hr");
     case "list": {
       const list = document.createElement(block.ordered ? "ol" : "ul");
-      if (block.ordered && block.start !== 1) list.start = block.start;
+      if (block.ordered && block.number !== 1) list.start = block.number;
       for (const item of block.items) list.append(withInline(document.createElement("li"), item));
       return list;
     }
@@ -200,8 +238,11 @@ function appendInline(parent, text, links) {
       add(link(null, m[1]));
       i += m[0].length;
     } else if (links && !wordBefore && (c === "h" || c === "H") && (m = BARE_URL.exec(rest))) {
-      add(link(null, m[0]));
-      i += m[0].length;
+      let url = m[0];
+      const open = url.split("(").length - url.split(")").length;
+      if (open > 0 && rest[url.length] === ")") url += ")"; // wiki-style: …/Foo_(bar)
+      add(link(null, url));
+      i += url.length;
     } else if ((c === "*" || (c === "_" && !wordBefore)) && (m = STRONG.exec(rest))) {
       add(styled("strong", m[2] ?? m[3], links));
       i += m[0].length;
