@@ -4,7 +4,10 @@ The page sends only ``thread_id`` and ``input``, so the pace of its runs comes f
 demo agent with the test's ``config.demo``, which can also hold a run after its k-th event until
 the test releases it (an ``anyio.Event``), so "mid-run" is a state the test waits for, not a time.
 Every page records what its last assistant bubble showed after each DOM change (``window.__log``),
-so tests can assert on the states the user saw, not only the final one.
+so tests can assert on the states the user saw, not only the final one. What real agents emit
+(Markdown, hostile HTML, reasoning, tool calls, custom events, interrupts) comes from scripted
+agents; layout is checked by bounding rectangles (Stop at 360 px, the newest text and the status
+above the composer, the offline banner on screen).
 """
 
 from __future__ import annotations
