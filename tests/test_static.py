@@ -1,6 +1,7 @@
 """The browser side as files: ``streamctl.d.ts`` agrees with the server's event schema, the page
-and its module are served with the right content types and reference nothing external, and the
-module's ``SSEParser`` (run under Node) decodes like ``streamctl.decoder.SSEDecoder``."""
+and its modules are served with the right content types and reference nothing external, the page
+names the served agent (escaped), and the module's ``SSEParser`` (run under Node) decodes like
+``streamctl.decoder.SSEDecoder``."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streamctl import Settings
+from streamctl.agents import ScriptedAgent, demo_agent
 from streamctl.decoder import SSEDecoder
 from streamctl.events import event_json_schema
+from streamctl.http.page import agent_name
 
 from .support import StartServer
 from .support.decoder_cases import CASES, feedings
@@ -76,7 +81,7 @@ def test_enumerated_values_match_the_schema() -> None:
 
 
 def test_the_page_references_nothing_external() -> None:
-    for name in ("index.html", "app.js", "style.css", "streamctl.js"):
+    for name in ("index.html", "app.js", "markdown.js", "style.css", "streamctl.js"):
         text = (STATIC / name).read_text()
         assert not re.search(r"(?i)\bhttps?:|[\"'(=]\s*//", text), name  # absolute or //host
     css = (STATIC / "style.css").read_text()
@@ -85,7 +90,9 @@ def test_the_page_references_nothing_external() -> None:
     refs = re.findall(r'(?:src|href)="([^"]*)"', html)
     # Relative, so the page works wherever it is mounted (`app.include_router(..., prefix=)`).
     assert refs and all(r.startswith("static/") or r.startswith("data:") for r in refs), refs
-    assert re.findall(r'from "([^"]+)"', (STATIC / "app.js").read_text()) == ["./streamctl.js"]
+    imports = re.compile(r'(?m)^import .* from "([^"]+)"')
+    assert imports.findall((STATIC / "app.js").read_text()) == ["./streamctl.js", "./markdown.js"]
+    assert imports.findall((STATIC / "markdown.js").read_text()) == []
 
 
 JS_TYPES = ("text/javascript", "application/javascript")
@@ -97,6 +104,7 @@ JS_TYPES = ("text/javascript", "application/javascript")
         ("/", ("text/html",)),
         ("/static/streamctl.js", JS_TYPES),
         ("/static/app.js", JS_TYPES),
+        ("/static/markdown.js", JS_TYPES),
         ("/static/style.css", ("text/css",)),
         ("/static/streamctl.d.ts", ("application/typescript", "text/typescript", "text/plain")),
     ],
@@ -113,8 +121,42 @@ async def test_files_are_served_with_their_content_type(
     assert media_type in types, response.headers["content-type"]
     if media_type.startswith("text/"):
         assert params.strip().lower() == "charset=utf-8"
-    name = "index.html" if path == "/" else path.rpartition("/")[2]
-    assert response.content == (STATIC / name).read_bytes()
+    if path == "/":  # the page, naming the served agent
+        assert response.text == (STATIC / "index.html").read_text().replace(
+            "{{agent}}", "demo agent"
+        )
+    else:
+        assert response.content == (STATIC / path.rpartition("/")[2]).read_bytes()
+
+
+class Forecaster(ScriptedAgent):
+    name = 'Forecaster <b onmouseover="x()">&'
+
+
+def test_agent_names() -> None:
+    settings = Settings.from_env({})
+    assert agent_name(None, settings) == "demo agent"
+    assert agent_name(demo_agent, settings) == "demo agent"
+    assert agent_name("mymod:graph", settings) == "mymod:graph"
+    with_model = Settings.from_env({}, agent="openai", model="qwen2.5")
+    assert agent_name(None, with_model) == "qwen2.5"
+    assert agent_name(ScriptedAgent([]), settings) == "ScriptedAgent"
+
+    async def my_agent(ctx: Any) -> AsyncIterator[str]:
+        yield "hi"
+
+    assert agent_name(my_agent, settings) == "my_agent"
+
+
+@pytest.mark.anyio
+async def test_the_page_names_the_served_agent_as_text(serve: StartServer) -> None:
+    server = await serve(agent=Forecaster([]))
+    async with server.client() as client:
+        page = (await client.get("/")).text
+    escaped = "Forecaster &lt;b onmouseover=&quot;x()&quot;&gt;&amp;"
+    assert f"<title>streamctl: chat with {escaped}</title>" in page
+    assert f'<strong id="agent">{escaped}</strong>' in page
+    assert "<b " not in page and "{{agent}}" not in page
 
 
 NODE_SCRIPT = """

@@ -102,6 +102,7 @@ class Streamctl:
             auth=Authenticator(auth_settings),
             watch=SendWatch(settings.send_timeout),
             host_auth=authenticate is not None,
+            agent_name=page.agent_name(agent, settings),
         )
         self.drain_on_signal = True
         """Drain on SIGTERM/SIGINT from inside the lifespan (``streamctl serve`` drains itself)."""

@@ -1,20 +1,27 @@
 """The web page: ``/``, its static files, and the browser module's types.
 
-The static files are served by a route, not a ``Mount``: a route is carried by ``include_router``
-in every FastAPI version (a mount inside an ``APIRouter`` is dropped by older ones), so the page
-comes along wherever the router is included.
+``/`` names the agent it chats with (``agent_name``), filled into the page by the server, so the
+title is right before any script runs. The static files are served by a route, not a ``Mount``:
+a route is carried by ``include_router`` in every FastAPI version (a mount inside an
+``APIRouter`` is dropped by older ones), so the page comes along wherever the router is
+included.
 """
 
 from __future__ import annotations
 
+import html
 import os
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from ..settings import Settings
 from .errors import StreamctlRoute
+from .services import find_services
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -43,7 +50,35 @@ def _relative(path: str) -> str:
     return os.path.normpath(os.path.join(*path.split("/")))
 
 
-@router.get("/", response_class=FileResponse, include_in_schema=False)
-async def page() -> FileResponse:
-    """The chat page: the demo agent, live tokens, a Stop button, resume after reload."""
-    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page(request: Request) -> HTMLResponse:
+    """The chat page: the served agent, live Markdown, a Stop button, resume after reload."""
+    services = find_services(request)
+    name = services.agent_name if services is not None else "the agent"
+    return HTMLResponse(render_page(name), headers={"Cache-Control": "no-cache"})
+
+
+@cache
+def _template() -> str:
+    return (STATIC / "index.html").read_text(encoding="utf-8")
+
+
+def render_page(agent: str) -> str:
+    """``index.html`` naming ``agent``: escaped, so a name is only ever text."""
+    return _template().replace("{{agent}}", html.escape(agent, quote=True))
+
+
+def agent_name(agent: Any, settings: Settings) -> str:
+    """What the page calls the agent. A spec names it (``demo``, the model of ``openai``,
+    ``MODULE:ATTR``); an object given directly by its ``name`` (a LangGraph graph's, the demo
+    agent's), its ``model`` (a ``ChatAgent``), its function's name, or its class's."""
+    if agent is None or isinstance(agent, str):
+        spec = agent or settings.agent
+        if spec == "demo":
+            return "demo agent"
+        return settings.model if spec == "openai" and settings.model else spec
+    for attribute in ("name", "model", "__name__"):
+        value = getattr(agent, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(agent).__name__

@@ -41,6 +41,8 @@ class Services:
     metrics: CollectorRegistry | None = None
     host_auth: bool = False
     """The host's ``authenticate`` names the principal (``PRINCIPAL_KEY``), not a token."""
+    agent_name: str = "the agent"
+    """What the page calls the served agent (``page.agent_name``)."""
 
 
 def find_services(request: Request) -> Services | None:

@@ -2,20 +2,33 @@
 // The thread id lives in localStorage, so a reload (or a new tab) continues the conversation:
 // the page renders the thread's checkpoint, and if a run is active it renders that run's
 // snapshot and resumes its stream after the snapshot's last_seq: no word repeated, none missing.
+// Agent text is Markdown, rendered by markdown.js into DOM nodes (never as HTML); reasoning is
+// folded away, tool calls and custom events are one line each.
 import { StreamctlClient } from "./streamctl.js";
+import { appendMarkdown } from "./markdown.js";
 
 // Relative to where the page is served: streamctl may be mounted under a prefix (`/agent/`).
 const client = new StreamctlClient({ baseUrl: new URL(".", document.baseURI).pathname });
 const $ = (id) => document.getElementById(id);
+const scroller = $("transcript");
 const log = $("log");
 const form = $("composer");
 const input = $("message");
 const send = $("send");
 const stopButton = $("stop");
 const connection = $("connection");
+const reasonings = new WeakMap(); // a reasoning segment -> its text so far
+const COMPACT = 240; // characters of a tool result or custom event shown on its line
 
 let threadId = localStorage.getItem("streamctl.thread");
 let activeRunId = null;
+
+/** Keep the newest text in view while new output arrives, unless the user scrolled up. */
+function update(change) {
+  const following = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 48;
+  change();
+  if (following) scroller.scrollTop = scroller.scrollHeight;
+}
 
 function bubble(role, text = "") {
   const div = document.createElement("div");
@@ -23,34 +36,77 @@ function bubble(role, text = "") {
   const body = document.createElement("div");
   body.className = "body";
   div.append(body);
-  if (text) appendText(div, text);
-  log.append(div);
-  div.scrollIntoView({ block: "end" });
+  update(() => {
+    if (role === "user") body.textContent = text; // what the user typed, as typed
+    else if (text) appendText(div, "m", text);
+    log.append(div);
+  });
+  scroller.scrollTop = scroller.scrollHeight; // a new message always comes into view
   return div;
 }
 
-/** Text goes into the bubble's last text segment; after a tool line, a new segment starts. */
-function appendText(view, text) {
+/** The bubble's segment of ``kind`` for message ``id`` (created at the end of the bubble). */
+function segment(view, kind, id, create) {
   const body = view.querySelector(".body");
-  let last = body.lastElementChild;
-  if (!last || !last.classList.contains("text")) {
-    last = document.createElement("span");
-    last.className = "text";
-    body.append(last);
+  for (const node of body.children) {
+    if (node.classList.contains(kind) && node.dataset.id === id) return node;
   }
-  last.textContent += text;
+  const node = create();
+  node.classList.add(kind);
+  node.dataset.id = id;
+  body.append(node);
+  return node;
 }
 
-/** Render a run's output (a snapshot): messages and tool calls in the order they began. */
+/** Text of message ``id``, rendered as Markdown as it streams. */
+function appendText(view, id, text) {
+  appendMarkdown(segment(view, "text", id, () => document.createElement("div")), text);
+}
+
+/** Reasoning before message ``id``, folded away (a summary the user may open). */
+function appendReasoning(view, id, text) {
+  const node = segment(view, "reasoning", id, () => {
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "Reasoning";
+    const content = document.createElement("div");
+    content.className = "reasoning-text";
+    details.append(summary, content);
+    return details;
+  });
+  const source = (reasonings.get(node) ?? "") + text;
+  reasonings.set(node, source);
+  node.querySelector(".reasoning-text").textContent = source;
+}
+
+/** A JSON value as one short line: strings as they are, anything else as JSON. */
+function compact(value, limit = COMPACT) {
+  const text = typeof value === "string" ? value : JSON.stringify(value) ?? "";
+  return text.length > limit ? `${text.slice(0, limit - 1)}…` : text;
+}
+
+function note(view, className, text, title = text) {
+  const line = document.createElement("div");
+  line.className = className;
+  line.textContent = text;
+  if (title !== text) line.title = title;
+  view.querySelector(".body").append(line);
+  return line;
+}
+
+/** Render a run's output (a snapshot): messages, reasoning and tool calls in the order they began. */
 function renderOutput(view, output) {
   const parts = [
-    ...output.messages.map((m) => ({ seq: m.seq, text: m.content })),
+    ...output.messages.map((m) => ({ seq: m.seq, text: m })),
+    ...(output.reasoning ?? []).map((r) => ({ seq: r.seq, reasoning: r })),
     ...output.tool_calls.map((c) => ({ seq: c.seq, call: c })),
   ].sort((a, b) => a.seq - b.seq);
   for (const part of parts) {
     if (part.call) showTool(view, part.call.call_id, part.call.name, part.call.args, part.call.output, part.call.output === null);
-    else appendText(view, part.text);
+    else if (part.reasoning) appendReasoning(view, part.reasoning.message_id, part.reasoning.content);
+    else appendText(view, part.text.message_id, part.text.content);
   }
+  if (output.interrupt) showInterrupt(view, output.interrupt.value);
 }
 
 function showStatus(view, status) {
@@ -65,17 +121,27 @@ function showStatus(view, status) {
 }
 
 function showTool(view, callId, name, args, output, running) {
-  let line = view.querySelector(`.tool[data-call="${CSS.escape(callId)}"]`);
-  if (!line) {
-    line = document.createElement("div");
-    line.className = "tool";
-    line.dataset.call = callId;
-    view.querySelector(".body").append(line);
-  }
+  const line = segment(view, "tool", callId, () => document.createElement("div"));
+  line.dataset.call = callId;
   line.dataset.state = running ? "running" : "done";
-  if (args && typeof args === "object") line.dataset.where = Object.values(args).join(", ");
+  if (args && typeof args === "object") line.dataset.where = Object.values(args).map((v) => compact(v, 80)).join(", ");
   const where = line.dataset.where ?? "";
-  line.textContent = running ? `Calling ${name}(${where})…` : `${name}(${where}) → ${output}`;
+  const full = running ? "" : compact(output, Infinity);
+  line.textContent = running ? `Calling ${name}(${where})…` : `${name}(${where}) → ${compact(output)}`;
+  if (full.length > COMPACT) line.title = full;
+}
+
+function showCustom(view, name, data) {
+  const line = note(view, "custom", "");
+  line.dataset.name = name;
+  const label = document.createElement("span");
+  label.className = "name";
+  label.textContent = name;
+  line.append(label, ` ${compact(data)}`);
+}
+
+function showInterrupt(view, value) {
+  note(view, "interrupt", `Waiting for your answer: ${compact(value)}`);
 }
 
 function setActive(runId) {
@@ -89,25 +155,30 @@ async function follow(view, events) {
   try {
     for await (const event of events) {
       if (navigator.onLine) connection.textContent = ""; // keep the offline notice while offline
-      if (event.type === "run") {
-        setActive(event.data.run_id);
-        view.dataset.run = event.data.run_id;
-        showStatus(view, event.data.status);
-      } else if (event.type === "message_chunk") {
-        appendText(view, event.data.content);
-      } else if (event.type === "tool_start") {
-        showTool(view, event.data.call_id, event.data.name, event.data.args, null, true);
-      } else if (event.type === "tool_end") {
-        showTool(view, event.data.call_id, event.data.name, null, event.data.output, false);
-      } else if (event.type === "error") {
-        const line = document.createElement("div");
-        line.className = "tool";
-        line.textContent = `Error: ${event.data.message}`;
-        view.querySelector(".body").append(line);
-      } else if (event.type === "done") {
-        showStatus(view, event.data.status);
-      }
-      view.scrollIntoView({ block: "end" });
+      const data = event.data;
+      update(() => {
+        if (event.type === "run") {
+          setActive(data.run_id);
+          view.dataset.run = data.run_id;
+          showStatus(view, data.status);
+        } else if (event.type === "message_chunk") {
+          appendText(view, data.message_id, data.content);
+        } else if (event.type === "reasoning_chunk") {
+          appendReasoning(view, data.message_id, data.content);
+        } else if (event.type === "tool_start") {
+          showTool(view, data.call_id, data.name, data.args, null, true);
+        } else if (event.type === "tool_end") {
+          showTool(view, data.call_id, data.name, null, data.output, false);
+        } else if (event.type === "custom") {
+          showCustom(view, data.name, data.data);
+        } else if (event.type === "interrupt") {
+          showInterrupt(view, data.value);
+        } else if (event.type === "error") {
+          note(view, "error", `Error: ${data.message}`);
+        } else if (event.type === "done") {
+          showStatus(view, data.status);
+        }
+      });
     }
   } catch (error) {
     connection.textContent = `Stream failed: ${error.message}`;
@@ -129,8 +200,9 @@ async function restore() {
   }
   const active = thread.active_run;
   for (const message of thread.messages) {
+    if (message.role !== "user" && message.role !== "assistant") continue; // system, tool results
     if (active && message.run_id === active.run_id && message.role === "assistant") continue;
-    const view = bubble(message.role === "user" ? "user" : "assistant", message.output ? "" : message.content);
+    const view = bubble(message.role, message.output ? "" : message.content);
     if (message.output) renderOutput(view, message.output);
     if (message.status) showStatus(view, message.status);
   }
@@ -143,6 +215,7 @@ async function restore() {
     setActive(active.run_id);
     await follow(view, client.stream(active.run_id, { after: active.last_seq }));
   }
+  scroller.scrollTop = scroller.scrollHeight;
 }
 
 form.addEventListener("submit", async (event) => {

@@ -39,6 +39,8 @@ class Paced:
     held after its event ``hold_at`` until ``release`` is set, so "mid-run" is a state to wait
     for, not a time."""
 
+    name = "demo agent"  # what the page shows, as for the demo agent itself
+
     def __init__(self, **demo: Any) -> None:
         self.demo = demo
         self.hold_at: int | None = None
