@@ -13,10 +13,10 @@ the tests), so serving AG-UI needs no extra dependency.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,11 +29,10 @@ from ...sse import EventStream
 from ...supervisor import Supervisor
 from ..auth import Me
 from ..errors import StreamctlRoute
+from ..idempotency import KeyHeader, start_once
 from ..services import Services, Sup, Svc
 from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped
-from .wire import Part, parse_part_cursor, render, sse_part, stream_response
-
-LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
+from .wire import LastEventId, Part, parse_part_cursor, render, sse_part, stream_response
 
 
 class AGUITranslator:
@@ -340,20 +339,32 @@ async def run_agent(
     svc: Svc,
     sup: Sup,
     me: Me,
+    idempotency_key: KeyHeader = None,
     last_event_id: LastEventId = None,
 ) -> Response:
-    """Start the run ``runId`` (or join it, if it exists) and stream it as AG-UI events."""
-    if await _existing(sup, body, me):
+    """Start the run ``runId`` (or join it, if it exists) and stream it as AG-UI events. With an
+    ``Idempotency-Key`` an earlier request sent, join the run that request started."""
+    if idempotency_key is None and await _existing(sup, body, me):
         return await _join(request, svc, sup, me, body.runId, last_event_id)
     create = body.to_run_create()
     sup.streams.open(me.name)
     try:
+        run_id = body.runId
         try:
-            await sup.control.start(create, me.name, run_id=body.runId)
+            started = await start_once(
+                request,
+                sup,
+                svc.keys,
+                me,
+                idempotency_key,
+                lambda chosen: sup.control.start(create, me.name, run_id=chosen),
+                run_id=body.runId,
+            )
+            run_id = started.run_id
         except RunIdTaken:  # the same runId posted twice at once: the other one started it
             if not await _existing(sup, body, me):
                 raise
-        return await _join(request, svc, sup, me, body.runId, last_event_id, claimed=True)
+        return await _join(request, svc, sup, me, run_id, last_event_id, claimed=True)
     except BaseException:
         sup.streams.close(me.name)
         raise
