@@ -32,7 +32,7 @@ from ..auth import Me
 from ..errors import StreamctlRoute
 from ..idempotency import REPLAYED, KeyHeader, start_once
 from ..services import Services, Sup, Svc
-from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped
+from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped, token_usage
 from .wire import LastEventId, Part, parse_part_cursor, render, sse_part, stream_response
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
@@ -115,9 +115,19 @@ class UIMessageTranslator:
             self._close_reasoning(out)
             self._close_step(out)
             status = data["status"]
+            # The usage as message metadata, shaped as the SDK's own `totalUsage`, under the
+            # key its docs' metadata example uses.
+            usage = token_usage(data.get("usage"))
+            metadata = None if usage is None else {"totalUsage": usage}
             if status == "completed":
-                out.append({"type": "finish", "finishReason": "stop"})
-            elif status in ("cancelled", "interrupted"):
+                finish: Part = {"type": "finish", "finishReason": "stop"}
+                if metadata is not None:
+                    finish["messageMetadata"] = metadata
+                out.append(finish)
+                return out
+            if metadata is not None:  # `abort` and `error` have no metadata of their own
+                out.append({"type": "message-metadata", "messageMetadata": metadata})
+            if status in ("cancelled", "interrupted"):
                 out.append({"type": "abort"})
             else:
                 error = self.error or {"code": status, "message": data.get("reason") or status}
