@@ -1,10 +1,10 @@
-"""Idempotency keys in Redis: one string per ``(owner, key)`` that expires with the window.
+"""Idempotency keys in Redis: one string per ``(owner, key)`` that expires with its window.
 
-``{sc}:idem:<len(owner)>:<owner>:<key>`` holds ``run_id`` ``\\n`` ``request_hash`` ``\\n``
-``created_at``, set with ``NX PX <window>``: Redis itself forgets a key when its window ends, so
-purging has nothing to do. A claim is one script (set if absent, else read), so of concurrent
-claims from any node exactly one wins; a retry of a claim whose reply was lost finds its own
-value, and so still wins.
+``{sc}:idem:<len(owner)>:<owner>:<key>`` holds ``run_id``, ``request_hash`` and ``created_at``
+(one per line), set with ``NX PXAT <created_at + window>``: Redis itself forgets a key when its
+window ends, so purging has nothing to do. A claim is one script (set if absent, else read), so
+of concurrent claims from any node exactly one wins; a retry of a claim whose reply was lost
+finds its own value, and so still wins.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from .redis_keys import INDEX
 
 T = TypeVar("T")
 
-# KEYS key; ARGV value, ttl_ms. Returns the value in force (ARGV[1] when this claim won).
+# KEYS key; ARGV value, expiry (unix ms). Returns the value in force (ARGV[1] when this won).
 CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then return ARGV[1] end
 return redis.call('GET', KEYS[1])
 """
 
@@ -57,11 +57,11 @@ class RedisIdempotency:
         self, owner: str, key: str, claim: IdempotencyKey, ttl: float
     ) -> IdempotencyKey:
         value = f"{claim.run_id}\n{claim.request_hash}\n{claim.created_at!r}"
-        ttl_ms = max(1, int(ttl * 1000))
+        expires_ms = max(1, int((claim.created_at + ttl) * 1000))
         script = self.redis.register_script(CLAIM)
         raw = await self._call(
             "claiming an idempotency key",
-            lambda: script(keys=[idempotency_key(owner, key)], args=[value, ttl_ms]),
+            lambda: script(keys=[idempotency_key(owner, key)], args=[value, expires_ms]),
         )
         return _decode(raw)
 
