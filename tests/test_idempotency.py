@@ -231,6 +231,27 @@ async def test_expired_keys_are_free_and_purged(serve: StartServer) -> None:
     assert keys == [{"key": KEY, "run_id": fresh.json()["run_id"]}]
 
 
+async def test_a_browser_may_send_the_key_and_read_the_replay_header(serve: StartServer) -> None:
+    app = "https://app.example"
+    server = await serve(agent=ScriptedAgent(chunks(1)), cors_origins=app)
+    async with server.client() as client:
+        preflight = await client.options(
+            "/v1/runs/stream",
+            headers={
+                "Origin": app,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,idempotency-key,last-event-id",
+            },
+        )
+        headers = {"Origin": app, "Idempotency-Key": KEY}
+        await client.post("/v1/runs", json=run_body(), headers=headers)
+        again = await client.post("/v1/runs", json=run_body(), headers=headers)
+    assert preflight.status_code == 200
+    assert "idempotency-key" in preflight.headers["access-control-allow-headers"].lower()
+    exposed = again.headers["access-control-expose-headers"].lower()
+    assert "idempotent-replayed" in exposed and "x-run-id" in exposed
+
+
 # -- the streaming POSTs ---------------------------------------------------------------------------
 
 

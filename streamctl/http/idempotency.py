@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
@@ -35,6 +35,7 @@ from ..errors import (
     InvalidIdempotencyKey,
     RunNotFound,
 )
+from ..inputs import RunCreate
 from ..runs import Run
 from ..store.base import IdempotencyKey
 from ..supervisor import Supervisor
@@ -117,15 +118,19 @@ async def start_once(
     locks: KeyLocks,
     me: Principal,
     raw_key: str | None,
-    start: Callable[[str | None], Awaitable[Run]],
+    create: RunCreate,
     *,
     run_id: str | None = None,
 ) -> Started:
-    """Start a run with ``start(run_id)``, or, when ``raw_key`` names a run already, find it.
+    """Start the run ``create`` asks for, or, when ``raw_key`` names a run already, find it.
 
     ``run_id``: the id the client chose (AG-UI's ``runId``); else a new one. A start that fails
     releases the key, so that a retry may try again."""
     key = check_key(raw_key)
+
+    async def start(chosen: str | None) -> Run:
+        return await sup.control.start(create, me.name, run_id=chosen)
+
     if key is None:
         run = await start(run_id)
         return Started(run.run_id, run.thread_id, run)

@@ -67,14 +67,7 @@ async def create_run(
 ) -> Any:
     """Start a run in the background. 201 with the new run; 200 with the run an earlier
     request with the same ``Idempotency-Key`` started (``Idempotent-Replayed: true``)."""
-    started = await start_once(
-        request,
-        sup,
-        svc.keys,
-        me,
-        idempotency_key,
-        lambda run_id: sup.control.start(body, me.name, run_id=run_id),
-    )
+    started = await start_once(request, sup, svc.keys, me, idempotency_key, body)
     if started.run is not None:
         snapshot = started.run.snapshot()
     else:

@@ -87,14 +87,7 @@ async def start_streaming(
     # The stream's slot is claimed first: a stream refused (429) must not leave a run going.
     sup.streams.open(me.name)
     try:
-        started = await start_once(
-            request,
-            sup,
-            services.keys,
-            me,
-            key,
-            lambda run_id: sup.control.start(body, me.name, run_id=run_id),
-        )
+        started = await start_once(request, sup, services.keys, me, key, body)
         cursor = 0 if started.created else parse_cursor(last_event_id, None)
         stream = await sup.reads.subscribe(
             started.run_id, me.name, cursor, granularity=body.granularity

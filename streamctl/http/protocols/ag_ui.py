@@ -358,13 +358,7 @@ async def run_agent(
         run_id, replayed = body.runId, None
         try:
             started = await start_once(
-                request,
-                sup,
-                svc.keys,
-                me,
-                idempotency_key,
-                lambda chosen: sup.control.start(create, me.name, run_id=chosen),
-                run_id=body.runId,
+                request, sup, svc.keys, me, idempotency_key, create, run_id=body.runId
             )
             run_id = started.run_id
             replayed = None if started.created else {REPLAYED: "true"}

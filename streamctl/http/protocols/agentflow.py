@@ -243,14 +243,7 @@ async def graph_stream(
         )
     sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
     try:
-        started = await start_once(
-            request,
-            sup,
-            svc.keys,
-            me,
-            idempotency_key,
-            lambda run_id: sup.control.start(create, me.name, run_id=run_id),
-        )
+        started = await start_once(request, sup, svc.keys, me, idempotency_key, create)
         _, frames = await sup.reads.run_frames(started.run_id, me.name)
     except BaseException:
         sup.streams.close(me.name)

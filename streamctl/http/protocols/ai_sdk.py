@@ -249,14 +249,7 @@ async def chat(
     create = body.to_run_create()
     sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
     try:
-        started = await start_once(
-            request,
-            sup,
-            svc.keys,
-            me,
-            idempotency_key,
-            lambda run_id: sup.control.start(create, me.name, run_id=run_id),
-        )
+        started = await start_once(request, sup, svc.keys, me, idempotency_key, create)
         snapshot, frames = await sup.reads.run_frames(started.run_id, me.name)
         cursor = (0, 0)
         if not started.created:
