@@ -16,14 +16,17 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from streamctl.agents import ScriptedAgent, Wait
+from streamctl.http.idempotency import request_digest
 from streamctl.store.base import IdempotencyKey
 
 from .support import StartServer, assert_error, chunks, run_body, supervisor_of, tool_call
 from .support.auth import ALICE, API_KEYS, BOB, bearer
 from .support.node_clients import NODE_DIR, require_node
+from .support.redis_server import RedisServer, redis_server
 from .support.tcp_proxy import Proxy
 
 pytestmark = pytest.mark.anyio
+__all__ = ["redis_server"]  # a fixture this module uses
 
 KEY = "order-7f3a-retry-safe"
 STEPS = [*chunks(3), *tool_call(), *chunks(2, "m2", word="v")]
@@ -252,6 +255,34 @@ async def test_a_browser_may_send_the_key_and_read_the_replay_header(serve: Star
     assert "idempotent-replayed" in exposed and "x-run-id" in exposed
 
 
+def seed(store: Any, run_id: str, created_at: float) -> Any:
+    """Bind KEY (anonymous's, for ``POST /v1/runs`` with ``run_body()``) to ``run_id``, as a
+    process that claimed it and has not (or never) started the run would have left it."""
+    digest = request_digest("POST", "/v1/runs", orjson.dumps(run_body()))
+    claim = IdempotencyKey(run_id, digest, created_at)
+    return store.claim_idempotency_key("anonymous", KEY, claim, 86400)
+
+
+async def test_a_key_whose_run_never_appears_is_in_flight_then_taken_over(
+    serve: StartServer,
+) -> None:
+    server = await serve(agent=ScriptedAgent(chunks(1)), stop_timeout=0.1)
+    async with server.client() as client:
+        sup = await supervisor_of(server, client)
+        await seed(sup.store, "being-started-elsewhere", time.time())
+        with anyio.fail_after(30):
+            waiting = await client.post(
+                "/v1/runs", json=run_body(), headers={"Idempotency-Key": KEY}
+            )
+        assert_error(waiting, 409, "idempotency_key_in_flight")
+        # A binding older than stop_timeout + 30 s whose run never appeared: its process died.
+        await sup.store.release_idempotency_key("anonymous", KEY, "being-started-elsewhere")
+        await seed(sup.store, "died-before-starting", time.time() - 3600)
+        taken = await client.post("/v1/runs", json=run_body(), headers={"Idempotency-Key": KEY})
+        ids = await run_ids(client)
+    assert taken.status_code == 201 and ids == [taken.json()["run_id"]]
+
+
 # -- the streaming POSTs ---------------------------------------------------------------------------
 
 
@@ -329,6 +360,53 @@ async def test_a_live_streaming_retry_resumes_after_last_event_id(serve: StartSe
     assert [ident for ident, _ in seen] == [str(i) for i in range(1, 9)]  # dense, once each
     assert [kind for _, kind in seen].count("done") == 1 and seen[-1][1] == "done"
     assert len(runs) == 1
+
+
+async def test_two_nodes_on_one_redis_keep_one_run_per_key(
+    serve: StartServer, redis_server: RedisServer
+) -> None:
+    with redis_server.client() as redis:
+        redis.flushall()
+    gate = anyio.Event()
+    agent = ScriptedAgent([*chunks(3), Wait(gate), *chunks(3, "m2", word="v")])
+    nodes = [await serve(agent=agent, backend="redis", redis_url=redis_server.url) for _ in "ab"]
+    async with nodes[0].client() as a, nodes[1].client() as b:
+        for node, client in zip(nodes, (a, b), strict=True):
+            await supervisor_of(node, client)
+        answers: list[httpx.Response] = []
+
+        async def post(client: httpx.AsyncClient) -> None:
+            headers = {"Idempotency-Key": KEY}
+            answers.append(await client.post("/v1/runs", json=run_body(), headers=headers))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for client in (a, b, a, b, a, b):
+                    tg.start_soon(post, client)
+            # A stream started on node a, dropped, retried on node b: the same run, exactly.
+            seen: list[tuple[str, str]] = []
+            body = run_body(thread_id="s")
+            headers = {"Idempotency-Key": "stream-key"}
+            async with aconnect_sse(
+                a, "POST", "/v1/runs/stream", json=body, headers=headers
+            ) as sse:
+                async for event in sse.aiter_sse():
+                    if event.data:
+                        seen.append((event.id, event.event))
+                    if len(seen) == 4:
+                        break
+            retry = {**headers, "Last-Event-ID": seen[-1][0]}
+            async with aconnect_sse(b, "POST", "/v1/runs/stream", json=body, headers=retry) as sse:
+                assert sse.response.headers["idempotent-replayed"] == "true"
+                gate.set()
+                async for event in sse.aiter_sse():
+                    if event.data:
+                        seen.append((event.id, event.event))
+        runs = await run_ids(b)
+    assert sorted(r.status_code for r in answers) == [200] * 5 + [201]
+    assert len({r.json()["run_id"] for r in answers}) == 1
+    assert [ident for ident, _ in seen] == [str(i) for i in range(1, 9)]
+    assert seen[-1][1] == "done" and len(runs) == 2  # one per key
 
 
 # -- the real fetch-event-source, cut mid-run by a proxy -----------------------------------------

@@ -43,6 +43,9 @@ from ..supervisor import Supervisor
 MAX_KEY_LENGTH = 255
 REPLAYED = "Idempotent-Replayed"
 """Response header set to ``true`` when the answer is the run an earlier request started."""
+IN_FLIGHT_GRACE = 2.0
+"""Seconds (beyond ``stop_timeout``, what a start may wait for a thread) a retry waits for the
+run another process is starting before it answers 409."""
 STALE_AFTER = 30.0
 """Seconds (beyond ``stop_timeout``) after which a binding whose run never appeared is dead."""
 POLL = 0.05
@@ -81,16 +84,14 @@ def check_key(raw: str | None) -> str | None:
     return raw
 
 
-async def request_hash(request: Request) -> str:
-    """The request as a retry must repeat it: its route and its body, as canonical JSON (key
-    order and spacing do not count)."""
-    body = await request.body()  # already read (and cached) by the route's body parameter
+def request_digest(method: str, path: str, body: bytes) -> str:
+    """A request as a retry must repeat it: its route and its body, as canonical JSON (key order
+    and spacing do not count)."""
     try:
         canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
     except orjson.JSONDecodeError:
         canonical = body
-    head = f"{request.method} {request.url.path}\n".encode()
-    return hashlib.sha256(head + canonical).hexdigest()
+    return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
 
 
 class KeyLocks:
@@ -134,9 +135,10 @@ async def start_once(
     if key is None:
         run = await start(run_id)
         return Started(run.run_id, run.thread_id, run)
-    digest = await request_hash(request)
+    # The body was read (and cached) by the route's body parameter already.
+    digest = request_digest(request.method, request.url.path, await request.body())
     store, settings = sup.store, sup.settings
-    deadline = anyio.current_time() + settings.stop_timeout + 5
+    deadline = anyio.current_time() + settings.stop_timeout + IN_FLIGHT_GRACE
     async with locks.hold(me.name, key):
         while True:
             mine = IdempotencyKey(run_id or new_id(), digest, time.time())
