@@ -254,11 +254,13 @@ class RunControl:
     async def purge(self, now: float | None = None) -> int:
         """Delete the events of runs that ended more than ``retention_days`` ago.
 
-        Their rows (status, output snapshot) and their threads' messages stay.
+        Their rows (status, output snapshot) and their threads' messages stay. Idempotency keys
+        past their window go too (a key past it is free even before it is deleted).
         """
         if self.settings.retention_days <= 0:
             return 0  # 0 keeps events forever
         now = time.time() if now is None else now
+        await self.store.purge_idempotency_keys(now - self.settings.idempotency_ttl)
         cutoff = now - self.settings.retention_days * 86400
         purged = await self.store.purge(cutoff, now)
         self.stats.purged += purged

@@ -10,6 +10,9 @@
     ├── TooManyRuns            a cap on runs (at once, or started per minute) is reached
     │   └── TooManyStreams     a principal holds as many open streams as allowed
     ├── InvalidInput           the run's input breaks a limit (too many or too long messages)
+    │   ├── InvalidIdempotencyKey  an ``Idempotency-Key`` that is empty, too long or not printable
+    │   └── IdempotencyKeyReused   a key sent again with another request than its first
+    ├── IdempotencyKeyInFlight the run a key names is still starting on another process
     ├── Unavailable            the supervisor is not accepting runs (starting up or draining)
     ├── InvalidAgentConfig     the agent refused the request's options (e.g. ``config.demo``)
     ├── AuthError              a missing, malformed, expired or forged credential
@@ -125,6 +128,24 @@ class TooManyStreams(TooManyRuns):
 
 class InvalidInput(StreamctlError):
     code = "invalid_input"
+
+
+class InvalidIdempotencyKey(InvalidInput):
+    """HTTP 400: the header itself is malformed."""
+
+    code = "invalid_idempotency_key"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """HTTP 422: the key names a run that a different request started."""
+
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInFlight(StreamctlError):
+    """HTTP 409: the key names a run whose start has not finished (another process); retry."""
+
+    code = "idempotency_key_in_flight"
 
 
 class Unavailable(StreamctlError):

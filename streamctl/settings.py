@@ -114,6 +114,12 @@ class Settings(BaseModel):
     purge_interval: float = Field(
         3600.0, gt=0, description="Seconds between two purges of events past the retention."
     )
+    idempotency_ttl: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds an `Idempotency-Key` names the run it started; a retry within them"
+        " gets that run, later the key is free again.",
+    )
     drain_grace: float = Field(
         10.0,
         ge=0,

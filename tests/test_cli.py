@@ -39,6 +39,7 @@ def test_migrate_applies_once(db_path: Path) -> None:
             (1,),
             (2,),
             (3,),
+            (4,),
         ]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 

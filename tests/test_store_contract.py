@@ -8,6 +8,7 @@ the store under test.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pytest
 from streamctl.events import Frame, MessageChunk
 from streamctl.run_task import finalise_orphans
 from streamctl.store import FinalState, NewRun, RunStore, SqliteStore
+from streamctl.store.base import IdempotencyKey
 from streamctl.store.redis import RedisStore
 
 from .support.redis_server import RedisServer, redis_server
@@ -285,3 +287,71 @@ async def test_purge_deletes_events_of_old_finished_runs_and_keeps_their_records
         assert backend.stored_seqs("old1") == backend.stored_seqs("old2") == []
         assert backend.stored_seqs("new") == backend.stored_seqs("active") == [1]
         store.finish_run("active", final(1))
+
+
+# -- idempotency keys --------------------------------------------------------------------------
+
+
+async def test_an_idempotency_key_binds_once_per_owner_within_its_window(backend: Backend) -> None:
+    now = time.time()
+    first = IdempotencyKey("r1", "h1", now)
+    async with backend.open() as store:
+        assert await store.claim_idempotency_key("alice", "k", first, 60) == first
+        second = IdempotencyKey("r2", "h2", now + 1)
+        assert await store.claim_idempotency_key("alice", "k", second, 60) == first
+        # Another owner's key of the same spelling is another key.
+        bob = IdempotencyKey("r3", "h1", now + 1)
+        assert await store.claim_idempotency_key("bob", "k", bob, 60) == bob
+        # A binding whose window has passed is free to be claimed again.
+        await store.claim_idempotency_key(
+            "alice", "old", IdempotencyKey("r4", "h4", now - 3600), 60
+        )
+        fresh = IdempotencyKey("r5", "h5", now)
+        assert await store.claim_idempotency_key("alice", "old", fresh, 60) == fresh
+    async with backend.open() as store:  # durable: another store (process) sees the binding
+        assert await store.claim_idempotency_key("alice", "k", second, 60) == first
+
+
+async def test_a_released_key_is_free_and_only_its_own_run_releases_it(backend: Backend) -> None:
+    now = time.time()
+    first = IdempotencyKey("r1", "h", now)
+    async with backend.open() as store:
+        await store.claim_idempotency_key("alice", "k", first, 60)
+        await store.release_idempotency_key("alice", "k", "another-run")  # not its run: kept
+        retry = IdempotencyKey("r2", "h", now + 1)
+        assert await store.claim_idempotency_key("alice", "k", retry, 60) == first
+        await store.release_idempotency_key("bob", "k", "r1")  # not bob's key: kept
+        assert await store.claim_idempotency_key("alice", "k", retry, 60) == first
+        await store.release_idempotency_key("alice", "k", "r1")
+        assert await store.claim_idempotency_key("alice", "k", retry, 60) == retry
+
+
+async def test_concurrent_claims_of_one_key_all_get_the_one_winner(backend: Backend) -> None:
+    now = time.time()
+    claims = [IdempotencyKey(f"r{i}", "h", now + i / 1000) for i in range(20)]
+    got: list[IdempotencyKey] = []
+    async with backend.open() as store:
+
+        async def claim(mine: IdempotencyKey) -> None:
+            got.append(await store.claim_idempotency_key("alice", "k", mine, 60))
+
+        async with anyio.create_task_group() as tg:
+            for mine in claims:
+                tg.start_soon(claim, mine)
+    assert len(got) == 20 and len(set(got)) == 1 and got[0] in claims
+
+
+async def test_purging_idempotency_keys_keeps_those_within_their_window(backend: Backend) -> None:
+    now = time.time()
+    kept = IdempotencyKey("r1", "h", now)
+    async with backend.open() as store:
+        await store.claim_idempotency_key("alice", "kept", kept, 60)
+        await store.claim_idempotency_key("alice", "old", IdempotencyKey("r0", "h", now - 3600), 60)
+        purged = await store.purge_idempotency_keys(now - 60)
+        assert purged == (0 if backend.name == "redis" else 1)  # Redis expired it by itself
+        assert (
+            await store.claim_idempotency_key("alice", "kept", IdempotencyKey("x", "h", now), 60)
+            == kept
+        )
+        fresh = IdempotencyKey("r2", "h", now)
+        assert await store.claim_idempotency_key("alice", "old", fresh, 60) == fresh

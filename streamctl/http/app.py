@@ -55,8 +55,11 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            expose_headers=["X-Run-Id", "X-Thread-Id", "X-Stream-Token", "Retry-After"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+            expose_headers=[
+                *("X-Run-Id", "X-Thread-Id", "X-Stream-Token"),
+                *("Retry-After", "Idempotent-Replayed"),
+            ],
             max_age=600,
         )
     install_error_handlers(app)

@@ -22,8 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import (
     AuthError,
     CursorOutOfRange,
+    IdempotencyKeyInFlight,
     InvalidAgentConfig,
     InvalidCursor,
+    InvalidIdempotencyKey,
     InvalidInput,
     RunIdTaken,
     RunNotFound,
@@ -42,6 +44,8 @@ logger = logging.getLogger("streamctl.api")
 STATUS: dict[type[StreamctlError], int] = {
     InvalidCursor: 400,
     CursorOutOfRange: 400,
+    InvalidIdempotencyKey: 400,
+    IdempotencyKeyInFlight: 409,
     AuthError: 401,
     RunNotFound: 404,
     ThreadNotFound: 404,
@@ -229,13 +233,14 @@ def _challenge(exc: AuthError) -> str:
 # -- OpenAPI ---------------------------------------------------------------------------------------
 
 _WHEN = {
-    400: "`invalid_json`, `invalid_cursor` or `cursor_out_of_range`",
+    400: "`invalid_json`, `invalid_cursor`, `cursor_out_of_range` or `invalid_idempotency_key`",
     401: "authentication failed (`WWW-Authenticate` says why)",
     404: "no such run, thread or path, or not yours",
-    409: "`thread_busy`: the thread has an active run; `run_id_taken`: a chosen run id in use",
+    409: "`thread_busy`: the thread has an active run; `run_id_taken`: a chosen run id in use;"
+    " `idempotency_key_in_flight`: the key's run is still starting elsewhere",
     410: "`run_purged`: retention deleted the run's events",
     413: "`body_too_large`",
-    422: "`invalid_request` (with `details`) or `invalid_input`",
+    422: "`invalid_request` (with `details`), `invalid_input` or `idempotency_key_reused`",
     429: "`too_many_runs` or `too_many_streams` (`Retry-After` set)",
     503: "`unavailable` (starting or draining) or `store_error` (`Retry-After` set)",
 }

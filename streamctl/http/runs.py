@@ -13,6 +13,7 @@ from ..shaping import Granularity
 from ..sse import EventStream, parse_cursor
 from .auth import Me, Reader
 from .errors import StreamctlRoute, error_responses
+from .idempotency import REPLAYED, KeyHeader, start_once
 from .models import EventsPage, Run, RunList, Stopped
 from .services import Sup, Svc
 from .streams import event_stream, start_streaming
@@ -55,18 +56,42 @@ def stop_answer(state: tuple[dict[str, Any], bool], response: Response) -> dict[
     response_model_exclude_unset=True,
     responses=_START,
 )
-async def create_run(body: RunCreate, svc: Svc, sup: Sup, me: Me) -> Any:
-    """Start a run in the background."""
-    run = await sup.control.start(body, me.name)
-    return {**run.snapshot(), "stream_token": svc.auth.issue_stream_token(run.run_id, me)}
+async def create_run(
+    request: Request,
+    response: Response,
+    body: RunCreate,
+    svc: Svc,
+    sup: Sup,
+    me: Me,
+    idempotency_key: KeyHeader = None,
+) -> Any:
+    """Start a run in the background. 201 with the new run; 200 with the run an earlier
+    request with the same ``Idempotency-Key`` started (``Idempotent-Replayed: true``)."""
+    started = await start_once(request, sup, svc.keys, me, idempotency_key, body)
+    if started.run is not None:
+        snapshot = started.run.snapshot()
+    else:
+        snapshot = await sup.reads.get_run(started.run_id, me.name)
+        response.status_code = 200
+        response.headers[REPLAYED] = "true"
+    return {**snapshot, "stream_token": svc.auth.issue_stream_token(started.run_id, me)}
 
 
 @router.post("/v1/runs/stream", response_class=EventStream, responses=_START_STREAM)
 async def create_run_stream(
-    request: Request, body: RunCreate, svc: Svc, sup: Sup, me: Me
+    request: Request,
+    body: RunCreate,
+    svc: Svc,
+    sup: Sup,
+    me: Me,
+    idempotency_key: KeyHeader = None,
+    last_event_id: LastEventId = None,
 ) -> Response:
-    """Start a run and stream its events (SSE)."""
-    return await start_streaming(request, svc, sup, body, me)
+    """Start a run and stream its events (SSE). With an ``Idempotency-Key`` an earlier request
+    sent, the stream of the run that request started, after ``Last-Event-ID`` if sent."""
+    return await start_streaming(
+        request, svc, sup, body, me, key=idempotency_key, last_event_id=last_event_id
+    )
 
 
 @router.get(

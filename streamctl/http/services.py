@@ -9,7 +9,7 @@ prefix, and a request that arrives before the lifespan has run gets ``503``, not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,6 +20,7 @@ from ..errors import Unavailable
 from ..settings import Settings
 from ..sse import SendWatch
 from ..supervisor import Supervisor
+from .idempotency import KeyLocks
 
 STATE_KEY = "streamctl"
 """The attribute of ``app.state`` holding the ``Services`` (``create_app``)."""
@@ -43,6 +44,8 @@ class Services:
     """The host's ``authenticate`` names the principal (``PRINCIPAL_KEY``), not a token."""
     agent_name: str = "the agent"
     """What the page calls the served agent (``page.agent_name``)."""
+    keys: KeyLocks = field(default_factory=KeyLocks)
+    """Claims of one ``Idempotency-Key`` take turns in this process (``idempotency.py``)."""
 
 
 def find_services(request: Request) -> Services | None:

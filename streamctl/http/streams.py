@@ -14,8 +14,9 @@ from starlette.types import Scope
 
 from ..auth import Principal
 from ..inputs import RunCreate
-from ..sse import EventStream
+from ..sse import EventStream, parse_cursor
 from ..supervisor import Supervisor
+from .idempotency import REPLAYED, start_once
 from .services import Services
 
 
@@ -72,22 +73,37 @@ def event_stream(
 
 
 async def start_streaming(
-    request: Request, services: Services, sup: Supervisor, body: RunCreate, me: Principal
+    request: Request,
+    services: Services,
+    sup: Supervisor,
+    body: RunCreate,
+    me: Principal,
+    *,
+    key: str | None = None,
+    last_event_id: str | None = None,
 ) -> Response:
-    """Start a run and answer with its stream from the first event."""
+    """Start a run and answer with its stream from the first event. With an ``Idempotency-Key``
+    that names a run already, that run's stream instead, after ``last_event_id``."""
     # The stream's slot is claimed first: a stream refused (429) must not leave a run going.
     sup.streams.open(me.name)
     try:
-        run = await sup.control.start(body, me.name)
-        stream = await sup.reads.subscribe(run.run_id, run.owner, 0, granularity=body.granularity)
+        started = await start_once(request, sup, services.keys, me, key, body)
+        cursor = 0 if started.created else parse_cursor(last_event_id, None)
+        stream = await sup.reads.subscribe(
+            started.run_id, me.name, cursor, granularity=body.granularity
+        )
     except BaseException:
         sup.streams.close(me.name)
         raise
-    assert stream is not None  # a started run has committed its first event
-    headers = {"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id}
-    if (token := services.auth.issue_stream_token(run.run_id, me)) is not None:
+    headers = {"X-Run-Id": started.run_id, "X-Thread-Id": started.thread_id}
+    if not started.created:
+        headers[REPLAYED] = "true"
+    if stream is None:  # a retry from the run's last event: nothing is left to send
+        sup.streams.close(me.name)
+        return Response(status_code=204, headers=headers)
+    if (token := services.auth.issue_stream_token(started.run_id, me)) is not None:
         headers["X-Stream-Token"] = token
-    run_id = run.run_id
+    run_id = started.run_id
     return event_stream(
         request,
         services,

@@ -102,6 +102,16 @@ class ThreadRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """What a principal's ``Idempotency-Key`` names: the run it started, and the hash of the
+    request that started it (a retry must send the same request)."""
+
+    run_id: str
+    request_hash: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Orphan:
     """An active run whose owner is gone, now claimed by the caller to be finalised."""
 
@@ -191,6 +201,27 @@ class RunStore(Protocol):
     async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
         """Delete the events of up to ``limit`` runs that ended before ``ended_before`` (oldest
         first), marking them purged at ``now``; their rows stay. Returns how many."""
+        ...
+
+    # -- idempotency keys: (owner, key) -> the run a request started -----------------------------
+
+    async def claim_idempotency_key(
+        self, owner: str, key: str, claim: IdempotencyKey, ttl: float
+    ) -> IdempotencyKey:
+        """Bind ``(owner, key)`` to ``claim`` unless a binding younger than ``ttl`` seconds (as
+        of ``claim.created_at``) exists; return the binding in force, ``claim`` itself when it
+        won. Atomic: of concurrent claims of one key (any process), exactly one wins and every
+        other gets the winner's binding."""
+        ...
+
+    async def release_idempotency_key(self, owner: str, key: str, run_id: str) -> None:
+        """Drop the binding of ``(owner, key)`` if it still names ``run_id`` (its start failed,
+        so a retry may start the run again)."""
+        ...
+
+    async def purge_idempotency_keys(self, created_before: float) -> int:
+        """Delete the bindings created before ``created_before``; returns how many (a store
+        whose keys expire by themselves may answer 0)."""
         ...
 
 

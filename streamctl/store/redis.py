@@ -36,6 +36,7 @@ from ..events import Frame
 from ..stats import StoreStats
 from . import redis_keys as k
 from .base import ACTIVE_STATUSES, CommitSink, FinalState, NewRun, Orphan, RunRecord, ThreadRecord
+from .redis_idempotency import RedisIdempotency
 from .redis_leases import Leases
 from .redis_writer import Call, RoundWriter, _Append, _Call
 
@@ -69,7 +70,7 @@ def connect(url: str) -> aioredis.Redis:
     )
 
 
-class RedisStore:
+class RedisStore(RedisIdempotency):
     """Redis (or anything speaking its protocol, 7.0+). ``async with RedisStore(url) as s``."""
 
     def __init__(

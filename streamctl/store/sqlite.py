@@ -34,7 +34,15 @@ from ..errors import StoreError
 from ..events import Frame
 from ..stats import StoreStats
 from . import statements as sql
-from .base import CommitSink, FinalState, NewRun, Orphan, RunRecord, ThreadRecord
+from .base import (
+    CommitSink,
+    FinalState,
+    IdempotencyKey,
+    NewRun,
+    Orphan,
+    RunRecord,
+    ThreadRecord,
+)
 from .lock import DatabaseLock
 from .migrate import connect, migrate
 from .queue import Batch, Pending, Statement, WriteQueue
@@ -358,6 +366,29 @@ class SqliteStore:
             self._execute_later("", sql.MARK_PURGED, (now, row["run_id"]))
         await self.flush()
         return len(rows)
+
+    async def claim_idempotency_key(
+        self, owner: str, key: str, claim: IdempotencyKey, ttl: float
+    ) -> IdempotencyKey:
+        # Through the writer, in order with everything else it commits: the one connection that
+        # writes decides which claim came first; the row read after the flush is the winner's.
+        params = (owner, key, claim.run_id, claim.request_hash, claim.created_at)
+        while True:
+            self._execute_later("", sql.CLAIM_KEY, (*params, claim.created_at - ttl))
+            await self.flush()
+            row = await self.fetch_one(sql.IDEMPOTENCY_KEY, (owner, key))
+            if row is not None:  # else the winner released it meanwhile (its start failed)
+                return IdempotencyKey(row["run_id"], row["request_hash"], row["created_at"])
+
+    async def release_idempotency_key(self, owner: str, key: str, run_id: str) -> None:
+        self._execute_later("", sql.RELEASE_KEY, (owner, key, run_id))
+        await self.flush()
+
+    async def purge_idempotency_keys(self, created_before: float) -> int:
+        row = await self.fetch_one(sql.COUNT_OLD_KEYS, (created_before,))
+        self._execute_later("", sql.PURGE_KEYS, (created_before,))
+        await self.flush()
+        return int(row["n"]) if row else 0
 
 
 def _tell_failed(events: list[Pending], error: BaseException) -> None:

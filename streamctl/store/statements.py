@@ -25,6 +25,16 @@ FINAL_UPDATE = (
     " WHERE run_id = ?"
 )
 DELETE_EVENTS = "DELETE FROM events WHERE run_id = ?"
+# A key is taken unless its binding is younger than the window: one statement, so of two claims
+# the writer commits one after the other and the second finds the first's binding.
+CLAIM_KEY = (
+    "INSERT INTO idempotency_keys (owner, key, run_id, request_hash, created_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, key) DO UPDATE SET run_id = excluded.run_id,"
+    " request_hash = excluded.request_hash, created_at = excluded.created_at"
+    " WHERE idempotency_keys.created_at <= ?"
+)
+RELEASE_KEY = "DELETE FROM idempotency_keys WHERE owner = ? AND key = ? AND run_id = ?"
+PURGE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < ?"
 MARK_PURGED = "UPDATE runs SET purged_at = ? WHERE run_id = ?"
 
 # -- reads ------------------------------------------------------------------------------------
@@ -73,6 +83,8 @@ NEXT_RUN_ON_THREAD = (
     "SELECT run_id FROM runs WHERE owner = ? AND thread_id = ?"
     " AND rowid > (SELECT rowid FROM runs WHERE run_id = ?) ORDER BY rowid LIMIT 1"
 )
+IDEMPOTENCY_KEY = "SELECT * FROM idempotency_keys WHERE owner = ? AND key = ?"
+COUNT_OLD_KEYS = "SELECT count(*) AS n FROM idempotency_keys WHERE created_at < ?"
 ACTIVE_RUNS = f"SELECT run_id, thread_id FROM runs WHERE {_ACTIVE} ORDER BY created_at, rowid"
 PURGEABLE_RUNS = (
     f"SELECT run_id FROM runs WHERE purged_at IS NULL AND ended_at < ? AND NOT {_ACTIVE}"

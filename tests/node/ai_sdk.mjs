@@ -1,7 +1,7 @@
 // Drive a streamctl server's /v1/ai-sdk endpoints with the real `ai` package, the way `useChat`
 // does: an AbstractChat (the class @ai-sdk/react's useChat wraps) over DefaultChatTransport.
 //
-//   node ai_sdk.mjs BASE_URL CHAT_ID MODE [--config JSON] [--after TEXT]
+//   node ai_sdk.mjs BASE_URL CHAT_ID MODE [--config JSON] [--after TEXT] [--usage-schema]
 //
 // MODE: send     send one user message and wait for the answer
 //       stop     send; once TEXT has streamed, POST the chat's stop endpoint (what a Stop button
@@ -9,15 +9,23 @@
 //       resume   send; once TEXT has streamed, drop the connection (chat.stop(): the client's own
 //                abort), then chat.resumeStream() as useChat({resume: true}) does on mount
 //       reconnect  only chat.resumeStream() (no active run: the server answers 204)
+// --usage-schema: the chat validates message metadata against a strict zod schema of the token
+// usage streamctl sends (`{totalUsage: {inputTokens, outputTokens, totalTokens}}`).
 // Prints one JSON line: {status, error, messages, chunks, resumed}.
 import { AbstractChat, DefaultChatTransport } from "ai";
+import { z } from "zod";
 
 const [base, chatId, mode, ...rest] = process.argv.slice(2);
-const opts = { config: {}, after: null };
+const opts = { config: {}, after: null, usageSchema: false };
 for (let i = 0; i < rest.length; i++) {
   if (rest[i] === "--config") opts.config = JSON.parse(rest[++i]);
   else if (rest[i] === "--after") opts.after = rest[++i];
+  else if (rest[i] === "--usage-schema") opts.usageSchema = true;
 }
+const count = z.number().int().nonnegative();
+const usageSchema = z.strictObject({
+  totalUsage: z.strictObject({ inputTokens: count, outputTokens: count, totalTokens: count }),
+});
 
 class State {
   constructor() {
@@ -69,7 +77,12 @@ transport.processResponseStream = (stream) =>
   );
 
 const errors = [];
-const chat = new Chat({ id: chatId, transport, onError: (e) => errors.push(String(e)) });
+const chat = new Chat({
+  id: chatId,
+  transport,
+  onError: (e) => errors.push(String(e)),
+  ...(opts.usageSchema ? { messageMetadataSchema: usageSchema } : {}),
+});
 let resumed = null;
 
 if (mode === "reconnect") {

@@ -1,7 +1,7 @@
-// Read a streamctl run stream with @microsoft/fetch-event-source, following the recipe of
-// docs/frontends.md: GET the stream (never a run-creating POST: its retry would start a second
-// run), `onopen` treats 204 as the end, `onclose` without `done` retries (the library resends
-// Last-Event-ID itself), `onerror` rethrows what is fatal.
+// Read a streamctl run stream with @microsoft/fetch-event-source, following the GET recipe of
+// docs/frontends.md (fetch_post.mjs does the POST with an Idempotency-Key): `onopen` treats 204
+// as the end, `onclose` without `done` retries (the library resends Last-Event-ID itself),
+// `onerror` rethrows what is fatal.
 //
 //   node fetch_sse.mjs URL [--last-event-id ID]
 // Prints {opens: [status...], messages: [{id, event, data}], ended}.

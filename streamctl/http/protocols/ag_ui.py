@@ -13,10 +13,10 @@ the tests), so serving AG-UI needs no extra dependency.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,11 +29,10 @@ from ...sse import EventStream
 from ...supervisor import Supervisor
 from ..auth import Me
 from ..errors import StreamctlRoute
+from ..idempotency import REPLAYED, KeyHeader, start_once
 from ..services import Services, Sup, Svc
-from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped
-from .wire import Part, parse_part_cursor, render, sse_part, stream_response
-
-LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
+from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped, token_usage
+from .wire import LastEventId, Part, parse_part_cursor, render, sse_part, stream_response
 
 
 class AGUITranslator:
@@ -186,6 +185,7 @@ class AGUITranslator:
             self._close_text(out, stamp)
             self._close_reasoning(out, stamp)
             status = data["status"]
+            usage = token_usage(data.get("usage"))
             if status == "completed":
                 finished: Part = {
                     "type": "RUN_FINISHED",
@@ -216,6 +216,8 @@ class AGUITranslator:
                         "code": error["code"],
                     }
                 )
+            if usage is not None:  # RUN_FINISHED and RUN_ERROR both carry the run's usage
+                out[-1]["usage"] = [usage]
         return out
 
     def _close_reasoning(self, out: list[Part], stamp: int) -> None:
@@ -291,14 +293,17 @@ async def _join(
     run_id: str,
     last_event_id: str | None,
     claimed: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     snapshot, frames = await sup.reads.run_frames(run_id, me.scope)
     cursor = parse_part_cursor(last_event_id, run_id, snapshot["last_seq"])
+    headers = {"X-Run-Id": run_id, "X-Thread-Id": snapshot["thread_id"], **(headers or {})}
     if snapshot["status"] not in ("queued", "running") and cursor == (snapshot["last_seq"], 0):
         await frames.aclose()  # type: ignore[attr-defined]
         if claimed:
             sup.streams.close(me.name)
-        return Response(status_code=204)  # nothing after that id: an EventSource stops here
+        # Nothing after that id: an EventSource stops here.
+        return Response(status_code=204, headers=headers)
     translator = AGUITranslator(snapshot["thread_id"], run_id)
     body = render(frames, translator, sse_part, cursor=cursor, keepalive=PING)
     return stream_response(
@@ -309,7 +314,7 @@ async def _join(
         body,
         content_type="text/event-stream",
         preamble=None,
-        headers={"X-Run-Id": run_id, "X-Thread-Id": snapshot["thread_id"]},
+        headers=headers,
         claimed=claimed,
     )
 
@@ -340,20 +345,29 @@ async def run_agent(
     svc: Svc,
     sup: Sup,
     me: Me,
+    idempotency_key: KeyHeader = None,
     last_event_id: LastEventId = None,
 ) -> Response:
-    """Start the run ``runId`` (or join it, if it exists) and stream it as AG-UI events."""
-    if await _existing(sup, body, me):
+    """Start the run ``runId`` (or join it, if it exists) and stream it as AG-UI events. With an
+    ``Idempotency-Key`` an earlier request sent, join the run that request started."""
+    if idempotency_key is None and await _existing(sup, body, me):
         return await _join(request, svc, sup, me, body.runId, last_event_id)
     create = body.to_run_create()
     sup.streams.open(me.name)
     try:
+        run_id, replayed = body.runId, None
         try:
-            await sup.control.start(create, me.name, run_id=body.runId)
+            started = await start_once(
+                request, sup, svc.keys, me, idempotency_key, create, run_id=body.runId
+            )
+            run_id = started.run_id
+            replayed = None if started.created else {REPLAYED: "true"}
         except RunIdTaken:  # the same runId posted twice at once: the other one started it
             if not await _existing(sup, body, me):
                 raise
-        return await _join(request, svc, sup, me, body.runId, last_event_id, claimed=True)
+        return await _join(
+            request, svc, sup, me, run_id, last_event_id, claimed=True, headers=replayed
+        )
     except BaseException:
         sup.streams.close(me.name)
         raise

@@ -26,10 +26,11 @@ from ...inputs import GraphStreamRequest, RunCreate, ThreadId
 from ...sse import EventStream
 from ..auth import Me
 from ..errors import StreamctlRoute
+from ..idempotency import REPLAYED, KeyHeader, start_once
 from ..services import Sup, Svc
 from ..streams import start_streaming
 from .common import START_STREAM, STOP
-from .wire import Part, ndjson_part, render, stream_response
+from .wire import LastEventId, Part, ndjson_part, render, stream_response
 
 NDJSON = "application/x-ndjson"
 
@@ -224,22 +225,34 @@ router = APIRouter(prefix="/v1/graph", tags=["agentflow"], route_class=Streamctl
 
 @router.post("/stream", response_class=EventStream, responses=START_STREAM)
 async def graph_stream(
-    body: AgentFlowStreamRequest, request: Request, svc: Svc, sup: Sup, me: Me
+    body: AgentFlowStreamRequest,
+    request: Request,
+    svc: Svc,
+    sup: Sup,
+    me: Me,
+    idempotency_key: KeyHeader = None,
+    last_event_id: LastEventId = None,
 ) -> Response:
     """Start a run from an AgentFlow-shaped body; NDJSON ``StreamChunk``s when asked for
-    ``application/x-ndjson``, else our SSE."""
+    ``application/x-ndjson``, else our SSE. A retry with the same ``Idempotency-Key`` gets the
+    run the first request started: SSE after ``Last-Event-ID``, NDJSON from its start."""
     create = body.to_run_create()
     if NDJSON not in request.headers.get("accept", ""):
-        return await start_streaming(request, svc, sup, create, me)
+        return await start_streaming(
+            request, svc, sup, create, me, key=idempotency_key, last_event_id=last_event_id
+        )
     sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
     try:
-        run = await sup.control.start(create, me.name)
-        _, frames = await sup.reads.run_frames(run.run_id, run.owner)
+        started = await start_once(request, sup, svc.keys, me, idempotency_key, create)
+        _, frames = await sup.reads.run_frames(started.run_id, me.name)
     except BaseException:
         sup.streams.close(me.name)
         raise
-    translator = StreamChunkTranslator(run.thread_id, run.run_id, body.config.thread_id is None)
-    run_id = run.run_id
+    run_id, thread_id = started.run_id, started.thread_id
+    translator = StreamChunkTranslator(thread_id, run_id, body.config.thread_id is None)
+    headers = {"X-Run-Id": run_id, "X-Thread-Id": thread_id}
+    if not started.created:
+        headers[REPLAYED] = "true"
     return stream_response(
         request,
         svc,
@@ -248,7 +261,7 @@ async def graph_stream(
         render(frames, translator, ndjson_part, keepalive=b"\n"),
         content_type=NDJSON,
         preamble=None,
-        headers={"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id},
+        headers=headers,
         on_disconnect=(
             (lambda: sup.control.request_stop(run_id)) if create.on_disconnect == "cancel" else None
         ),

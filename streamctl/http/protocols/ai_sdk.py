@@ -26,12 +26,14 @@ from ...errors import InvalidInput, ThreadNotFound
 from ...events import Frame
 from ...inputs import RunConfig, RunCreate, RunInput, ThreadId
 from ...sse import EventStream
+from ...store.base import ACTIVE_STATUSES
 from ...supervisor import Supervisor
 from ..auth import Me
 from ..errors import StreamctlRoute
+from ..idempotency import REPLAYED, KeyHeader, start_once
 from ..services import Services, Sup, Svc
-from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped
-from .wire import Part, render, sse_part, stream_response
+from .common import PING, READ_STREAM, START_STREAM, STOP, invalid, stopped, token_usage
+from .wire import LastEventId, Part, parse_part_cursor, render, sse_part, stream_response
 
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 DONE = b"data: [DONE]\n\n"
@@ -113,9 +115,19 @@ class UIMessageTranslator:
             self._close_reasoning(out)
             self._close_step(out)
             status = data["status"]
+            # The usage as message metadata, shaped as the SDK's own `totalUsage`, under the
+            # key its docs' metadata example uses.
+            usage = token_usage(data.get("usage"))
+            metadata = None if usage is None else {"totalUsage": usage}
             if status == "completed":
-                out.append({"type": "finish", "finishReason": "stop"})
-            elif status in ("cancelled", "interrupted"):
+                finish: Part = {"type": "finish", "finishReason": "stop"}
+                if metadata is not None:
+                    finish["messageMetadata"] = metadata
+                out.append(finish)
+                return out
+            if metadata is not None:  # `abort` and `error` have no metadata of their own
+                out.append({"type": "message-metadata", "messageMetadata": metadata})
+            if status in ("cancelled", "interrupted"):
                 out.append({"type": "abort"})
             else:
                 error = self.error or {"code": status, "message": data.get("reason") or status}
@@ -202,8 +214,10 @@ def ui_message_stream(
     frames: Any,
     headers: dict[str, str] | None = None,
     claimed: bool = False,
+    cursor: tuple[int, int] = (0, 0),
 ) -> EventStream:
-    body = render(frames, UIMessageTranslator(run_id), sse_part, keepalive=PING, end=DONE)
+    translator = UIMessageTranslator(run_id)
+    body = render(frames, translator, sse_part, cursor=cursor, keepalive=PING, end=DONE)
     return stream_response(
         request,
         services,
@@ -221,18 +235,38 @@ router = APIRouter(prefix="/v1/ai-sdk", tags=["ai-sdk"], route_class=StreamctlRo
 
 
 @router.post("/chat", response_class=EventStream, responses=START_STREAM)
-async def chat(body: ChatRequest, request: Request, svc: Svc, sup: Sup, me: Me) -> Response:
-    """Start a run on the chat's thread; answer it as a UI message stream."""
+async def chat(
+    body: ChatRequest,
+    request: Request,
+    svc: Svc,
+    sup: Sup,
+    me: Me,
+    idempotency_key: KeyHeader = None,
+    last_event_id: LastEventId = None,
+) -> Response:
+    """Start a run on the chat's thread; answer it as a UI message stream. A retry with the same
+    ``Idempotency-Key`` gets that run's message again (after ``Last-Event-ID``, if sent)."""
     create = body.to_run_create()
     sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
     try:
-        run = await sup.control.start(create, me.name)
-        _, frames = await sup.reads.run_frames(run.run_id, run.owner)
+        started = await start_once(request, sup, svc.keys, me, idempotency_key, create)
+        snapshot, frames = await sup.reads.run_frames(started.run_id, me.name)
+        cursor = (0, 0)
+        if not started.created:
+            cursor = parse_part_cursor(last_event_id, started.run_id, snapshot["last_seq"])
     except BaseException:
         sup.streams.close(me.name)
         raise
-    headers = {"X-Run-Id": run.run_id, "X-Thread-Id": run.thread_id}
-    return ui_message_stream(request, svc, sup, me.name, run.run_id, frames, headers, claimed=True)
+    headers = {"X-Run-Id": started.run_id, "X-Thread-Id": started.thread_id}
+    if not started.created:
+        headers[REPLAYED] = "true"
+        if snapshot["status"] not in ACTIVE_STATUSES and cursor == (snapshot["last_seq"], 0):
+            await frames.aclose()  # type: ignore[attr-defined]
+            sup.streams.close(me.name)
+            return Response(status_code=204, headers=headers)  # read to its end already
+    return ui_message_stream(
+        request, svc, sup, me.name, started.run_id, frames, headers, claimed=True, cursor=cursor
+    )
 
 
 @router.get("/chat/{chat_id}/stream", response_class=EventStream, responses=READ_STREAM)

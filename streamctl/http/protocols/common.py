@@ -29,3 +29,16 @@ def stopped(state: tuple[dict[str, object], bool]) -> JSONResponse:
     """A stop's answer: 200 with the final state once the task exited, 202 while stopping."""
     snapshot, finished = state
     return JSONResponse({**snapshot, "stopping": not finished}, 200 if finished else 202)
+
+
+def token_usage(usage: dict[str, int] | None) -> dict[str, int] | None:
+    """``done.usage`` in the camelCase counts both protocols use (the AI SDK's
+    ``LanguageModelUsage``, AG-UI's ``TokenUsage``); None when the model reported none."""
+    if not usage:
+        return None
+    tokens_in, tokens_out = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+    return {
+        "inputTokens": tokens_in,
+        "outputTokens": tokens_out,
+        "totalTokens": tokens_in + tokens_out,
+    }

@@ -11,10 +11,10 @@ is deterministic) and skips what that id covers.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import orjson
-from fastapi import Request
+from fastapi import Header, Request
 from starlette.types import Scope
 
 from ...errors import CursorOutOfRange, InvalidCursor
@@ -25,6 +25,7 @@ from ..services import Services
 from ..streams import slow_reset
 
 Part = dict[str, Any]
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 Encode = Callable[[Part, str], bytes]
 
 _MAX_ID = 40
