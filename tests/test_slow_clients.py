@@ -40,6 +40,10 @@ from .support.sse_reference import (
 
 pytestmark = pytest.mark.anyio
 
+HANG = 240
+"""Seconds that bound a hung test (below pytest-timeout's 300). Not a speed target: these
+firehoses write megabytes, which took over 40 s on a 2-core machine at load average 12."""
+
 
 async def supervisor(server: Server) -> Any:
     """The live supervisor, once the server has started (its socket queues requests until then)."""
@@ -78,7 +82,7 @@ async def test_granularity_shapes_the_same_log(serve: StartServer) -> None:
     server = await serve(agent=PerMode())
     got: dict[str, list[Ev]] = {}
     async with server.client() as client:
-        with anyio.fail_after(20):
+        with anyio.fail_after(HANG):
             for mode, gate in gates.items():
                 whole = mode == "message"
                 body = {"input": {"messages": [{"role": "user", "content": mode}]}}
@@ -129,7 +133,7 @@ async def test_resume_from_any_received_id_is_exactly_once(
     body = run_body(granularity=mode)
     statuses = []
     async with server.client() as client:
-        with anyio.fail_after(40):
+        with anyio.fail_after(HANG):
             _, received = await stream(
                 client, "POST", "/v1/runs/stream", rng.randint(1, 6), json=body
             )
@@ -179,7 +183,7 @@ async def test_pings_only_while_idle(serve: StartServer) -> None:
     server = await serve(agent=IdleOrBusy(), ping_interval=1.0)
     counters = (await supervisor(server)).counters
     async with server.client() as client:
-        with anyio.fail_after(30):
+        with anyio.fail_after(HANG):
             # Busy: an event every ~5 ms for two seconds, never 1 s of silence.
             demo = {"tokens": 400, "delay_ms": 5, "tool": False}
             busy = run_body(config={"demo": demo})
@@ -244,7 +248,7 @@ async def test_a_paused_client_leaves_memory_bounded_then_catches_up(serve: Star
     async with httpx.AsyncClient(
         base_url=server.url, transport=small_receive_buffer(), timeout=30
     ) as client:
-        with anyio.fail_after(50):
+        with anyio.fail_after(HANG):
             async with aconnect_sse(client, "POST", "/v1/runs/stream", json=run_body()) as source:
                 events = source.aiter_sse()
                 head = [await anext(events) for _ in range(2)]  # retry block, run
@@ -293,7 +297,7 @@ async def test_a_stuck_client_is_cut_off_after_send_timeout(serve: StartServer) 
     server = await serve(agent=agent, send_timeout=0.5)
     sup = await supervisor(server)
     async with server.client() as client:
-        with anyio.fail_after(40):
+        with anyio.fail_after(HANG):
             run_id = (await client.post("/v1/runs", json=run_body())).json()["run_id"]
             run = sup.live.get(run_id)
             sock = await open_unread_stream(server.url, f"/v1/runs/{run_id}/stream")
@@ -354,7 +358,7 @@ async def test_a_low_stream_far_behind_catches_up_in_merged_chunks(
     tail_events = 100_000 if tail == "memory" else 16
     server = await serve(agent=firehose(n, tail=[Wait(gate)]), tail_events=tail_events)
     async with server.client() as client:
-        with anyio.fail_after(30):
+        with anyio.fail_after(HANG):
             run_id = (await client.post("/v1/runs", json=run_body())).json()["run_id"]
             run = (await supervisor(server)).live.get(run_id)
             while run.log.committed_seq < n + 3:  # everything up to the gate is committed
