@@ -116,16 +116,26 @@ class LangGraphAgent:
 
 
 def to_langchain(messages: list[Message]) -> list[BaseMessage]:
-    """The thread's messages as LangChain messages."""
+    """The thread's messages as LangChain messages: an ``AIMessage`` with its ``tool_calls``,
+    then a ``ToolMessage`` answering each."""
     out: list[BaseMessage] = []
     for message in messages:
         if message.role == "user":
             out.append(HumanMessage(message.content))
         elif message.role == "system":
             out.append(SystemMessage(message.content))
-        elif message.role == "assistant" and message.content:
-            out.append(AIMessage(message.content))
-        # A tool message needs the id of the call it answers, which this history lacks.
+        elif message.role == "assistant" and (message.content or message.tool_calls):
+            calls = [
+                {"id": call.id, "name": call.name, "args": call.args, "type": "tool_call"}
+                for call in message.tool_calls
+            ]
+            out.append(AIMessage(message.content, tool_calls=calls))
+        elif message.role == "tool" and message.tool_call_id is not None:
+            out.append(
+                ToolMessage(message.content, tool_call_id=message.tool_call_id, name=message.name)
+            )
+        # An empty assistant message (a run stopped before any text) says nothing; a tool
+        # message that names no call answers nothing.
     return out
 
 
