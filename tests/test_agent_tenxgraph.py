@@ -240,6 +240,33 @@ async def test_a_failing_tool_answers_with_its_error_and_a_failing_graph_fails_t
     assert "the graph broke" not in events[-2].data  # the exception's text stays in the log
 
 
+async def test_the_example(
+    serve: StartServer, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = await upstream(
+        [
+            Turn(tool_calls=[("get_weather", '{"city": "Oslo"}')], whole_calls=True),
+            Turn(text=["Sunny ", "in Oslo."]),
+        ]
+    )
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("STREAMCTL_MODEL", "example-model")
+    monkeypatch.delitem(sys.modules, "examples.tenxgraph_agent", raising=False)
+    agent = load_agent("examples.tenxgraph_agent:graph")
+    assert isinstance(agent, TenXGraphAgent)
+    example = sys.modules["examples.tenxgraph_agent"].graph
+    tenxgraph_agents.clients.append(example._state_graph.nodes["MAIN"].func.client)
+    server = await serve(agent=agent)
+    async with server.client() as client:
+        with anyio.fail_after(20):
+            _, events = await read_sse(client, "POST", "/v1/runs/stream", json=ask("Oslo?"))
+    kinds = [e.event for e in events]
+    assert kinds == ["run", "tool_start", "custom", "tool_end", *["message_chunk"] * 2, "done"]
+    assert fake.requests[0]["model"] == "example-model"
+    assert fake.requests[0]["messages"][0]["role"] == "system"
+
+
 def test_load_agent_accepts_a_compiled_graph() -> None:
     agent = load_agent("tests.support.tenxgraph_agents:graph")
     assert isinstance(agent, TenXGraphAgent)
