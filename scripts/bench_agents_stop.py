@@ -1,7 +1,8 @@
 """Stop -> ``done`` latency of each agent adapter, mid-token and mid-tool (a benchmark, not a test).
 
 For each adapter (plain async generator, plain sync generator, OpenAI-compatible ``ChatAgent``
-against the tests' fake OpenAI server, ``LangGraphAgent`` with the tests' scripted chat model),
+against the tests' fake OpenAI server, ``LangGraphAgent`` with the tests' scripted chat model,
+and on Python 3.12 ``TenXGraphAgent`` with 10xGraph's ReactAgent on the fake OpenAI server),
 a real streamctl server (uvicorn on a free port, in this process) runs the agent; a client
 streams the run, and once it is mid-token (a few chunks arrived; the model streams a word every
 50 ms) or mid-tool (``tool_start`` arrived; the tool takes a minute, or 1 s for the sync
@@ -11,6 +12,7 @@ tools that observed their cancellation, upstream streams the fake server saw cut
 cancelled, generators closed.
 
     .venv/bin/python scripts/bench_agents_stop.py [--stops 10]
+    .venv312/bin/python scripts/bench_agents_stop.py   # adds 10xGraph (Python 3.12)
 
 Client and servers share one event loop and the machine's 2 cores: read the figures as
 upper bounds of what the adapters add, not as network latencies.
@@ -97,6 +99,24 @@ def sync_generator(evidence: Evidence, tool: bool) -> Agent:
     return GeneratorAgent(agent)
 
 
+def tenxgraph_agent(fake: FakeOpenAI, tool: Callable[[str], Any], clients: list[Any]) -> Agent:
+    """10xGraph's ReactAgent on the fake server (Python 3.12, ``.venv312``)."""
+    from streamctl.agents.tenxgraph import TenXGraphAgent
+    from tests.support import tenxgraph_agents
+
+    graph = tenxgraph_agents.react_graph(fake, [tool])
+    clients.append(tenxgraph_agents.clients.pop())
+    return TenXGraphAgent(graph)
+
+
+ADAPTERS = ["async generator", "sync generator", "openai", "langgraph"]
+if sys.version_info >= (
+    3,
+    12,
+):  # 10xGraph needs it: .venv312/bin/python scripts/bench_agents_stop.py
+    ADAPTERS.append("10xgraph")
+
+
 async def serve(tg: anyio.abc.TaskGroup, agent: Agent, db: Path) -> tuple[str, uvicorn.Server]:
     settings = Settings.from_env({}, db=db, stop_timeout=10)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -133,7 +153,7 @@ async def one_stop(url: str, scenario: str) -> float:
 async def bench(stops: int) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for adapter in ("async generator", "sync generator", "openai", "langgraph"):
+        for adapter in ADAPTERS:
             for scenario in ("mid-token", "mid-tool"):
                 evidence: Evidence = {}
                 samples = []
@@ -148,9 +168,10 @@ async def bench(stops: int) -> None:
                             agent = async_generator(evidence, tool)
                         elif adapter == "sync generator":
                             agent = sync_generator(evidence, tool)
-                        elif adapter == "openai":
+                        elif adapter in ("openai", "10xgraph"):
                             turn = (
-                                Turn(tool_calls=[("slow_tool", '{"query": "x"}')])
+                                # 10xGraph 0.10 keeps only tool calls sent whole
+                                Turn(tool_calls=[("slow_tool", '{"query": "x"}')], whole_calls=True)
                                 if tool
                                 else Turn(text=[w + " " for w in WORDS.split()], delay=0.05)
                             )
@@ -158,9 +179,14 @@ async def bench(stops: int) -> None:
                             fakes.append(fake)
                             upstream = await start_fake(tg, fake)
                             servers.append(upstream.server)
-                            client = AsyncOpenAI(base_url=fake.url, api_key=SECRET, max_retries=0)
-                            clients.append(client)
-                            agent = ChatAgent("m", tools=[tool_probe(evidence)], client=client)
+                            if adapter == "10xgraph":
+                                agent = tenxgraph_agent(fake, tool_probe(evidence), clients)
+                            else:
+                                client = AsyncOpenAI(
+                                    base_url=fake.url, api_key=SECRET, max_retries=0
+                                )
+                                clients.append(client)
+                                agent = ChatAgent("m", tools=[tool_probe(evidence)], client=client)
                         else:
                             reply = (
                                 call("slow_tool", {"query": "x"}, "c1")

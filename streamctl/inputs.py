@@ -60,6 +60,17 @@ class RunInput(BaseModel):
 
     messages: list[Message] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _storable(self) -> RunInput:
+        # A client replaying a conversation may send tool calls: stored as JSON, like config.
+        for message in self.messages:
+            calls = [call.model_dump() for call in message.tool_calls]
+            try:
+                check_json([message.tool_call_id, message.name, calls])
+            except ValueError as exc:
+                raise ValueError(f"a message's tool call: {exc}") from exc
+        return self
+
 
 class RunConfig(BaseModel):
     """Per-run options. Unknown keys are passed to the agent (e.g. ``demo`` for the demo agent)."""

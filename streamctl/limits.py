@@ -145,11 +145,11 @@ class StreamCaps:
 
 def history_window(messages: list[Message], count: int, size: int) -> list[Message]:
     """The latest whole ``messages`` that fit in ``count`` messages and ``size`` bytes (UTF-8 of
-    their content), oldest first."""
+    their content and tool calls, ``Message.size``), oldest first."""
     kept: list[Message] = []
     total = 0
     for message in reversed(messages):
-        total += len(message.content.encode("utf-8", "surrogatepass"))
+        total += message.size
         if len(kept) == count or total > size:
             break
         kept.append(message)

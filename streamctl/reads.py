@@ -14,6 +14,7 @@ from typing import Any
 from .broadcast import follow, follow_frames
 from .errors import CursorOutOfRange, InvalidCursor, RunNotFound, RunPurged, ThreadNotFound
 from .events import Frame
+from .history import thread_turn
 from .registry import LiveRuns
 from .remote import RemoteLogs
 from .runs import RunOutput, iso, record_json, run_json
@@ -204,17 +205,7 @@ class RunReads:
         for record in records:
             run = self._json(record, owner)
             runs.append(run)
-            for message in record.input["messages"]:
-                messages.append({**message, "run_id": run["run_id"]})
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": run["output"]["text"],
-                    "run_id": run["run_id"],
-                    "status": run["status"],
-                    "output": run["output"],
-                }
-            )
+            messages += thread_turn(record.input, run)
         active = self.live.active(owner, thread_id)
         last_run = runs[-1] if runs else None
         if before is not None:  # the thread's last run, not the page's

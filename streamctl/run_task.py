@@ -34,6 +34,7 @@ from .events import (
     ToolStart,
     Usage,
 )
+from .history import run_messages, trim_window
 from .limits import history_window
 from .runs import Run, RunOutput
 from .settings import Settings
@@ -184,10 +185,8 @@ class RunTask:
         for record in records:
             if record.run_id == run.run_id or record.status in ACTIVE_STATUSES:
                 continue
-            history += [Message(**m) for m in record.input["messages"]]
-            text = record.output["text"] if record.output is not None else ""
-            history.append(Message(role="assistant", content=text))
-        return history_window(history, count, self.settings.history_bytes)
+            history += run_messages(record.input, record.output)
+        return trim_window(history_window(history, count, self.settings.history_bytes))
 
     async def _iterate(self, run: Run, history: list[Message]) -> None:
         """Emit what the agent yields; count steps (new messages, tool calls) against the limit."""

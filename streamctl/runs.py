@@ -101,6 +101,7 @@ class RunOutput:
                 "args": data["args"],
                 "output": None,
                 "seq": seq,
+                "end_seq": None,
             }
         elif type == "tool_end":
             call = self.tool_calls.setdefault(
@@ -108,6 +109,7 @@ class RunOutput:
                 {"call_id": data["call_id"], "name": data["name"], "args": {}, "seq": seq},
             )
             call["output"] = data["output"]
+            call["end_seq"] = seq  # when the result came: the thread's history orders by it
         elif type == "reasoning_chunk":
             part = self._reasoning.setdefault(
                 data["message_id"], {"message_id": data["message_id"], "content": "", "seq": seq}

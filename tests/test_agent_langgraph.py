@@ -82,19 +82,18 @@ async def test_the_next_run_sees_the_conversation(serve: StartServer, checkpoint
             _, second = await read_sse(client, "POST", "/v1/runs/stream", json=body)
     assert data(second[-1])["status"] == "completed"
     seen = model.seen[-1]  # what the model got in the second run
+    # Either way (the graph's own state, or the thread's history streamctl hands it), tool calls
+    # and results round-trip, each message separate and in order.
     kinds = [type(m).__name__ for m in seen]
-    if checkpointer:  # the graph's own state: tool calls and results round-trip
-        assert kinds == [
-            "HumanMessage",
-            "AIMessage",
-            "ToolMessage",
-            "AIMessage",
-            "HumanMessage",
-        ]
-        assert isinstance(seen[2], ToolMessage) and seen[2].tool_call_id == "call_1"
-    else:  # the thread's history as streamctl keeps it today: text only
-        assert kinds == ["HumanMessage", "AIMessage", "HumanMessage"]
-        assert seen[1].content == "Let me check.It is sunny in Tokyo."
+    assert kinds == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage", "HumanMessage"]
+    assert seen[0].content == "Tokyo?"
+    assert isinstance(seen[1], AIMessage) and seen[1].content == "Let me check."
+    assert [(c["id"], c["name"], c["args"]) for c in seen[1].tool_calls] == [
+        ("call_1", "get_weather", {"location": "Tokyo"})
+    ]
+    assert isinstance(seen[2], ToolMessage) and seen[2].tool_call_id == "call_1"
+    assert seen[2].content == "Sunny, 22°C in Tokyo"
+    assert seen[3].content == "It is sunny in Tokyo."
     assert isinstance(seen[-1], HumanMessage) and seen[-1].content == "And later?"
 
 

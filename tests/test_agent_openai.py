@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import httpx
+import orjson
 import pytest
 from httpx_sse import aconnect_sse
 from openai import AsyncOpenAI
@@ -150,9 +151,19 @@ async def test_text_tool_calls_usage_and_the_next_turn(
         },
         {"role": "tool", "tool_call_id": "call_0_fake", "content": "Sunny, 22° celsius in Tokyo"},
     ]
-    # The next run on the thread gets the thread's history.
-    assert [m["role"] for m in next_run["messages"]] == ["system", "user", "assistant", "user"]
-    assert next_run["messages"][-1] == {"role": "user", "content": "And now?"}
+    # The next run on the thread gets the thread's history: each message separate and in order,
+    # the tool call and its result as the API shapes them.
+    called = follow_up["messages"][2]["tool_calls"][0]
+    called = called | {
+        "function": called["function"] | {"arguments": orjson.dumps(start["args"]).decode()}
+    }
+    assert next_run["messages"] == [
+        *request["messages"],
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [called]},
+        follow_up["messages"][3],
+        {"role": "assistant", "content": "Sunny in Tokyo."},
+        {"role": "user", "content": "And now?"},
+    ]
     assert [e.event for e in again][-2:] == ["message_chunk", "done"]
 
 

@@ -11,6 +11,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from streamctl.agents import Message, ScriptedAgent, Wait
+from streamctl.agents.base import MessageToolCall
 
 from .support import (
     StartServer,
@@ -91,12 +92,11 @@ async def test_thread_state_and_runs_listing(serve: StartServer) -> None:
     assert [(r["run_id"], r["thread_id"]) for r in listed] == [(two, "t"), (one, "t")]
     assert ended["active_run"] is None and ended["last_run"]["status"] == "completed"
     assert ended["messages"][-1]["output"]["text"] == "x0 y0 "
-    assert brief(ended["messages"][-1]) == {
-        "role": "assistant",
-        "content": "x0 y0 ",
-        "run_id": two,
-        "status": "completed",
-    }
+    # Each model message is a message of its own; the run's last one carries the run.
+    assert [brief(m) for m in ended["messages"][-2:]] == [
+        {"role": "assistant", "content": "x0 ", "run_id": two},
+        {"role": "assistant", "content": "y0 ", "run_id": two, "status": "completed"},
+    ]
 
 
 async def test_thread_stream_joins_and_resumes_the_active_run(serve: StartServer) -> None:
@@ -156,19 +156,54 @@ async def test_thread_stream_rejects_non_ascii_digits(serve: StartServer) -> Non
 
 
 async def test_a_later_run_gets_the_thread_history(serve: StartServer) -> None:
-    agent = ScriptedAgent([*chunks(2), *tool_call()])
+    agent = ScriptedAgent([*chunks(2), *tool_call(), *chunks(1, "m2", "v")])
     server = await serve(agent=agent)
     async with server.client() as client:
         for content, thread_id in (("first?", "t"), ("second?", "t"), ("elsewhere", "u")):
             await read_sse(
                 client, "POST", "/v1/runs/stream", json=ask(content, thread_id=thread_id)
             )
+        thread = (await client.get("/v1/threads/t")).json()
     first, second, elsewhere = agent.runs
     assert first.history == [] and elsewhere.history == []
     assert second.messages == [Message(role="user", content="second?")]
+    # Each message separate and in order, the tool call on the message that made it, its result
+    # a tool message naming the call.
+    call = MessageToolCall(id="c1", name="get_weather", args={"location": "Tokyo"})
+    answer = Message(role="tool", content="Sunny, 22°C", tool_call_id="c1", name="get_weather")
     assert second.history == [
         Message(role="user", content="first?"),
-        Message(role="assistant", content="w0 w1 "),
+        Message(role="assistant", content="w0 w1 ", tool_calls=[call]),
+        answer,
+        Message(role="assistant", content="v0 "),
+    ]
+    # The thread shows the same messages, each naming its run.
+    one, two = (r.run_id for r in (first, second))
+    assert [brief(m) for m in thread["messages"]] == [
+        {"role": "user", "content": "first?", "run_id": one},
+        {
+            "role": "assistant",
+            "content": "w0 w1 ",
+            "tool_calls": [{"id": "c1", "name": "get_weather", "args": {"location": "Tokyo"}}],
+            "run_id": one,
+        },
+        {
+            "role": "tool",
+            "content": "Sunny, 22°C",
+            "tool_call_id": "c1",
+            "name": "get_weather",
+            "run_id": one,
+        },
+        {"role": "assistant", "content": "v0 ", "run_id": one, "status": "completed"},
+        {"role": "user", "content": "second?", "run_id": two},
+        {
+            "role": "assistant",
+            "content": "w0 w1 ",
+            "tool_calls": [call.model_dump()],
+            "run_id": two,
+        },
+        {**answer.model_dump(), "run_id": two},
+        {"role": "assistant", "content": "v0 ", "run_id": two, "status": "completed"},
     ]
 
 
@@ -256,3 +291,50 @@ async def test_restart_keeps_runs_events_and_threads(serve: StartServer) -> None
     assert interrupted["status"] == "interrupted" and interrupted["output"]["text"] == "w0 w1 "
     assert [int(e.id) for e in log] == list(range(1, 5)) and log[-1].event == "done"
     assert data(log[-1])["status"] == "interrupted"
+
+
+async def test_a_run_stopped_mid_tool_leaves_its_partial_text_in_the_history(
+    serve: StartServer,
+) -> None:
+    held = ScriptedAgent(
+        [
+            *chunks(2),
+            *tool_call("c1"),
+            *chunks(1, "m2", "v"),
+            tool_call("c2")[0],
+            Wait(anyio.Event()),
+        ]
+    )
+    agent = Switch(held=held, next=ScriptedAgent(chunks(1, "m3", "n")))
+    server = await serve(agent=agent)
+    async with server.client() as client:
+        with anyio.fail_after(10):
+            run = (await client.post("/v1/runs", json=ask("held", thread_id="t-s"))).json()
+            await read_sse(client, "GET", f"/v1/runs/{run['run_id']}/stream", limit=7)
+            stopped = (await client.post(f"/v1/runs/{run['run_id']}/stop")).json()
+            await read_sse(client, "POST", "/v1/runs/stream", json=ask("next", thread_id="t-s"))
+            thread = (await client.get("/v1/threads/t-s")).json()
+    assert stopped["status"] == "cancelled"
+    (second,) = agent.agents["next"].runs
+    call = MessageToolCall(id="c1", name="get_weather", args={"location": "Tokyo"})
+    # c2 never returned (the run stopped inside it): the model never saw it, and a call no tool
+    # message answers is refused by chat APIs, so it is left out; the text before stays.
+    assert second.history == [
+        Message(role="user", content="held"),
+        Message(role="assistant", content="w0 w1 ", tool_calls=[call]),
+        Message(role="tool", content="Sunny, 22°C", tool_call_id="c1", name="get_weather"),
+        Message(role="assistant", content="v0 "),
+    ]
+    held_messages = [m for m in thread["messages"] if m["run_id"] == run["run_id"]]
+    assert [brief(m) for m in held_messages][-1] == {
+        "role": "assistant",
+        "content": "v0 ",
+        "run_id": run["run_id"],
+        "status": "cancelled",
+    }
+    # The run's own output still shows the call that was cut short.
+    calls = held_messages[-1]["output"]["tool_calls"]
+    assert [(c["call_id"], c["output"], c["end_seq"]) for c in calls] == [
+        ("c1", "Sunny, 22°C", 5),
+        ("c2", None, None),
+    ]

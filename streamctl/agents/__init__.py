@@ -38,13 +38,24 @@ def _is_langgraph(obj: object) -> bool:
     return pregel is not None and isinstance(obj, pregel.Pregel)
 
 
+def _is_tenxgraph(obj: object) -> bool:
+    # Likewise for 10xGraph (formerly AgentFlow): never import it here.
+    compiled = sys.modules.get("tenxgraph.core.graph.compiled_graph")
+    return compiled is not None and isinstance(obj, compiled.CompiledGraph)
+
+
 def as_agent(obj: Any) -> Agent:
-    """``obj`` as an ``Agent``: a compiled LangGraph graph gets ``LangGraphAgent``, a generator
-    function ``GeneratorAgent``; any other callable is taken as an agent already."""
+    """``obj`` as an ``Agent``: a compiled LangGraph graph gets ``LangGraphAgent``, a compiled
+    10xGraph graph ``TenXGraphAgent``, a generator function ``GeneratorAgent``; any other
+    callable is taken as an agent already."""
     if _is_langgraph(obj):
         from .langgraph import LangGraphAgent
 
         return LangGraphAgent(obj)
+    if _is_tenxgraph(obj):
+        from .tenxgraph import TenXGraphAgent
+
+        return TenXGraphAgent(obj)
     if is_generator_function(obj):
         return GeneratorAgent(obj)
     return obj  # type: ignore[no-any-return]
@@ -53,7 +64,7 @@ def as_agent(obj: Any) -> Agent:
 def load_agent(spec: str, *, model: str = "") -> Agent:
     """``demo``; ``openai`` (an OpenAI-compatible chat ``model``, from ``OPENAI_BASE_URL`` and
     ``OPENAI_API_KEY``); or ``MODULE:ATTR`` naming an agent callable, a generator function or a
-    compiled LangGraph graph (a class is instantiated with no arguments)."""
+    compiled LangGraph or 10xGraph graph (a class is instantiated with no arguments)."""
     if spec == "demo":
         return demo_agent
     if spec == "openai":
@@ -79,6 +90,6 @@ def load_agent(spec: str, *, model: str = "") -> Agent:
         raise AgentNotFound(f"module {module_name!r} has no attribute {attr!r}") from exc
     if inspect.isclass(agent):
         agent = agent()
-    if not callable(agent) and not _is_langgraph(agent):
+    if not callable(agent) and not _is_langgraph(agent) and not _is_tenxgraph(agent):
         raise AgentNotFound(f"agent {spec!r} is not callable")
     return as_agent(agent)

@@ -26,11 +26,9 @@ for it: LangGraph then cancels its nodes, and a running tool sees the cancellati
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import orjson
 from langchain_core.messages import (
     AIMessage,
@@ -58,11 +56,9 @@ from ..events import (
     Usage,
 )
 from .base import AgentContext, Message
+from .in_task import InTask
 
 __all__ = ["GraphRecursionLimit", "LangGraphAgent"]
-
-_QUEUE = 256
-"""Stream items buffered between the graph's task and the run: a slow run holds the graph back."""
 
 
 class LangGraphAgent:
@@ -72,7 +68,7 @@ class LangGraphAgent:
         self.graph = graph
 
     def __call__(self, ctx: AgentContext) -> AsyncIterator[AgentEvent]:
-        return _InTask(self._events(ctx))
+        return InTask(self._events(ctx))
 
     async def _input(self, ctx: AgentContext, config: RunnableConfig) -> Any:
         if "resume" in ctx.config:
@@ -116,16 +112,26 @@ class LangGraphAgent:
 
 
 def to_langchain(messages: list[Message]) -> list[BaseMessage]:
-    """The thread's messages as LangChain messages."""
+    """The thread's messages as LangChain messages: an ``AIMessage`` with its ``tool_calls``,
+    then a ``ToolMessage`` answering each."""
     out: list[BaseMessage] = []
     for message in messages:
         if message.role == "user":
             out.append(HumanMessage(message.content))
         elif message.role == "system":
             out.append(SystemMessage(message.content))
-        elif message.role == "assistant" and message.content:
-            out.append(AIMessage(message.content))
-        # A tool message needs the id of the call it answers, which this history lacks.
+        elif message.role == "assistant" and (message.content or message.tool_calls):
+            calls = [
+                {"id": call.id, "name": call.name, "args": call.args, "type": "tool_call"}
+                for call in message.tool_calls
+            ]
+            out.append(AIMessage(message.content, tool_calls=calls))
+        elif message.role == "tool" and message.tool_call_id is not None:
+            out.append(
+                ToolMessage(message.content, tool_call_id=message.tool_call_id, name=message.name)
+            )
+        # An empty assistant message (a run stopped before any text) says nothing; a tool
+        # message that names no call answers nothing.
     return out
 
 
@@ -214,55 +220,3 @@ def _custom(chunk: Any) -> Custom:
 def _jsonable(value: Any) -> Any:
     """``value`` as JSON data; unknown types (a pydantic model, a LangChain object) as ``str``."""
     return orjson.loads(orjson.dumps(value, default=str))
-
-
-_END = object()
-
-
-class _InTask:
-    """An async iterator run in an asyncio task of its own, its items relayed through a bounded
-    queue. ``aclose`` cancels the task and waits until it has ended.
-
-    Not an anyio task group: the group would have to stay open across the items handed to the run
-    (each a ``yield`` out of the group), which breaks structured cancellation. LangGraph is
-    asyncio-only, so a plain task, always cancelled and awaited in ``aclose``, is what fits.
-    """
-
-    def __init__(self, source: AsyncIterator[AgentEvent]) -> None:
-        self._source = source
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(_QUEUE)
-        self._task: asyncio.Task[None] | None = None
-
-    def __aiter__(self) -> _InTask:
-        return self
-
-    async def __anext__(self) -> AgentEvent:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._pump())
-        item = await self._queue.get()
-        if item is _END:
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item  # type: ignore[no-any-return]
-
-    async def _pump(self) -> None:
-        try:
-            async for item in self._source:
-                await self._queue.put(item)
-        except Exception as exc:  # handed to the run, whose boundary turns it into `error`
-            await self._queue.put(exc)
-            return
-        await self._queue.put(_END)
-
-    async def aclose(self) -> None:
-        task = self._task
-        if task is None:
-            return
-        task.cancel()
-        # Shielded: this runs when the run is being cancelled, and must see the graph's task end
-        # (a tool that ignores cancellation still gets a bounded wait, not for ever).
-        with anyio.move_on_after(10, shield=True):
-            await asyncio.wait({task})
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: an error after the run stopped is not reported twice

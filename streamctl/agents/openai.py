@@ -165,15 +165,43 @@ class ChatAgent:
         raise TooManyTurns(f"the model called tools in more than {ctx.recursion_limit} turns")
 
     def _messages(self, messages: list[Message]) -> list[dict[str, Any]]:
+        """The conversation in the API's shape: an assistant message with its ``tool_calls``,
+        then a ``tool`` message answering each."""
         out: list[dict[str, Any]] = []
         if self.system:
             out.append({"role": "system", "content": self.system})
         for message in messages:
-            if message.role == "tool" or (message.role == "assistant" and not message.content):
-                # A tool message needs the id of the call it answers, which this history lacks;
-                # an empty assistant message (a run stopped before any text) says nothing.
-                continue
-            out.append({"role": message.role, "content": message.content})
+            if message.role == "tool":
+                if message.tool_call_id is None:
+                    continue  # a result that names no call: the API refuses it
+                out.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": message.tool_call_id,
+                        "content": message.content,
+                    }
+                )
+            elif message.role == "assistant" and message.tool_calls:
+                out.append(
+                    {
+                        "role": "assistant",
+                        "content": message.content or None,
+                        "tool_calls": [
+                            {
+                                "id": call.id,
+                                "type": "function",
+                                "function": {
+                                    "name": call.name,
+                                    "arguments": orjson.dumps(call.args).decode(),
+                                },
+                            }
+                            for call in message.tool_calls
+                        ],
+                    }
+                )
+            elif message.role != "assistant" or message.content:
+                # An empty assistant message (a run stopped before any text) says nothing.
+                out.append({"role": message.role, "content": message.content})
         return out
 
     async def _turn(

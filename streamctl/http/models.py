@@ -39,6 +39,7 @@ class ToolCall(_Body):
     args: dict[str, Any] = Field(default_factory=dict)
     output: Any = Field(None, description="The tool's result; null until its tool_end.")
     seq: int = Field(0, description="Seq of the call's tool_start.")
+    end_seq: int | None = Field(None, description="Seq of the call's tool_end; null until then.")
 
 
 class Reasoning(_Body):
@@ -123,14 +124,28 @@ class EventsPage(_Body):
     status: RunStatus
 
 
+class ThreadToolCall(_Body):
+    id: str = Field(description="The call's id, which its tool message names.")
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
 class ThreadMessage(_Body):
-    """A run's input message, or its assistant output (with the run's ``status`` and ``output``)."""
+    """One message of the thread, in order: a run's input messages, then what the run produced,
+    one message each (an assistant message per model message, with the ``tool_calls`` it made;
+    a ``tool`` message per call's result). The run's last message also carries the run's
+    ``status`` and whole ``output``. This is the history the thread's next run receives."""
 
     role: Literal["user", "assistant", "system", "tool"]
     content: str
     run_id: str
-    status: RunStatus | None = Field(None, description="Assistant messages only.")
-    output: Output | None = Field(None, description="Assistant messages only.")
+    tool_calls: list[ThreadToolCall] | None = Field(
+        None, description="Assistant messages that called tools only."
+    )
+    tool_call_id: str | None = Field(None, description="Tool messages only: the call answered.")
+    name: str | None = Field(None, description="Tool messages only: the tool's name.")
+    status: RunStatus | None = Field(None, description="The run's last message only.")
+    output: Output | None = Field(None, description="The run's last message only.")
 
 
 class Thread(_Body):

@@ -200,9 +200,11 @@ async function restore() {
   }
   const active = thread.active_run;
   for (const message of thread.messages) {
-    if (message.role !== "user" && message.role !== "assistant") continue; // system, tool results
-    if (active && message.run_id === active.run_id && message.role === "assistant") continue;
-    const view = bubble(message.role, message.output ? "" : message.content);
+    // A run's last message carries its whole output (text, tool calls and results in order):
+    // the run's other messages (each model message, each tool result) are drawn from it.
+    if (message.role !== "user" && !message.output) continue;
+    if (active && message.run_id === active.run_id && message.role !== "user") continue;
+    const view = bubble(message.role === "user" ? "user" : "assistant", message.output ? "" : message.content);
     if (message.output) renderOutput(view, message.output);
     if (message.status) showStatus(view, message.status);
   }

@@ -29,7 +29,7 @@ export type StreamEvent =
   | { type: "error"; id: string; data: ErrorData }
   | { type: "done"; id: string; data: DoneData };
 
-export interface ToolCall { call_id: string; name: string; args: Record<string, unknown>; output: unknown; seq: number }
+export interface ToolCall { call_id: string; name: string; args: Record<string, unknown>; output: unknown; seq: number; end_seq?: number | null }
 export interface RunOutput {
   text: string;
   messages: { message_id: string; role: "assistant"; content: string; seq: number }[];
@@ -54,17 +54,29 @@ export interface Run {
   stopping?: boolean;
 }
 
+/** A chat message; an assistant message may carry the tool calls it made, a tool message answers one. */
+export interface Message {
+  role: "user" | "assistant" | "system" | "tool";
+  content: string;
+  tool_calls?: { id: string; name: string; args: Record<string, unknown> }[];
+  tool_call_id?: string;
+  name?: string;
+}
+
+export interface ThreadMessage extends Message { run_id: string; status?: RunStatus; output?: RunOutput }
+
 export interface Thread {
   thread_id: string;
   created_at: string;
-  messages: { role: string; content: string; run_id: string; status?: RunStatus; output?: RunOutput }[];
+  /** In order: each run's input, then one message per model message and per tool result; the run's last message carries its status and output. */
+  messages: ThreadMessage[];
   active_run: Run | null;
   last_run: Run | null;
 }
 
 export interface RunCreate {
   thread_id?: string;
-  input: { messages: { role: "user" | "assistant" | "system" | "tool"; content: string }[] };
+  input: { messages: Message[] };
   config?: { recursion_limit?: number; [agentOption: string]: unknown };
   multitask?: "reject" | "interrupt" | "enqueue";
   on_disconnect?: "continue" | "cancel";
