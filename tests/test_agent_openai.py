@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 
 from streamctl.agents.openai import ChatAgent
 
-from .support import ServerProcess, StartServer, ask, data, next_events, read_sse
+from .support import HANG, ServerProcess, StartServer, ask, data, next_events, read_sse
 from .support.fake_openai import SECRET, FakeOpenAI, Turn, start_fake
 
 pytestmark = pytest.mark.anyio
@@ -301,7 +301,7 @@ async def test_serve_agent_openai_reads_the_standard_environment(
         lambda: spawn_server("--agent", "openai", "--model", "served-model", env=env)
     )
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-        with anyio.fail_after(15):
+        with anyio.fail_after(HANG):
             _, events = await read_sse(client, "POST", "/v1/runs/stream", json=ask("hi"))
     assert [e.event for e in events] == ["run", "message_chunk", "message_chunk", "done"]
     assert data(events[-1])["usage"] == {"input_tokens": 7, "output_tokens": 2}

@@ -20,7 +20,7 @@ from httpx_sse import aconnect_sse
 from streamctl.agents import ScriptedAgent, Wait
 from streamctl.supervisor import Supervisor
 
-from .support import Server, StartServer, chunks, read_sse, run_body
+from .support import HANG, Server, StartServer, chunks, read_sse, run_body
 
 pytestmark = pytest.mark.anyio
 
@@ -242,7 +242,7 @@ async def test_open_streams_are_capped_per_principal(serve: StartServer) -> None
                 answered.set()
 
     async with server.client() as client, anyio.create_task_group() as tg:
-        with anyio.fail_after(20):
+        with anyio.fail_after(HANG):
             url = f"/v1/runs/{(await start(client, 'alice'))['run_id']}/stream"
             bobs = f"/v1/runs/{(await start(client, 'bob'))['run_id']}/stream"
             sup = supervisor(server)  # its lifespan has started: it answered

@@ -25,7 +25,7 @@ from streamctl.agents.demo import demo_agent
 from streamctl.agents.scripted import Sleep, Step
 from streamctl.events import AgentEvent, MessageChunk
 
-from .support import Paced, Server, StartServer, chunks, run_body, tool_call
+from .support import HANG, Paced, Server, StartServer, chunks, run_body, tool_call
 from .support.sse_reference import (
     Ev,
     Mode,
@@ -39,10 +39,6 @@ from .support.sse_reference import (
 )
 
 pytestmark = pytest.mark.anyio
-
-HANG = 240
-"""Seconds that bound a hung test (below pytest-timeout's 300). Not a speed target: these
-firehoses write megabytes, which took over 40 s on a 2-core machine at load average 12."""
 
 
 async def supervisor(server: Server) -> Any:

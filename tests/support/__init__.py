@@ -21,6 +21,7 @@ from .servers import (
     wait_until,
 )
 from .streams import (
+    HANG,
     RUN_BODY,
     ask,
     assert_error,
@@ -36,6 +37,7 @@ from .streams import (
 )
 
 __all__ = [
+    "HANG",
     "RUN_BODY",
     "Paced",
     "Server",

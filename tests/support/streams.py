@@ -19,6 +19,12 @@ def run_body(**extra: Any) -> dict[str, Any]:
     return {**RUN_BODY, **extra}
 
 
+HANG = 240
+"""Seconds that bound a test that could hang (below pytest-timeout's 300 s), where the work is
+heavy or starts processes. Not a speed target: on a 2-core machine at load average 12-16 such
+steps took over 40 s."""
+
+
 def ask(content: str, **extra: Any) -> dict[str, Any]:
     """A run's body whose one user message is ``content`` (``Switch`` picks an agent by it)."""
     return {"input": {"messages": [{"role": "user", "content": content}]}, **extra}
