@@ -12,6 +12,8 @@
   dependency hands the routes this instance's ``Services`` through the request's scope (so it
   needs nothing from the host's ``app.state``), and runs the host's ``authenticate`` on the API
   routes; its routes (``StreamctlRoute``) answer their own errors.
+- ``stream_gate(app, prefix=...)``: optional, the host's application with the stream GETs served by
+  a raw ASGI path in front of its middleware (``stream_gate.py``); ``create_app`` always has it.
 - ``start``, ``stream_response``, ``stop`` and ``snapshot``: the same operations for the host's
   own routes, trusted: ``owner`` scopes a call to one principal, ``None`` reaches every run.
 
@@ -31,7 +33,8 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import exit_signals
 from ..agents import Agent, as_agent, load_agent
@@ -48,6 +51,7 @@ from . import page, runs, system, threads
 from .errors import StreamctlRoute, error_response
 from .protocols import ag_ui, agentflow, ai_sdk
 from .services import PRINCIPAL_KEY, SCOPE_KEY, Services
+from .stream_gate import StreamGate
 
 logger = logging.getLogger("streamctl.server")
 
@@ -196,6 +200,18 @@ class Streamctl:
         while True:
             await anyio.sleep(_DRAIN_REPORT_EVERY)
             logger.info("draining: %d runs still active", sup.active_runs)
+
+    def stream_gate(
+        self, app: ASGIApp, *, prefix: str = "", cors: CORSMiddleware | None = None
+    ) -> StreamGate:
+        """``app`` (the host's whole application) behind a raw ASGI path that serves the run and
+        thread stream GETs of ``self.router`` included at ``prefix`` itself, with every check of
+        those routes, skipping the host's middleware chain for their thousands of writes (the
+        host's middleware never sees those requests: pass its ``CORSMiddleware`` as ``cors``
+        for their CORS headers). Everything else, every error, and every request when the host
+        gave ``authenticate`` (a FastAPI dependency) goes to ``app``. Serve what it returns:
+        ``uvicorn.run(sc.stream_gate(app, prefix="/agent"))``."""
+        return StreamGate(app, self, prefix=prefix, cors=cors)
 
     # -- programmatic control ----------------------------------------------------------------------
 
