@@ -22,11 +22,12 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,6 +58,9 @@ logger = logging.getLogger("streamctl.server")
 
 _DRAIN_REPORT_EVERY = 1.0
 """Seconds between two drain progress lines."""
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The cyclic collector's thresholds while a lifespan runs (``tuned_gc``)."""
+_gc_tuned = 0
 
 PUBLIC_ROUTERS = [page.router, system.router]
 """Routes without a principal: the page, its files, health, readiness, metrics, schema."""
@@ -109,6 +113,9 @@ class Streamctl:
         )
         self.drain_on_signal = True
         """Drain on SIGTERM/SIGINT from inside the lifespan (``streamctl serve`` drains itself)."""
+        self.tune_gc = True
+        """Tune the process's cyclic garbage collector while the lifespan runs (``tuned_gc``);
+        a host that tunes its own sets this to False before the lifespan starts."""
         self.router = self._build_router()
         self._running = False
         self._drained: anyio.Event | None = None
@@ -141,20 +148,22 @@ class Streamctl:
         self._running = True
         self._drained = None
         settings = self.settings
+        per_principal = self._per_principal()
         try:
-            async with (
-                open_store(settings) as store,
-                Supervisor(store, self.agent, settings, per_principal=self._per_principal()) as sup,
-                anyio.create_task_group() as tg,
-            ):
-                self.services.supervisor = sup
-                self.services.metrics = registry_for(sup)
-                tg.start_soon(self.services.watch.run, name="streamctl send watch")
-                asked = anyio.Event()
-                tg.start_soon(self._drain_when, asked, name="streamctl drain on exit signal")
-                with exit_signals.chained(lambda: self._exit_signal(asked)):
-                    yield
-                tg.cancel_scope.cancel()
+            with tuned_gc() if self.tune_gc else nullcontext():
+                async with (
+                    open_store(settings) as store,
+                    Supervisor(store, self.agent, settings, per_principal=per_principal) as sup,
+                    anyio.create_task_group() as tg,
+                ):
+                    self.services.supervisor = sup
+                    self.services.metrics = registry_for(sup)
+                    tg.start_soon(self.services.watch.run, name="streamctl send watch")
+                    asked = anyio.Event()
+                    tg.start_soon(self._drain_when, asked, name="streamctl drain on exit signal")
+                    with exit_signals.chained(lambda: self._exit_signal(asked)):
+                        yield
+                    tg.cancel_scope.cancel()
         finally:
             self.services.supervisor = None
             self.services.metrics = None
@@ -313,6 +322,31 @@ class _RunStream(Response):
             watch=sc.services.watch,
         )
         await response(scope, receive, send)
+
+
+@contextmanager
+def tuned_gc() -> Iterator[None]:
+    """The cyclic garbage collector tuned for streaming, for as long as the context runs.
+
+    The hot path allocates a few objects per event and holds them until their batch commits;
+    with the default thresholds the collector runs every few hundred events and walks them all
+    (measured: server CPU per event 16 -> 11.5 µs). Objects alive at start-up are frozen out of
+    its way, and generation 0 is collected every 50,000 allocations instead of 700: cycles are
+    still collected, less often. It is the process's collector: nested lifespans tune it once,
+    and the last to end restores the thresholds and unfreezes."""
+    global _gc_tuned
+    saved = gc.get_threshold()
+    if _gc_tuned == 0:
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+    _gc_tuned += 1
+    try:
+        yield
+    finally:
+        _gc_tuned -= 1
+        if _gc_tuned == 0:
+            gc.set_threshold(*saved)
+            gc.unfreeze()
 
 
 def _run_create(input: RunInput, thread_id: str | None, options: dict[str, Any]) -> RunCreate:
