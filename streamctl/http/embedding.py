@@ -338,7 +338,7 @@ def tuned_gc() -> Iterator[None]:
     saved = gc.get_threshold()
     if _gc_tuned == 0:
         gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*GC_THRESHOLDS)
     _gc_tuned += 1
     try:
         yield
