@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import charts, growth
+from benchmarks import charts, growth, spy
 from benchmarks.growth import schedule_lags
 from benchmarks.report import Row, combine, render
 from benchmarks.response import HEAD_BYTES, Response
@@ -150,3 +150,13 @@ def test_growth_charts_are_drawn_for_each_sweep(tmp_path: Path) -> None:
     written = charts.draw(result, [result, result], tmp_path)
     assert [p.name for p in written] == ["growth-runs.png", "growth-fanout.png", "growth-idle.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
+def test_py_spy_stacks_are_summed_by_own_and_inclusive_time() -> None:
+    raw = "main;loop;send 30\nmain;loop;wait 60\nmain;commit 10\nnot a stack line\n"
+    text = spy.summarize(raw)
+    assert text.startswith("100 samples")
+    own, inclusive = text.split("inclusive:")
+    assert "60.0 %  wait" in own and "30.0 %  send" in own
+    assert "100.0 %  main" in inclusive and "90.0 %  loop" in inclusive
+    assert spy.summarize("") == "no samples"
