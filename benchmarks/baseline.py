@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.client import HOST
-from benchmarks.pacing import deadlines, words
+from benchmarks.pacing import deadlines, held, words
 
 
 @dataclass
@@ -53,11 +53,12 @@ def baseline_app() -> Any:
         return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, type, orjson.dumps(payload))
 
     async def produce(
-        run_id: str, thread_id: str, tokens: int, delay: float
+        run_id: str, thread_id: str, tokens: int, delay: float, config: dict[str, Any] | None = None
     ) -> AsyncIterator[bytes]:
         yield frame(1, b"run", {"run_id": run_id, "thread_id": thread_id, "status": "running"})
         message_id = uuid.uuid4().hex[:12]
         source = words(tokens)
+        await held(config or {})
         async for k in deadlines(tokens + 2, delay):
             chunk = {"role": "assistant", "content": next(source) + " ", "message_id": message_id}
             yield frame(k + 2, b"message_chunk", chunk)
@@ -82,11 +83,12 @@ def baseline_app() -> Any:
             channel.add(part, part.startswith(b"id: ") and b"\nevent: done\n" in part)
 
     async def start_broadcast(request: Request) -> JSONResponse:
-        tokens, delay = demo_of(orjson.loads(await request.body()))
+        body = orjson.loads(await request.body())
+        tokens, delay = demo_of(body)
         run_id = uuid.uuid4().hex
         channel = channels[run_id] = Channel()
         task = asyncio.get_running_loop().create_task(
-            broadcast(channel, produce(run_id, run_id, tokens, delay))
+            broadcast(channel, produce(run_id, run_id, tokens, delay, body.get("config")))
         )
         tasks.add(task)
         task.add_done_callback(tasks.discard)

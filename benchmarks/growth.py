@@ -27,13 +27,15 @@ figures, over a steady window (every stream connected and its run going, 0.5 s s
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import multiprocessing
 import time
 from collections.abc import Callable
 from itertools import cycle, pairwise
 from typing import Any
 
 from benchmarks.client import Conn, check, request, start_run
-from benchmarks.fanout import _subscribe, _subscribe_worker
+from benchmarks.fanout import _subscribe_worker
 from benchmarks.options import Options
 from benchmarks.procfs import CpuSampler, RssSampler
 from benchmarks.report import Row
@@ -147,11 +149,14 @@ async def _runs(server: Server, n: int, steady: float) -> dict[str, Any]:
 
 
 async def _fanout(server: Server, n: int, steady: float, procs: int) -> dict[str, Any]:
+    """Every subscriber connects (in ``procs`` client processes) before the run's first word:
+    its agent waits for a start file, created once each process has made its ready file."""
     delay = 0.02
-    allowance = max(2.0, n / 300)
-    tokens = int((allowance + steady) / delay)
+    tokens = int(steady / delay)
     await ttfe_pass(server.port, 0, 3)
+    start = server.tmp / "start"
     body = demo_body(tokens, delay_ms=delay * 1000)
+    body["config"]["paced"] = {"start_file": str(start)}
     if server.kind == "streamctl":
         path = f"/v1/runs/{await start_run(server.port, body)}/stream"
     else:
@@ -163,34 +168,44 @@ async def _fanout(server: Server, n: int, steady: float, procs: int) -> dict[str
     sampler.start()
     memory = RssSampler(server.pid)
     memory.start()
-    if procs <= 1:
-        results = [await _subscribe(server.port, path, n)]
-    else:
-        import concurrent.futures
-        import multiprocessing
-
-        loop = asyncio.get_running_loop()
-        shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
-            results = await asyncio.gather(
-                *(
-                    loop.run_in_executor(pool, _subscribe_worker, server.port, path, share)
-                    for share in shares
-                )
+    loop = asyncio.get_running_loop()
+    shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+    ready = [server.tmp / f"ready-{i}" for i in range(procs)]
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+        work = asyncio.gather(
+            *(
+                loop.run_in_executor(pool, _subscribe_worker, server.port, path, share, str(r))
+                for share, r in zip(shares, ready, strict=True)
             )
+        )
+        while not all(r.exists() for r in ready) and not work.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        start.touch()
+        went = time.perf_counter()
+        results = await work
     await sampler.stop()
     await memory.stop()
-    started = max(r[0] for r in results) + _SETTLE
+    # The window, by event: those first delivered (to anyone) from 0.5 s after the start to the
+    # run's last word; each delivery of them counts, however late (a cut-off subscriber's
+    # missing ones lower its rate).
+    started = went + _SETTLE
     subs = [s for r in results for s in r[2]]
-    ended = min((times[-1] for _, times in subs if times), default=started + 1)
+    first: dict[int, float] = {}
+    for ids, times in subs:
+        for seq, t in zip(ids, times, strict=True):
+            if t < first.get(seq, float("inf")):
+                first[seq] = t
+    ended = max(first.values(), default=started + 1)
+    inside = {seq for seq, t in first.items() if started <= t <= ended}
     pairs = [(seq, t) for ids, times in subs for seq, t in zip(ids, times, strict=True)]
-    lags_all = schedule_lags(pairs, delay)
-    lags = [lag for lag, (_, t) in zip(lags_all, pairs, strict=True) if started <= t <= ended]
-    rates = [
-        sum(1 for t in times if started <= t <= ended) / max(ended - started, 1e-9)
-        for _, times in subs
+    lags = [
+        lag
+        for lag, (seq, _) in zip(schedule_lags(pairs, delay), pairs, strict=True)
+        if seq in inside
     ]
+    span = max(ended - started, 1e-9)
+    rates = [sum(1 for seq in ids if seq in inside) / span for ids, _ in subs]
     cpu_s = sampler.server_at(ended) - sampler.server_at(started)
     _, server_pct, _ = sampler.window(started, ended)
     out = _summary(lags, rates, 1 / delay, cpu_s, len(lags), memory.peak(started, ended) - rss0, n)
@@ -272,7 +287,7 @@ async def measure(opts: Options) -> dict[str, Any]:
             kind: await _on(kind, opts, PACED, _runs, n, steady) for kind in KINDS
         }
     for n in sizes.growth_subscribers:
-        procs = max(opts.fanout_procs, 1 if n <= 1000 else 2)
+        procs = max(opts.fanout_procs, 1 if n <= 1000 else 2)  # the client is CPU-bound too
         out["fanout"][str(n)] = {
             kind: await _on(kind, opts, PACED, _fanout, n, steady, procs) for kind in KINDS
         }

@@ -14,14 +14,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
-from benchmarks.pacing import deadlines, words
+from benchmarks.pacing import deadlines, held, words
 from streamctl.agents.base import AgentContext
 from streamctl.agents.demo import demo_options
 from streamctl.events import AgentEvent, MessageChunk
 
 
 class PacedAgent:
-    """The demo's ``config.demo`` (``tokens``, ``delay_ms``), without its tool, deadline-paced."""
+    """The demo's ``config.demo`` (``tokens``, ``delay_ms``), without its tool, deadline-paced;
+    ``config.paced.start_file``: its first word waits for that file (``pacing.held``)."""
 
     def validate_config(self, config: dict[str, object]) -> None:
         demo_options(config)
@@ -34,6 +35,7 @@ async def _paced(ctx: AgentContext) -> AsyncIterator[AgentEvent]:
     opts = demo_options(ctx.config)
     message_id = uuid.uuid4().hex[:12]
     source = words(opts.tokens)
+    await held(ctx.config)
     async for _ in deadlines(opts.tokens + 2, opts.delay_ms / 1000):
         yield MessageChunk(content=next(source) + " ", message_id=message_id)
 

@@ -4,14 +4,25 @@ due at t0 + (k + 1) x delay, whatever the time spent between two items (a model'
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from itertools import chain, cycle, islice
+from typing import Any
 
 WORDS = (
     "Sunny and 22°C in Tokyo right now. The forecast says it stays like this for the rest of "
     "the day, with a light breeze in the afternoon and a slightly cooler evening."
 ).split()
+
+
+async def held(config: dict[str, Any]) -> None:
+    """Wait for ``config["paced"]["start_file"]`` to exist, if given: the fan-out measurement
+    connects every subscriber first, then lets the run go by creating that file."""
+    start_file = (config.get("paced") or {}).get("start_file")
+    # Another process creates it: polled (a stat per 10 ms, before the run's first word only).
+    while start_file and not os.path.exists(start_file):  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.01)
 
 
 def words(tokens: int) -> Iterator[str]:

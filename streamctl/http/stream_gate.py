@@ -90,7 +90,7 @@ class StreamGate:
             await self.app(scope, receive, send)
             return
         try:
-            response = await self._answer(dict(scope), receive, *target)
+            response = await self._answer(dict(scope), receive, send, *target)
         except _Decline:
             response = None
         except StreamctlError:  # answered by the route, in its JSON shape
@@ -118,7 +118,9 @@ class StreamGate:
             return None
         return ("run" if parts[0] == "runs" else "thread"), parts[1]
 
-    async def _answer(self, scope: Scope, receive: Receive, kind: str, ident: str) -> Response:
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, kind: str, ident: str
+    ) -> Response:
         services = self.sc.services
         sup = services.supervisor
         if sup is None or services.host_auth:
@@ -154,7 +156,12 @@ class StreamGate:
             thread_cursor = parse_thread_cursor(last_event_id)
             whose = thread_owner(me, owner, ident)
             stream = await sup.reads.subscribe_thread(whose, ident, thread_cursor, shaped)
-        response = event_stream(request, services, sup, me, stream)  # takes the slot: last
+        # The server's send is its connection's (uvicorn: a method of the request's cycle, which
+        # holds the transport): the slow-client probe needs no search among all connections.
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        response = event_stream(  # takes the stream slot: last
+            request, services, sup, me, stream, transport=transport
+        )
         if self.cors is not None and "origin" in headers:
             response.raw_headers = await _with_cors(self.cors, response, headers)
         return response

@@ -6,6 +6,7 @@ until it closes, and is watched by the services' ``SendWatch`` (``send_timeout``
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
@@ -14,7 +15,7 @@ from starlette.types import Scope
 
 from ..auth import Principal
 from ..inputs import RunCreate
-from ..sse import EventStream
+from ..sse import EventStream, unsent_probe
 from ..supervisor import Supervisor
 from .services import Services
 
@@ -44,10 +45,12 @@ def event_stream(
     headers: dict[str, str] | None = None,
     on_disconnect: Callable[[], None] | None = None,
     claimed: bool = False,
+    transport: asyncio.BaseTransport | None = None,
 ) -> Response:
     """The SSE response for ``stream``; ``204`` when there is nothing left to stream.
 
     ``claimed``: the principal's stream slot is already taken (``start_streaming``).
+    ``transport``: the connection's, when the caller knows it (``StreamGate``): no lookup.
     """
     if stream is None:
         return Response(status_code=204)
@@ -56,7 +59,11 @@ def event_stream(
     # Under `streamctl serve`: how much of what was written the client has not taken yet, so a
     # client that stopped reading is cut off even while the socket's buffers still take writes.
     probe_for = getattr(request.app.state, "unsent_probe", None)
-    probe = probe_for(request.scope.get("client")) if probe_for is not None else None
+    probe = None
+    if probe_for is not None and transport is not None:
+        probe = unsent_probe(transport)  # O(1), where the lookup by client is O(connections)
+    elif probe_for is not None:
+        probe = probe_for(request.scope.get("client"))
     settings = services.settings
     return EventStream(
         stream,
