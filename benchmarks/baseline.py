@@ -120,7 +120,7 @@ def baseline_app() -> Any:
 
         async def frames() -> AsyncIterator[bytes]:
             yield b"retry: 2000\n\n"
-            async for part in produce(run_id, thread_id, tokens, delay):
+            async for part in produce(run_id, thread_id, tokens, delay, body.get("config")):
                 yield part
 
         headers = {

@@ -82,9 +82,11 @@ def _summary(
 
 
 async def _runs(server: Server, n: int, steady: float) -> dict[str, Any]:
+    """Every run starts (its first event streamed) before any word: their agents wait for a
+    start file, then run i for i/n of a period more, so their words are spread over it."""
     delay = 0.05
-    allowance = max(2.0, n / 250)
-    tokens = int((allowance + steady) / delay)
+    tokens = int(steady / delay)
+    start = server.tmp / "start"
     await ttfe_pass(server.port, 0, 3)
     sem = asyncio.Semaphore(200)
     conns: list[Conn] = []
@@ -100,10 +102,14 @@ async def _runs(server: Server, n: int, steady: float) -> dict[str, Any]:
     sampler.start()
     memory = RssSampler(server.pid)
     memory.start()
-    body = demo_body(tokens, delay_ms=delay * 1000)
-    streams = [c.send("POST", "/v1/runs/stream", body) for c in conns]
-    await asyncio.gather(*(r.wait_count(2) for r in streams))
-    started = max(r.times[0] for r in streams) + _SETTLE
+    streams = []
+    for i, c in enumerate(conns):
+        body = demo_body(tokens, delay_ms=delay * 1000)
+        body["config"]["paced"] = {"start_file": str(start), "offset_ms": 1000 * delay * i / n}
+        streams.append(c.send("POST", "/v1/runs/stream", body))
+    await asyncio.gather(*(r.wait_count(1) for r in streams))
+    start.touch()
+    started = time.perf_counter() + delay + _SETTLE
     capped = False
     try:
         await asyncio.wait_for(asyncio.gather(*(r.done for r in streams)), 3 * tokens * delay + 30)

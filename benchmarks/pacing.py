@@ -17,12 +17,15 @@ WORDS = (
 
 
 async def held(config: dict[str, Any]) -> None:
-    """Wait for ``config["paced"]["start_file"]`` to exist, if given: the fan-out measurement
-    connects every subscriber first, then lets the run go by creating that file."""
-    start_file = (config.get("paced") or {}).get("start_file")
+    """Wait for ``config["paced"]["start_file"]`` to exist, if given, then ``offset_ms``: the
+    growth sweeps connect every stream first, then let the runs go by creating that file."""
+    paced = config.get("paced") or {}
+    start_file = paced.get("start_file")
     # Another process creates it: polled (a stat per 10 ms, before the run's first word only).
     while start_file and not os.path.exists(start_file):  # noqa: ASYNC110, ASYNC240
         await asyncio.sleep(0.01)
+    if paced.get("offset_ms"):
+        await asyncio.sleep(float(paced["offset_ms"]) / 1000)
 
 
 def words(tokens: int) -> Iterator[str]:
