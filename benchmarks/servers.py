@@ -143,7 +143,7 @@ class Server:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=log)
 
-    async def wait_ready(self, limit_s: float = 30.0) -> None:
+    async def wait_ready(self, limit_s: float = 120.0) -> None:  # a loaded machine starts slowly
         path = "/readyz" if self.kind == "streamctl" else "/healthz"
         deadline = time.perf_counter() + limit_s
         while True:

@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from streamctl import ScriptedAgent, Streamctl
 from streamctl.agents import Wait
 from streamctl.http.stream_gate import GatedApp, StreamGate
+from streamctl.sse import unsent_probe
 
 from .support import Server, StartServer, chunks, read_sse, run_body
 from .support.auth import ALICE, API_KEYS, BOB, assert_401, bearer
@@ -217,3 +218,29 @@ async def test_embedded_gate_serves_a_prefix_and_hands_on_under_host_auth(db_pat
         assert events[-1].event == "done"
         assert (await client.get(stream)).status_code == 401  # the host's own login
         assert (handed.served, handed.declined) == (0, 2)
+
+
+async def test_the_gate_probes_its_streams_own_connection(serve: StartServer) -> None:
+    # Under `streamctl serve` a stream's probe (bytes its client has not taken) was found by
+    # searching every connection for the stream's client: quadratic when 10,000 streams open.
+    # The gate has the connection's transport at hand (for the chain's streams too), and never
+    # searches.
+    hold = anyio.Event()
+    server = await serve(agent=ScriptedAgent([*chunks(1), Wait(hold)]))
+    app = cast(GatedApp, server.uvicorn.config.app)
+    searched: list[object] = []
+    app.state.unsent_probe = searched.append  # what `streamctl serve` installs: the search
+    async with server.client() as client:
+        with anyio.fail_after(20):
+            async with client.stream("POST", "/v1/runs/stream", json=run_body()) as posted:
+                assert posted.status_code == 200
+                url = f"/v1/runs/{posted.headers['x-run-id']}/stream"
+                async with client.stream("GET", url) as response:
+                    assert response.status_code == 200
+                    streams = app.state.streamctl.watch.streams
+                    assert len(streams) == 2
+                    for stream in streams:
+                        assert stream.probe is not None and stream.probe() >= 0
+                hold.set()
+    assert searched == [] and gate_of(server).served == 1
+    assert unsent_probe(None) is None

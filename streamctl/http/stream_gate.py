@@ -36,7 +36,7 @@ from ..errors import StreamctlError
 from ..shaping import GRANULARITIES, Granularity
 from ..sse import parse_cursor, parse_thread_cursor
 from .auth import authenticate, authenticate_reader
-from .streams import event_stream
+from .streams import TRANSPORT_KEY, event_stream
 from .threads import thread_owner
 
 if TYPE_CHECKING:
@@ -82,7 +82,16 @@ class StreamGate:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # The server's send is its connection's (uvicorn: a method of the request's cycle, which
+        # holds the transport): every stream's slow-client probe, on this path or through the
+        # chain (``POST /v1/runs/stream``), finds it here instead of searching all connections.
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if transport is not None:
+            scope[TRANSPORT_KEY] = transport
+        if scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
         target = self._match(scope)
@@ -90,7 +99,7 @@ class StreamGate:
             await self.app(scope, receive, send)
             return
         try:
-            response = await self._answer(dict(scope), receive, send, *target)
+            response = await self._answer(dict(scope), receive, *target)
         except _Decline:
             response = None
         except StreamctlError:  # answered by the route, in its JSON shape
@@ -118,9 +127,7 @@ class StreamGate:
             return None
         return ("run" if parts[0] == "runs" else "thread"), parts[1]
 
-    async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, kind: str, ident: str
-    ) -> Response:
+    async def _answer(self, scope: Scope, receive: Receive, kind: str, ident: str) -> Response:
         services = self.sc.services
         sup = services.supervisor
         if sup is None or services.host_auth:
@@ -156,12 +163,7 @@ class StreamGate:
             thread_cursor = parse_thread_cursor(last_event_id)
             whose = thread_owner(me, owner, ident)
             stream = await sup.reads.subscribe_thread(whose, ident, thread_cursor, shaped)
-        # The server's send is its connection's (uvicorn: a method of the request's cycle, which
-        # holds the transport): the slow-client probe needs no search among all connections.
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-        response = event_stream(  # takes the stream slot: last
-            request, services, sup, me, stream, transport=transport
-        )
+        response = event_stream(request, services, sup, me, stream)  # takes the slot: last
         if self.cors is not None and "origin" in headers:
             response.raw_headers = await _with_cors(self.cors, response, headers)
         return response

@@ -6,7 +6,6 @@ until it closes, and is watched by the services' ``SendWatch`` (``send_timeout``
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
@@ -18,6 +17,9 @@ from ..inputs import RunCreate
 from ..sse import EventStream, unsent_probe
 from ..supervisor import Supervisor
 from .services import Services
+
+TRANSPORT_KEY = "streamctl.transport"
+"""The request scope's key for its connection's transport, where ``StreamGate`` found it."""
 
 
 def slow_reset(request: Request, sup: Supervisor) -> Callable[[Scope], None]:
@@ -45,12 +47,10 @@ def event_stream(
     headers: dict[str, str] | None = None,
     on_disconnect: Callable[[], None] | None = None,
     claimed: bool = False,
-    transport: asyncio.BaseTransport | None = None,
 ) -> Response:
     """The SSE response for ``stream``; ``204`` when there is nothing left to stream.
 
     ``claimed``: the principal's stream slot is already taken (``start_streaming``).
-    ``transport``: the connection's, when the caller knows it (``StreamGate``): no lookup.
     """
     if stream is None:
         return Response(status_code=204)
@@ -60,6 +60,7 @@ def event_stream(
     # client that stopped reading is cut off even while the socket's buffers still take writes.
     probe_for = getattr(request.app.state, "unsent_probe", None)
     probe = None
+    transport = request.scope.get(TRANSPORT_KEY)
     if probe_for is not None and transport is not None:
         probe = unsent_probe(transport)  # O(1), where the lookup by client is O(connections)
     elif probe_for is not None:
