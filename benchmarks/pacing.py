@@ -16,16 +16,33 @@ WORDS = (
 ).split()
 
 
+_STARTS: dict[str, asyncio.Event] = {}
+"""One watcher per start file in a process: 2,000 runs polling it each would swamp the loop."""
+
+
 async def held(config: dict[str, Any]) -> None:
     """Wait for ``config["paced"]["start_file"]`` to exist, if given, then ``offset_ms``: the
     growth sweeps connect every stream first, then let the runs go by creating that file."""
     paced = config.get("paced") or {}
     start_file = paced.get("start_file")
-    # Another process creates it: polled (a stat per 10 ms, before the run's first word only).
-    while start_file and not os.path.exists(start_file):  # noqa: ASYNC110, ASYNC240
-        await asyncio.sleep(0.01)
+    if start_file:
+        started = _STARTS.get(start_file)
+        if started is None:
+            started = _STARTS[start_file] = asyncio.Event()
+            _watchers.add(asyncio.get_running_loop().create_task(_watch(start_file, started)))
+        await started.wait()
     if paced.get("offset_ms"):
         await asyncio.sleep(float(paced["offset_ms"]) / 1000)
+
+
+_watchers: set[asyncio.Task[None]] = set()
+
+
+async def _watch(path: str, started: asyncio.Event) -> None:
+    # Another process creates the file: polled, a stat per 10 ms, until it exists.
+    while not os.path.exists(path):  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.01)
+    started.set()
 
 
 def words(tokens: int) -> Iterator[str]:
