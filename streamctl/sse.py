@@ -26,6 +26,8 @@ HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _MAX_CURSOR_DIGITS = 18
+RAW_SEND_KEY = "streamctl.send"
+"""The request scope's key for the server's own ``send`` (set by ``StreamGate``)."""
 
 
 def parse_cursor(last_event_id: str | None, after: str | None) -> int:
@@ -199,6 +201,10 @@ class EventStream(Response):
                     await send(
                         {"type": "http.response.body", "body": self.preamble, "more_body": True}
                     )
+                # The head went through the application's middleware (CORS headers, "response
+                # started" flags); the body, thousands of writes, goes straight to the server
+                # where ``StreamGate`` handed its send down (``RAW_SEND_KEY``).
+                send = scope.get(RAW_SEND_KEY, send)
                 async for chunk in self.body_iter:
                     # The server's send waits while the client's socket is full (backpressure):
                     # the subscriber falls behind by a cursor, not a queue. A client that accepts

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamctl import ScriptedAgent, Streamctl
 from streamctl.agents import Wait
@@ -244,3 +245,42 @@ async def test_the_gate_probes_its_streams_own_connection(serve: StartServer) ->
                 hold.set()
     assert searched == [] and gate_of(server).served == 1
     assert unsent_probe(None) is None
+
+
+class CountSends:
+    """A middleware of the chain that counts what its ``send`` carries."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.seen: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted(message: Message) -> None:
+            self.seen.append(message["type"])
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
+async def test_a_chain_streams_body_goes_straight_to_the_server(serve: StartServer) -> None:
+    # POST /v1/runs/stream is answered by its route, through the chain: its head (status,
+    # headers: CORS) through every middleware, its thousands of writes around them.
+    server = await serve(agent=ScriptedAgent(chunks(20)), cors_origins=APP)
+    app = cast(GatedApp, server.uvicorn.config.app)
+    counting: list[CountSends] = []
+
+    def count(inner: ASGIApp) -> CountSends:
+        counting.append(CountSends(inner))
+        return counting[-1]
+
+    app.add_middleware(count)
+    async with server.client() as client:
+        with anyio.fail_after(20):
+            response, events = await read_sse(
+                client, "POST", "/v1/runs/stream", json=run_body(), headers={"Origin": APP}
+            )
+    assert response.headers["access-control-allow-origin"] == APP
+    assert events[-1].event == "done" and len(events) >= 20
+    (counter,) = counting
+    streamed = [t for t in counter.seen if t.startswith("http.response")]
+    assert streamed == ["http.response.start", "http.response.body"]  # the head, the `retry:`

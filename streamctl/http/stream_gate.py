@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import StreamctlError
 from ..shaping import GRANULARITIES, Granularity
-from ..sse import parse_cursor, parse_thread_cursor
+from ..sse import RAW_SEND_KEY, parse_cursor, parse_thread_cursor
 from .auth import authenticate, authenticate_reader
 from .streams import TRANSPORT_KEY, event_stream
 from .threads import thread_owner
@@ -91,6 +91,9 @@ class StreamGate:
         transport = getattr(getattr(send, "__self__", None), "transport", None)
         if transport is not None:
             scope[TRANSPORT_KEY] = transport
+        # A stream answered through the chain (``POST /v1/runs/stream``) sends its head through
+        # it, and its body to the server directly (``EventStream``).
+        scope[RAW_SEND_KEY] = send
         if scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
