@@ -11,6 +11,11 @@ the query's validation, the cursor, the principal's stream slot (``max_streams_p
 send watch and the slow-client cut, and CORS headers computed by the application's own
 ``CORSMiddleware``. Its writes then go straight to the server.
 
+For every HTTP request the gate also puts the connection's transport (``TRANSPORT_KEY``: the
+slow-client probe needs no search among all connections) and the server's own ``send``
+(``RAW_SEND_KEY``) in the scope: a stream answered through the chain (``POST /v1/runs/stream``)
+sends its head through every middleware and its body straight to the server (``EventStream``).
+
 Whatever the gate does not answer itself goes to the full application, unchanged: any other
 request, a query it does not recognise exactly (unknown or repeated parameters, a bad
 ``granularity``), a host's own ``authenticate`` (a FastAPI dependency), and *every error*. An
