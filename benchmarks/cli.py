@@ -5,6 +5,9 @@
     scripts/bench --only ttfe,stop    # a subset (names below; `all` adds the firehose)
     scripts/bench --repeat 3          # each measurement 3 times: the median, and min..max
     scripts/bench --json out.json     # where the results go (default ./bench-results.json)
+    scripts/bench --only growth --charts docs/benchmarks  # how cost grows, and its PNG charts
+    scripts/bench --only growth --growth-runs 1000 --growth-subscribers '' --growth-idle ''
+    python -m benchmarks.spy fanout 1000   # where the server's time goes at one size (py-spy)
     scripts/bench --only throughput --profile server.prof   # + cProfile of the server
     scripts/bench --src /tmp/tree     # benchmark the streamctl package found in another checkout
     scripts/bench --only firehose --firehose-tokens 1000000 --rss-limit-mb 3072
@@ -24,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fanout, firehose, idle, many, resume, stop, throughput, ttfe
+from benchmarks import charts, fanout, firehose, growth, idle, many, resume, stop, throughput, ttfe
 from benchmarks.baseline import serve_baseline
 from benchmarks.options import Options, Sizes
 from benchmarks.procfs import machine_busy, own_cpu
@@ -42,9 +45,10 @@ MEASUREMENTS: dict[str, tuple[Measure, Rows]] = {
     "idle": (idle.measure, idle.rows),
     "stop": (stop.measure, stop.rows),
     "resume": (resume.measure, resume.rows),
+    "growth": (growth.measure, growth.rows),
     "firehose": (firehose.measure, firehose.rows),
 }
-DEFAULT = ("ttfe", "throughput", "fanout", "many", "idle", "stop", "resume")
+DEFAULT = ("ttfe", "throughput", "fanout", "many", "idle", "stop", "resume", "growth")
 """What runs without ``--only``: the firehose (minutes, GBs of server memory today) is asked for."""
 
 
@@ -92,10 +96,20 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (median)")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    parser.add_argument(
+        "--charts", type=Path, default=Path("bench-charts"), help="where the growth PNGs go"
+    )
     parser.add_argument("--src", type=Path, default=ROOT, help="checkout whose streamctl to run")
     parser.add_argument("--revision", help="what --src is, if not a git checkout (for the JSON)")
     parser.add_argument("--fanout-procs", type=int, default=1, help="client processes (fan-out)")
     parser.add_argument("--profile", type=Path, help="also cProfile the low throughput case")
+    for sweep in ("runs", "subscribers", "idle"):
+        parser.add_argument(
+            f"--growth-{sweep}",
+            type=_sizes,
+            metavar="N,N,...",
+            help=f"growth: the sizes of its {sweep} sweep (empty: skip it)",
+        )
     parser.add_argument("--firehose-tokens", type=int, help="tokens of the firehose run")
     parser.add_argument("--firehose-stops", type=int, help="firehose runs stopped (stop latency)")
     parser.add_argument("--firehose-seconds", type=float, help="bound on the firehose run's time")
@@ -117,6 +131,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in text.replace("_", "").split(",") if n.strip())
+
+
 def options(args: argparse.Namespace) -> Options:
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.firehose_tokens is not None:
@@ -125,6 +143,10 @@ def options(args: argparse.Namespace) -> Options:
         sizes.firehose_stops = args.firehose_stops
     if args.firehose_seconds is not None:
         sizes.firehose_seconds = args.firehose_seconds
+    for sweep in ("runs", "subscribers", "idle"):
+        chosen = getattr(args, f"growth_{sweep}")
+        if chosen is not None:
+            setattr(sizes, f"growth_{sweep}", chosen)
     profile = None if args.profile is None else args.profile.resolve()
     return Options(args.src.resolve(), sizes, args.fanout_procs, profile, args.rss_limit_mb)
 
@@ -174,6 +196,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "table": table,
         "results": results,
     }
+    if "growth" in results:
+        try:
+            drawn = charts.draw(
+                results["growth"],
+                results.get("growth_repetitions", [results["growth"]]),
+                args.charts,
+            )
+            doc["charts"] = [str(p) for p in drawn]
+        except ImportError as exc:
+            log(f"no charts ({exc}): pip install -e '.[bench]'")
     args.json.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
     print()

@@ -61,10 +61,11 @@ def _fanout_lags(
 
 
 async def _subscribe(
-    port: int, path: str, n: int, concurrency: int = 200
+    port: int, path: str, n: int, concurrency: int = 200, ready: str | None = None
 ) -> tuple[float, float, Streams]:
     """Open ``n`` streams of ``path``; return (all connected at, client CPU s, per-stream
-    (ids, receive times) of its message_chunk events) once every stream has ended."""
+    (ids, receive times) of its message_chunk events) once every stream has ended. ``ready``:
+    a file created once all are connected (the growth sweep starts its run then)."""
     cpu0 = time.process_time()
     sem = asyncio.Semaphore(concurrency)
     streams: list[tuple[Conn, Response]] = []
@@ -79,6 +80,9 @@ async def _subscribe(
 
     await asyncio.gather(*(one() for _ in range(n)))
     connected = time.perf_counter()
+    if ready is not None:
+        with open(ready, "w"):  # noqa: ASYNC230 (an empty file, once)
+            pass
     await asyncio.gather(*(resp.done for _, resp in streams))
     out = []
     for conn, resp in streams:
@@ -88,8 +92,10 @@ async def _subscribe(
     return connected, time.process_time() - cpu0, out
 
 
-def _subscribe_worker(port: int, path: str, n: int) -> tuple[float, float, Streams]:
-    return run_async(_subscribe(port, path, n))
+def _subscribe_worker(
+    port: int, path: str, n: int, ready: str | None = None
+) -> tuple[float, float, Streams]:
+    return run_async(_subscribe(port, path, n, ready=ready))
 
 
 async def measure(opts: Options) -> dict[str, Any]:

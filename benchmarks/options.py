@@ -25,6 +25,13 @@ class Sizes:
     """Bound on the firehose run's time: then its server is killed (the run: "timed out")."""
     probe_seconds: float = 3.0
     """How long the other principal's probe runs alone first (its idle figures: the baseline)."""
+    growth_runs: tuple[int, ...] = (100, 500, 1000, 2000)
+    growth_subscribers: tuple[int, ...] = (100, 1000, 5000)
+    growth_idle: tuple[int, ...] = (1000, 5000, 10_000)
+    growth_seconds: float = 8.0
+    """The steady window of each runs and fan-out size (``growth.py``)."""
+    idle_hold_seconds: float = 12.0
+    idle_ping_seconds: float = 5.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -43,6 +50,12 @@ class Sizes:
             firehose_stops=3,
             firehose_seconds=60.0,
             probe_seconds=2.0,
+            growth_runs=(20, 50),
+            growth_subscribers=(20, 50),
+            growth_idle=(100, 200),
+            growth_seconds=2.0,
+            idle_hold_seconds=3.0,
+            idle_ping_seconds=1.0,
         )
 
 

@@ -102,3 +102,31 @@ class CpuSampler:
         a, b = inside[0], inside[-1]
         wall = b[0] - a[0]
         return wall, 100 * (b[1] - a[1]) / wall, 100 * (b[2] - a[2]) / wall
+
+
+class RssSampler:
+    """A process's VmRSS every ``every`` seconds in the background; its peak in a window."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        self.pid = pid
+        self.every = every
+        self.samples: list[tuple[float, int]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            self.samples.append((time.perf_counter(), proc_rss_kib(self.pid)))
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def peak(self, t0: float, t1: float) -> int:
+        inside = [rss for t, rss in self.samples if t0 <= t <= t1]
+        return max(inside) if inside else proc_rss_kib(self.pid)

@@ -44,6 +44,8 @@ class Response:
         self.types: list[bytes] = []
         self.times: list[float] = []
         self.done_data: bytes | None = None
+        self.pings: list[float] = []
+        """Receive times of ``: ping`` comments."""
         self._pending = b""
         self._count_wait: tuple[int, asyncio.Future[float]] | None = None
         self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -63,6 +65,8 @@ class Response:
         if not self.sse:
             self.body += data
             return
+        if b": ping\n" in data:  # one line, not a block: seen in the read that brings it
+            self.pings += [t] * data.count(b": ping\n")
         pending = self._pending + data if self._pending else data
         start = 0
         while True:

@@ -41,6 +41,7 @@ STREAMCTL_ENV = {
     "STREAMCTL_MAX_RUN_SECONDS": "3600",
     "STREAMCTL_DRAIN_GRACE": "0",
     "STREAMCTL_RETENTION_DAYS": "0",
+    "STREAMCTL_MAX_CONNECTIONS": "100000",  # lowered by the server to fit its open files limit
 }
 
 
@@ -132,7 +133,8 @@ class Server:
             else:
                 cmd = [sys.executable, "-m", "streamctl", *args]
             env.update(self.env)
-            env["PYTHONPATH"] = str(self.src)
+            # The benchmarks' own agent (``paced_agent``) is importable beside ``src``'s streamctl.
+            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(self.src), str(ROOT)]))
             cwd = self.src
         else:
             cmd = [sys.executable, "-m", "benchmarks.baseline", "--port", str(self.port)]
@@ -141,7 +143,7 @@ class Server:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=log)
 
-    async def wait_ready(self, limit_s: float = 30.0) -> None:
+    async def wait_ready(self, limit_s: float = 120.0) -> None:  # a loaded machine starts slowly
         path = "/readyz" if self.kind == "streamctl" else "/healthz"
         deadline = time.perf_counter() + limit_s
         while True:

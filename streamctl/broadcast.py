@@ -7,10 +7,17 @@ next wake, and an idle one costs a suspended coroutine and a cursor.
 
 The in-memory tail is bounded (``tail_events`` and ``tail_bytes``); a cursor older than the tail
 is served from the store transparently, so memory does not grow with the length of a run.
+
+At high fan-out the cost of one event is paid once per subscriber, so two things are shared:
+subscribers at the same cursor (the common case: all caught up) take one joined ``bytes`` object
+per wake (``RunLog.shared``), and ``publish`` wakes waiters in groups of ``WAKE_BATCH``, one
+group per turn of the event loop, so that one event at 5,000 subscribers does not put 5,000 task
+steps in one turn ahead of every timer (pings, an agent's pacing) and every other run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -29,16 +36,22 @@ _MAX_FRAMES_PER_MERGED_WRITE = 8192
 """Shaped (batched/message) writes merge chunks, so they may cover more events at once; bounded
 so that one subscriber's merge (a JSON decode per chunk) holds the event loop a few ms at most."""
 _DB_PAGE = LAG_MERGE_FRAMES  # a full page from SQLite is, by definition, a lagging read
+WAKE_BATCH = 128
+"""Waiters woken per turn of the event loop by one ``publish``."""
+_MAX_SHARED = 64
+"""Distinct (cursor, id prefix) pairs a log keeps joined bytes for between two commits."""
 
 
 class RunLog:
     """The committed frames of one live run, as its subscribers see them."""
 
     __slots__ = (
-        "_changed",
+        "_filled",
         "_frames",
+        "_groups",
         "_max",
         "_max_bytes",
+        "_shared",
         "bytes",
         "closed",
         "committed_seq",
@@ -70,12 +83,22 @@ class RunLog:
         self.subscribers = 0
         self.last_publish = time.monotonic()
         """When subscribers were last woken (the supervisor's heartbeat wakes idle logs)."""
-        self._changed = anyio.Event()
+        self._groups: list[anyio.Event] = [anyio.Event()]
+        """The waiters of the next publish, in groups of ``WAKE_BATCH`` takers each."""
+        self._filled = 0
+        self._shared: dict[tuple[int, bytes], tuple[bytes, int, int]] = {}
+        """(cursor, id prefix) -> (joined SSE bytes, last seq, events): what subscribers at that
+        cursor send now; emptied by every ``add``."""
 
     @property
     def changed(self) -> anyio.Event:
-        """Set at the next publish. Take it *before* reading, so no wake-up is lost."""
-        return self._changed
+        """Set at the next publish. Take it *before* reading, so no wake-up is lost; keep it
+        until it is set (each take counts a waiter: groups are filled in order of taking)."""
+        if self._filled >= WAKE_BATCH:
+            self._groups.append(anyio.Event())
+            self._filled = 0
+        self._filled += 1
+        return self._groups[-1]
 
     @property
     def first_seq(self) -> int:
@@ -85,6 +108,8 @@ class RunLog:
     def add(self, frame: Frame) -> None:
         """Record a committed frame. Subscribers learn of it at the next ``publish``."""
         self._frames.append(frame)
+        if self._shared:
+            self._shared = {}
         self.bytes += len(frame.sse)
         self.committed_seq = frame.seq
         if frame.type == "done":
@@ -109,10 +134,38 @@ class RunLog:
         self.publish()
 
     def publish(self) -> None:
-        """Wake every subscriber waiting on this log."""
+        """Wake every subscriber waiting on this log: the first ``WAKE_BATCH`` at once, then
+        one more group per turn of the event loop."""
         self.last_publish = time.monotonic()
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
+        groups, self._groups, self._filled = self._groups, [anyio.Event()], 0
+        groups[0].set()
+        if len(groups) > 1:
+            asyncio.get_running_loop().call_soon(_wake, groups, 1)
+
+    def shared(self, cursor: int, id_prefix: bytes) -> tuple[bytes, int, int] | None:
+        """What a ``low`` subscriber at ``cursor`` sends now from memory: its joined SSE bytes,
+        the last seq they cover and how many events; the same object for every subscriber at
+        that cursor until the next commit. ``None``: not all in memory, or lagging (a lagging
+        ``low`` subscriber merges chunks: ``Shaper``)."""
+        key = (cursor, id_prefix)
+        found = self._shared.get(key)
+        if found is not None:
+            return found
+        if self.committed_seq - cursor >= LAG_MERGE_FRAMES:
+            return None
+        frames = self.frames_after(cursor)
+        if frames is None:
+            return None
+        if not frames:
+            return (b"", cursor, 0)
+        if id_prefix:
+            data = b"".join([reframe(f, id_prefix) for f in frames])
+        else:
+            data = b"".join([f.sse for f in frames])
+        found = (data, frames[-1].seq, len(frames))
+        if len(self._shared) < _MAX_SHARED:
+            self._shared[key] = found
+        return found
 
     def frames_after(self, cursor: int, limit: int = _MAX_FRAMES_PER_WRITE) -> list[Frame] | None:
         """Up to ``limit`` frames with seq > cursor held in memory; ``None`` if some are only in
@@ -122,6 +175,12 @@ class RunLog:
             return None
         start = cursor + 1 - first
         return self._frames[start : start + limit]
+
+
+def _wake(groups: list[anyio.Event], next_group: int) -> None:
+    groups[next_group].set()
+    if next_group + 1 < len(groups):
+        asyncio.get_running_loop().call_soon(_wake, groups, next_group + 1)
 
 
 def reframe(frame: Frame, id_prefix: bytes) -> bytes:
@@ -161,10 +220,25 @@ async def follow(
     if log is not None:
         log.subscribers += 1
     last_write = time.monotonic()
+    share = granularity == "low" and log is not None
+    changed: anyio.Event | None = None
     try:
         while True:
-            changed = log.changed if log is not None else None
-            if log is None:
+            if log is not None and (changed is None or changed.is_set()):
+                changed = log.changed
+            joined = log.shared(cursor, id_prefix) if share and log is not None else None
+            if joined is not None and joined[2]:
+                # Caught up or nearly (`low`): the bytes every subscriber at this cursor sends.
+                data, cursor, events = joined
+                counters.writes += 1
+                counters.events_sent += events
+                yield data
+                last_write = time.monotonic()
+                continue
+            frames: list[Frame]
+            if joined is not None:
+                frames = []  # nothing new: wait below
+            elif log is None:
                 frames = await store.read_frames(run_id, cursor, cursor + _DB_PAGE)
             else:
                 held = log.frames_after(cursor, limit)
@@ -236,9 +310,11 @@ async def follow_frames(
     if log is not None:
         log.subscribers += 1
     last_write = time.monotonic()
+    changed: anyio.Event | None = None
     try:
         while True:
-            changed = log.changed if log is not None else None  # taken before reading
+            if log is not None and (changed is None or changed.is_set()):
+                changed = log.changed  # taken before reading, kept until it is set
             frames: list[Frame] | None
             if log is None:
                 frames = await store.read_frames(run_id, cursor, cursor + _DB_PAGE)

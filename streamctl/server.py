@@ -28,6 +28,7 @@ from . import __version__
 from .errors import SettingsError
 from .logs import log_config
 from .settings import Settings
+from .sse import unsent_probe
 from .store.lock import DatabaseLock
 from .workers import serve_workers, worker_socket
 
@@ -109,23 +110,7 @@ class Server(uvicorn.Server):
         """For the connection of ``client``: a function giving the bytes written to it that its
         client has not taken yet (the transport's buffer and the kernel's send queue, unsent or
         unacknowledged). None where the kernel does not tell (not Linux)."""
-        try:
-            import fcntl
-            import termios
-        except ImportError:  # not a POSIX system
-            return None
-        transport = self._transport(client)
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if transport is None or sock is None or not hasattr(termios, "TIOCOUTQ"):
-            return None
-        fd = sock.fileno()
-        request = termios.TIOCOUTQ  # = SIOCOUTQ on a TCP socket
-
-        def unsent() -> int:
-            queued = struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
-            return transport.get_write_buffer_size() + int(queued)
-
-        return unsent
+        return unsent_probe(self._transport(client))
 
     def _abort_connection(self, client: tuple[str, int] | None) -> None:
         """Reset the connection of a client cut off for not reading (``send_timeout``).

@@ -8,6 +8,8 @@ ends at once and never keeps the run (or anything else) alive.
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -24,6 +26,8 @@ HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _MAX_CURSOR_DIGITS = 18
+RAW_SEND_KEY = "streamctl.send"
+"""The request scope's key for the server's own ``send`` (set by ``StreamGate``)."""
 
 
 def parse_cursor(last_event_id: str | None, after: str | None) -> int:
@@ -50,6 +54,30 @@ def parse_thread_cursor(last_event_id: str | None) -> tuple[str, int] | None:
         shown = last_event_id[:40].encode("unicode_escape").decode("ascii")
         raise InvalidCursor(f"Last-Event-ID of a thread stream is run_id:seq, got {shown!r}")
     return run_id, parse_cursor(seq, None)
+
+
+def unsent_probe(transport: asyncio.BaseTransport | None) -> Callable[[], int] | None:
+    """For a connection's transport: a function giving the bytes written to it that its client
+    has not taken yet (the transport's buffer and the kernel's send queue, unsent or
+    unacknowledged). None where the kernel does not tell (not Linux)."""
+    try:
+        import fcntl
+        import termios
+    except ImportError:  # not a POSIX system
+        return None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    # uvloop's transports are not asyncio's classes: what is needed is looked up, not the type.
+    buffered: Callable[[], int] | None = getattr(transport, "get_write_buffer_size", None)
+    if sock is None or buffered is None or not hasattr(termios, "TIOCOUTQ"):
+        return None
+    fd = sock.fileno()
+    request = termios.TIOCOUTQ  # = SIOCOUTQ on a TCP socket
+
+    def unsent() -> int:
+        queued = struct.unpack("i", fcntl.ioctl(fd, request, b"\0\0\0\0"))[0]
+        return buffered() + int(queued)
+
+    return unsent
 
 
 class SendWatch:
@@ -173,6 +201,10 @@ class EventStream(Response):
                     await send(
                         {"type": "http.response.body", "body": self.preamble, "more_body": True}
                     )
+                # The head went through the application's middleware (CORS headers, "response
+                # started" flags); the body, thousands of writes, goes straight to the server
+                # where ``StreamGate`` handed its send down (``RAW_SEND_KEY``).
+                send = scope.get(RAW_SEND_KEY, send)
                 async for chunk in self.body_iter:
                     # The server's send waits while the client's socket is full (backpressure):
                     # the subscriber falls behind by a cursor, not a queue. A client that accepts

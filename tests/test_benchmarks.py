@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import charts, growth, spy
+from benchmarks.growth import schedule_lags
 from benchmarks.report import Row, combine, render
 from benchmarks.response import HEAD_BYTES, Response
 from benchmarks.stats import median_of
@@ -80,7 +82,8 @@ def test_scripts_bench_lists_every_measurement() -> None:
         text=True,
         check=True,
     ).stdout
-    for name in ("ttfe", "throughput", "fanout", "many", "idle", "stop", "resume", "firehose"):
+    names = ("ttfe", "throughput", "fanout", "many", "idle", "stop", "resume", "growth", "firehose")
+    for name in names:
         assert name in out
 
 
@@ -94,3 +97,66 @@ async def test_count_mode_sees_a_done_split_over_two_reads() -> None:
     assert resp.add_raw(body[cut:], 2.0)
     assert resp.done_seen_at == 2.0
     assert resp.tail_done() == (3, {"status": "cancelled"})
+
+
+def test_schedule_lag_is_measured_from_the_best_delivery() -> None:
+    delay = 0.05
+    on_time = [(k, 10.0 + k * delay) for k in range(5)]
+    assert schedule_lags(on_time, delay) == pytest.approx([0.0] * 5)
+    # Falling behind: each event 10 ms later than the last; one early burst sets nothing back.
+    late = [(k, 10.0 + k * delay + 0.01 * k) for k in range(5)]
+    assert schedule_lags(late, delay) == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.04])
+    assert schedule_lags([], delay) == []
+
+
+def _growth_point(lag_p99: float, rate: float, kib: float) -> dict[str, object]:
+    return {
+        "lag_ms": {"p50": 1.0, "p99": lag_p99},
+        "rate_pct_of_nominal": rate,
+        "rate_min_pct_of_nominal": rate,
+        "cpu_us_per_event": 20.0,
+        "rss_kib_per_unit": kib,
+        "server_cpu_pct": 50.0,
+        "ping_gap_ms": {"p99": 1500.0, "max": 1600.0},
+        "streams_with_a_late_ping": 0,
+    }
+
+
+def _growth_result() -> dict[str, object]:
+    ok = {"streamctl": _growth_point(40, 96, 90), "baseline": _growth_point(5, 100, 20)}
+    slow = {"streamctl": _growth_point(400, 70, 150), "baseline": _growth_point(9, 99, 20)}
+    failed = {"streamctl": {"error": "OSError: too many open files"}, "baseline": ok["baseline"]}
+    return {
+        "runs": {"100": ok, "1000": slow},
+        "fanout": {"100": ok},
+        "idle": {"1000": ok, "10000": failed},
+    }
+
+
+def test_growth_rows_judge_each_size_and_report_failed_ones() -> None:
+    table = {row.measurement: row for row in growth.rows(_growth_result())}
+    assert table["100 runs x 20 tok/s, rate (% of nominal, slowest run)"].met is True
+    assert table["1,000 runs x 20 tok/s, rate (% of nominal, slowest run)"].met is False
+    assert table["1,000 runs x 20 tok/s, memory per run (KiB)"].met is False
+    assert table["1 run → 100 subs at 50 ev/s, lag p50 / p99 (ms)"].met is True
+    assert table["1,000 idle streams, memory per stream (KiB)"].met is False  # 90 > 20
+    assert "too many open files" in str(table["idle 10,000: failed"].streamctl)
+    assert not any(name.startswith("10,000 idle") for name in table)
+
+
+def test_growth_charts_are_drawn_for_each_sweep(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the bench extra draws the charts")
+    result = _growth_result()
+    written = charts.draw(result, [result, result], tmp_path)
+    assert [p.name for p in written] == ["growth-runs.png", "growth-fanout.png", "growth-idle.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
+
+
+def test_py_spy_stacks_are_summed_by_own_and_inclusive_time() -> None:
+    raw = "main;loop;send 30\nmain;loop;wait 60\nmain;commit 10\nnot a stack line\n"
+    text = spy.summarize(raw)
+    assert text.startswith("100 samples")
+    own, inclusive = text.split("inclusive:")
+    assert "60.0 %  wait" in own and "30.0 %  send" in own
+    assert "100.0 %  main" in inclusive and "90.0 %  loop" in inclusive
+    assert spy.summarize("") == "no samples"

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from streamctl.agents import ScriptedAgent, Wait
-from streamctl.broadcast import PING, RunLog, follow, reframe
+from streamctl.broadcast import PING, WAKE_BATCH, RunLog, follow, reframe
 from streamctl.errors import CursorOutOfRange
 from streamctl.events import Done, Frame, MessageChunk, RunStarted
 from streamctl.inputs import RunCreate
@@ -108,6 +108,78 @@ async def test_reframe_prefixes_only_the_id() -> None:
     f = Frame.encode(5, MessageChunk(content="hi", message_id="m"), 0.0)
     assert reframe(f, b"") is f.sse
     assert reframe(f, b"run-1:") == b"id: run-1:5\n" + f.sse.split(b"\n", 1)[1]
+
+
+async def test_subscribers_at_one_cursor_share_one_bytes_object() -> None:
+    log = RunLog("r1", tail_events=16)
+    for seq in (1, 2, 3):
+        log.add(frame(seq))
+    first = log.shared(1, b"")
+    assert first is not None
+    assert first == (frame(2).sse + frame(3).sse, 3, 2)
+    again = log.shared(1, b"")
+    assert again is not None and again[0] is first[0]  # joined once, not per subscriber
+    prefixed = log.shared(1, b"r1:")
+    assert prefixed is not None and prefixed[0] == reframe(frame(2), b"r1:") + reframe(
+        frame(3), b"r1:"
+    )
+    assert log.shared(3, b"") == (b"", 3, 0)  # caught up: nothing to send
+    log.add(frame(4))  # a commit makes what was shared stale
+    after = log.shared(1, b"")
+    assert after is not None and after[1:] == (4, 3)
+    for seq in range(5, 41):
+        log.add(frame(seq))
+    assert log.shared(0, b"") is None  # only in the store now: each subscriber reads it
+
+
+async def test_publish_wakes_waiters_in_groups_one_per_loop_turn() -> None:
+    log = RunLog("r1", tail_events=16)
+    events = [log.changed for _ in range(WAKE_BATCH * 2 + 1)]
+    assert len({id(e) for e in events}) == 3  # three groups, filled in order of taking
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await events[i].wait()
+        woken.append(i)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(len(events)):
+                tg.start_soon(waiter, i)
+            await anyio.wait_all_tasks_blocked()
+            log.publish()
+            assert [e.is_set() for e in (events[0], events[WAKE_BATCH], events[-1])] == [
+                True,
+                False,
+                False,
+            ]
+            assert not log.changed.is_set()  # the next publish's waiters
+    assert sorted(woken) == list(range(len(events)))
+    assert woken[:WAKE_BATCH] == list(range(WAKE_BATCH))  # the first group went first
+
+
+async def test_subscribers_in_later_wake_groups_miss_nothing(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        count = WAKE_BATCH * 2 + 3
+        received: dict[int, bytes] = {}
+
+        async def subscribe(i: int) -> None:
+            received[i] = await collect(follow(store, "r1", log, 0, ping_interval=60))
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for i in range(count):
+                    tg.start_soon(subscribe, i)
+                await anyio.wait_all_tasks_blocked()
+                for n in (1, 2, 1, 7):  # commits land while later groups are still waking
+                    writer.chunks(n)
+                    await store.flush()
+                writer.done()
+        expected = await expected_bytes(store, "r1", 0)
+    assert seqs_of(expected) == list(range(1, 13))
+    assert received == dict.fromkeys(range(count), expected)
 
 
 # -- follow ----------------------------------------------------------------------------------

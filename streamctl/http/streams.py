@@ -14,10 +14,13 @@ from starlette.types import Scope
 
 from ..auth import Principal
 from ..inputs import RunCreate
-from ..sse import EventStream, parse_cursor
+from ..sse import EventStream, parse_cursor, unsent_probe
 from ..supervisor import Supervisor
 from .idempotency import REPLAYED, start_once
 from .services import Services
+
+TRANSPORT_KEY = "streamctl.transport"
+"""The request scope's key for its connection's transport, where ``StreamGate`` found it."""
 
 
 def slow_reset(request: Request, sup: Supervisor) -> Callable[[Scope], None]:
@@ -57,7 +60,12 @@ def event_stream(
     # Under `streamctl serve`: how much of what was written the client has not taken yet, so a
     # client that stopped reading is cut off even while the socket's buffers still take writes.
     probe_for = getattr(request.app.state, "unsent_probe", None)
-    probe = probe_for(request.scope.get("client")) if probe_for is not None else None
+    probe = None
+    transport = request.scope.get(TRANSPORT_KEY)
+    if probe_for is not None and transport is not None:
+        probe = unsent_probe(transport)  # O(1), where the lookup by client is O(connections)
+    elif probe_for is not None:
+        probe = probe_for(request.scope.get("client"))
     settings = services.settings
     return EventStream(
         stream,
