@@ -12,6 +12,10 @@ writer takes one batch at a time and commits it in one transaction:
 - a lane's items leave in order, so a run's row is written before its events and its final row
   with (or after) its last event.
 
+A stopped run's events that wait in its lane, not taken into a batch yet, can be dropped
+(``drop_events``): nobody has seen them (commit before send), so the run numbers on after the
+last one kept and its ``done`` follows that, without waiting for a backlog nobody will read.
+
 ``flush`` needs "everything queued before now is settled": each lane counts the items it was
 given (``queued``) and the items whose batch has ended (``settled``); a flush waits until every
 lane reaches the count it had, and fails if items of that range were lost.
@@ -124,6 +128,8 @@ class WriteQueue:
         """Lanes with items waiting, in round-robin order."""
         self.progress = anyio.Event()
         """Set (and replaced) each time a batch ends: flushes re-check their marks."""
+        self._inflight: Batch | None = None
+        """The batch taken and not settled yet (the writer takes one at a time)."""
 
     def __bool__(self) -> bool:
         return bool(self._ready)
@@ -146,12 +152,14 @@ class WriteQueue:
         if lane.bytes > stats.max_backlog_bytes:
             stats.max_backlog_bytes = lane.bytes
 
-    def marks(self) -> list[Mark]:
-        """Everything queued so far that is not settled yet, lane by lane."""
+    def marks(self, key: str | None = None) -> list[Mark]:
+        """Everything queued so far that is not settled yet, lane by lane (only lane ``key``'s,
+        when given)."""
+        lanes = self._lanes.values() if key is None else [self._lanes.get(key)]
         return [
             Mark(lane, lane.settled, lane.queued)
-            for lane in self._lanes.values()
-            if lane.settled < lane.queued
+            for lane in lanes
+            if lane is not None and lane.settled < lane.queued
         ]
 
     def take(self) -> Batch:
@@ -185,11 +193,38 @@ class WriteQueue:
             if items:
                 ready.append(lane)  # served: to the back of the line
             full = full or batch.rows >= self.max_rows
+        self._inflight = batch
         return batch
+
+    def drop_events(self, key: str) -> list[Pending]:
+        """Drop the events waiting in lane ``key`` (not those of the batch being committed) and
+        return them, oldest first. Only when the lane holds nothing but events: a statement
+        among them (a run's row) must be written, and the counts below assume that the dropped
+        items are the lane's last ones. Dropped items count as settled (not lost) once the
+        items before them are, so that flushes holding marks on the lane still end."""
+        lane = self._lanes.get(key)
+        if lane is None or not lane.items:
+            return []
+        if any(isinstance(item, Statement) for item in lane.items):
+            return []
+        dropped: list[Pending] = [item for item in lane.items if not isinstance(item, Statement)]
+        lane.items.clear()
+        self._ready.remove(lane)
+        lane.bytes -= sum(size_of(item) for item in dropped)
+        given = None if self._inflight is None else self._inflight.lanes.get(lane)
+        if given is not None:
+            given[0] += len(dropped)  # settled with the batch that holds the items before them
+        else:
+            lane.settled += len(dropped)
+            if lane.settled == lane.queued:
+                del self._lanes[key]
+            self._signal()
+        return dropped
 
     def settle(self, batch: Batch, error: BaseException | None) -> list[Pending]:
         """The batch has ended. If it was lost, its lanes lose what they still queue too (a run
         must not number on past a hole): returns those dropped events."""
+        self._inflight = None
         dropped: list[Pending] = []
         for lane, (count, size) in batch.lanes.items():
             if error is None:
@@ -209,6 +244,7 @@ class WriteQueue:
 
     def abandon(self, error: BaseException) -> None:
         """The store closed with writes still queued: every one of them is lost."""
+        self._inflight = None
         for lane in list(self._lanes.values()):
             lane.items.clear()
             lane.losses.append((lane.settled, lane.queued, error))

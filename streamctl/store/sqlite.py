@@ -191,10 +191,17 @@ class SqliteStore:
             self._idle = False
             self._wake.set()
 
-    async def flush(self) -> None:
-        """Return once everything queued so far is committed; raise ``StoreError`` if some of
-        it was lost. With capped batches that may take several: each lane's count says when."""
-        marks = self._queue.marks()
+    def drop_queued(self, run_id: str) -> list[Frame]:
+        """Drop the run's events waiting in its lane (a stopped run's backlog; see
+        ``WriteQueue.drop_events``): its ``done`` then waits for the batch in flight at most."""
+        return [frame for _, frame, _, _ in self._queue.drop_events(run_id)]
+
+    async def flush(self, run_id: str | None = None) -> None:
+        """Return once everything queued so far is committed (with ``run_id``: everything of
+        that run), raise ``StoreError`` if some of it was lost. With capped batches that may take
+        several: each lane's count says when. A run waits for its own writes only, not behind
+        the backlog of a firehose in another lane."""
+        marks = self._queue.marks(run_id)
         while True:
             progress = self._queue.progress  # taken before checking: no batch end is missed
             if all(mark.reached for mark in marks):
