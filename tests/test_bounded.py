@@ -227,3 +227,27 @@ async def test_a_runs_statements_keep_their_order_with_its_events(db_path: Path)
     last_event = max(i for i, (_, seqs) in enumerate(seen) if 50 in seqs)
     assert insert <= first_event and final >= last_event
     assert all(len(sqls) + len(seqs) <= 7 for sqls, seqs in seen)
+
+
+async def test_a_short_lane_beside_a_backlog_goes_in_a_small_batch(db_path: Path) -> None:
+    """A run with one event waiting beside another run's backlog of 5,000: the batch that
+    commits it holds that event and at most an eighth of the cap of the backlog, so it waits for
+    a short commit, not a full one; the backlog's own batches stay full."""
+    order: list[tuple[str, int]] = []
+    hose, other = Order(order, "hose"), Order(order, "other")
+    sizes: list[tuple[int, bool]] = []
+    async with Store(db_path, max_batch_events=400) as store:
+        commit = store._commit
+
+        async def recording(conn: Any, batch: Batch) -> None:
+            sizes.append((batch.rows, any(run == "other" for run, _, _, _ in batch.events)))
+            await commit(conn, batch)
+
+        store._commit = recording  # type: ignore[method-assign]
+        for seq in range(1, 5001):
+            store.append("hose", *chunk_frame(seq), hose)
+        store.append("other", *chunk_frame(1), other)
+        await store.flush()
+    assert [rows for rows, has_other in sizes if has_other] == [1 + 400 // 8]
+    assert max(rows for rows, _ in sizes) == 400
+    assert [seq for run, seq in order if run == "hose"] == list(range(1, 5001))

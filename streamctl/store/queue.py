@@ -8,7 +8,9 @@ writer takes one batch at a time and commits it in one transaction:
   alone), so no transaction grows with a firehose's backlog;
 - lanes are served round robin, each at most its share (``max_rows`` / lanes waiting) per turn,
   and a lane served goes to the back: a run with one event waiting is in the next batch, however
-  much another run has queued;
+  much another run has queued; and while such short lanes wait beside a long one (a firehose's
+  backlog), that batch is small (their items and ``max_rows`` / 8 of the backlog), so its commit
+  is short too;
 - a lane's items leave in order, so a run's row is written before its events and its final row
   with (or after) its last event.
 
@@ -36,6 +38,12 @@ from .base import CommitSink
 
 Pending = tuple[str, Frame, object, CommitSink]
 """An event waiting for its commit: run id, frame, event, the sink told once it is durable."""
+
+SHORT_LANE = 16
+"""A lane with at most this many items waiting is short: beside a long one, it is served first
+in a small batch (see ``WriteQueue.take``)."""
+BACKLOG_SHARE = 8
+"""In a batch that serves short lanes, long lanes give at most ``max_rows`` / this."""
 
 EVENT_OVERHEAD = 64
 """Bytes an event row costs besides its JSON payload (ids, type, time), for the byte cap."""
@@ -166,7 +174,14 @@ class WriteQueue:
         """The next batch: round robin over the lanes waiting, within both caps."""
         batch = Batch()
         ready = self._ready
-        quantum = max(1, self.max_rows // max(1, len(ready)))
+        cap = self.max_rows
+        short = [len(lane.items) for lane in ready if len(lane.items) <= SHORT_LANE]
+        if short and len(short) < len(ready):
+            # Lanes with a few items (a run's start, an ordinary run's next events) beside a
+            # backlog: a small batch, so that they wait for it and not for a full one of the
+            # backlog (its commit is the latency of every other run's events and POSTs).
+            cap = min(cap, sum(short) + max(1, self.max_rows // BACKLOG_SHARE))
+        quantum = max(1, cap // max(1, len(ready)))
         full = False
         while ready and not full:
             lane = ready.popleft()
@@ -174,9 +189,7 @@ class WriteQueue:
             while items and taken < quantum:
                 item = items[0]
                 size = size_of(item)
-                if batch.rows and (
-                    batch.rows >= self.max_rows or batch.bytes + size > self.max_bytes
-                ):
+                if batch.rows and (batch.rows >= cap or batch.bytes + size > self.max_bytes):
                     full = True
                     break
                 items.popleft()
@@ -192,7 +205,7 @@ class WriteQueue:
                 given[1] += batch.bytes - bytes_before
             if items:
                 ready.append(lane)  # served: to the back of the line
-            full = full or batch.rows >= self.max_rows
+            full = full or batch.rows >= cap
         self._inflight = batch
         return batch
 
