@@ -99,7 +99,7 @@ class RunTask:
             )
         )
         run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id, status=status))
-        await store.flush()
+        await store.flush(run.run_id)  # this run's writes only: not behind another's backlog
         task_status.started()
         logger.info(
             "run started",
@@ -246,8 +246,10 @@ class RunTask:
         """Write the terminal events and the final row. Runs shielded, after the agent is gone."""
         status, reason, error = outcome
         store = self.store
+        if status == run.stop_status and status != "failed":
+            self._drop_unsent(run)
         try:
-            await store.flush()  # every agent event committed, so run.output is complete
+            await store.flush(run.run_id)  # every agent event committed: run.output complete
         except StreamctlError:
             logger.exception("run %s: events lost before the terminal event", run.run_id)
         if run.broken is not None:
@@ -257,6 +259,18 @@ class RunTask:
             error = {"code": "store_error", "message": run.broken.message}
             run.last_seq, run.broken = run.output.last_seq, None
         await self._terminal(run, status, reason, error)
+
+    def _drop_unsent(self, run: Run) -> None:
+        """A stopped run ends at what is committed: the events it emitted that still wait for
+        the writer are dropped (nobody has seen them: commit before send), so its ``done``
+        follows its last committed event without waiting for a firehose's backlog, and a stop
+        answers within a batch commit. The ids stay dense: the run numbers on after the last
+        event kept."""
+        dropped = self.store.drop_queued(run.run_id)
+        if dropped:
+            run.last_seq = dropped[0].seq - 1
+            run.backlog_events -= len(dropped)
+            run.backlog_bytes -= sum(len(frame.sse) for frame in dropped)
 
     async def _retry_finish(self, run: Run, lost: StreamctlError) -> None:
         """The store could not write the run's terminal events: retry them (with backoff) until
@@ -319,7 +333,7 @@ class RunTask:
                 usage=run.usage,
             ),
         )
-        await store.flush()
+        await store.flush(run.run_id)
         logger.info(
             "run ended",
             extra={

@@ -4,110 +4,29 @@ marks the store keeps, and the order in which things are committed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
-import orjson
 import pytest
 
-from streamctl.agents import Agent, AgentContext
-from streamctl.events import AgentEvent, Frame, MessageChunk
-from streamctl.inputs import RunCreate
-from streamctl.runs import Run
-from streamctl.settings import Settings
 from streamctl.store import NewRun, Store
 from streamctl.store.base import FinalState
 from streamctl.store.queue import Batch
-from streamctl.supervisor import Supervisor
+from tests.support.firehose import (
+    USER,
+    Both,
+    Firehose,
+    Order,
+    assert_dense_with_one_done,
+    chunk_frame,
+    request,
+    stored,
+    supervisor,
+    until_backpressure,
+)
 
 pytestmark = pytest.mark.anyio
-
-USER = "user-1"
-
-
-def request(content: str = "hi") -> RunCreate:
-    return RunCreate.model_validate({"input": {"messages": [{"role": "user", "content": content}]}})
-
-
-@asynccontextmanager
-async def supervisor(
-    db_path: Path, agent: Agent, store: Store | None = None, **settings: Any
-) -> AsyncIterator[Supervisor]:
-    async with (
-        store if store is not None else Store(db_path) as opened,
-        Supervisor(opened, agent, Settings.from_env({}, db=db_path, **settings)) as sup,
-    ):
-        yield sup
-
-
-class Firehose:
-    """An agent that yields as fast as it can and never awaits: ``count`` chunks of ``size``
-    characters (``None``: until stopped). A checkpoint every 4096 chunks at most, like a busy
-    generator in a real framework."""
-
-    def __init__(self, count: int | None, size: int = 8, go: anyio.Event | None = None) -> None:
-        self.count = count
-        self.size = size
-        self.go = go
-        self.yielded = 0
-
-    def __call__(self, ctx: AgentContext) -> AsyncIterator[AgentEvent]:
-        return self._yield()
-
-    async def _yield(self) -> AsyncIterator[AgentEvent]:
-        pad = "x" * max(0, self.size - 7)
-        if self.go is not None:
-            await self.go.wait()
-        while self.count is None or self.yielded < self.count:
-            yield MessageChunk(content=f"{self.yielded:06d}{pad} ", message_id="m")
-            self.yielded += 1
-
-
-class Quick:
-    """A short, ordinary run: a few chunks, each after a checkpoint."""
-
-    def __call__(self, ctx: AgentContext) -> AsyncIterator[AgentEvent]:
-        return self._yield()
-
-    async def _yield(self) -> AsyncIterator[AgentEvent]:
-        for i in range(5):
-            await anyio.lowlevel.checkpoint()
-            yield MessageChunk(content=f"q{i} ", message_id="q")
-
-
-class Both:
-    """``Firehose`` for a request saying "firehose", ``Quick`` for any other."""
-
-    def __init__(self, firehose: Firehose) -> None:
-        self.firehose = firehose
-
-    def __call__(self, ctx: AgentContext) -> AsyncIterator[AgentEvent]:
-        if ctx.messages[-1].content == "firehose":
-            return self.firehose(ctx)
-        return Quick()(ctx)
-
-
-async def stored(sup: Supervisor, run_id: str) -> list[tuple[int, str, dict[str, Any]]]:
-    frames = await sup.store.read_frames(run_id, 0)
-    return [(f.seq, f.type, orjson.loads(f.data)) for f in frames]
-
-
-def assert_dense_with_one_done(log: list[tuple[int, str, dict[str, Any]]], status: str) -> None:
-    assert [seq for seq, _, _ in log] == list(range(1, len(log) + 1))
-    assert [t for _, t, _ in log].count("done") == 1
-    assert log[-1][1] == "done" and log[-1][2]["status"] == status
-
-
-async def until_backpressure(sup: Supervisor, run: Run) -> None:
-    """Until the run has waited at least once for the store (it is a firehose by then)."""
-    with anyio.fail_after(30):
-        while sup.store.stats.backpressure_waits == 0:
-            await run.log.changed.wait()
-
 
 # -- backpressure ----------------------------------------------------------------------------
 
@@ -234,25 +153,6 @@ async def test_another_run_completes_while_a_firehose_runs(db_path: Path) -> Non
         await sup.control.stop(hose.run_id, USER)
 
 
-def chunk_frame(seq: int, content: str = "x") -> tuple[Frame, MessageChunk]:
-    event = MessageChunk(content=content, message_id="m")
-    return Frame.encode(seq, event, 0.0), event
-
-
-class Order:
-    """A sink recording the order in which the events of every run are committed."""
-
-    def __init__(self, committed: list[tuple[str, int]], run_id: str) -> None:
-        self.log, self.run_id = committed, run_id
-        self.publishes = 0
-
-    def committed(self, frame: Frame, event: object) -> None:
-        self.log.append((self.run_id, frame.seq))
-
-    def publish(self) -> None:
-        self.publishes += 1
-
-
 async def test_batches_are_capped_and_served_round_robin(db_path: Path) -> None:
     """5,000 events of one run queued, then one of another: the other's is committed in the
     very next batch after the first, not behind all 5,000; no transaction exceeds the cap."""
@@ -327,3 +227,27 @@ async def test_a_runs_statements_keep_their_order_with_its_events(db_path: Path)
     last_event = max(i for i, (_, seqs) in enumerate(seen) if 50 in seqs)
     assert insert <= first_event and final >= last_event
     assert all(len(sqls) + len(seqs) <= 7 for sqls, seqs in seen)
+
+
+async def test_a_short_lane_beside_a_backlog_goes_in_a_small_batch(db_path: Path) -> None:
+    """A run with one event waiting beside another run's backlog of 5,000: the batch that
+    commits it holds that event and at most an eighth of the cap of the backlog, so it waits for
+    a short commit, not a full one; the backlog's own batches stay full."""
+    order: list[tuple[str, int]] = []
+    hose, other = Order(order, "hose"), Order(order, "other")
+    sizes: list[tuple[int, bool]] = []
+    async with Store(db_path, max_batch_events=400) as store:
+        commit = store._commit
+
+        async def recording(conn: Any, batch: Batch) -> None:
+            sizes.append((batch.rows, any(run == "other" for run, _, _, _ in batch.events)))
+            await commit(conn, batch)
+
+        store._commit = recording  # type: ignore[method-assign]
+        for seq in range(1, 5001):
+            store.append("hose", *chunk_frame(seq), hose)
+        store.append("other", *chunk_frame(1), other)
+        await store.flush()
+    assert [rows for rows, has_other in sizes if has_other] == [1 + 400 // 8]
+    assert max(rows for rows, _ in sizes) == 400
+    assert [seq for run, seq in order if run == "hose"] == list(range(1, 5001))

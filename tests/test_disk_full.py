@@ -127,10 +127,18 @@ async def test_a_full_disk_fails_the_run_and_its_end_is_written_once_space_is_fr
         page = (await client.get(f"/v1/runs/{run_id}/events", params={"after": 0})).json()
         assert page["last_seq"] == last and [e["seq"] for e in page["events"]] == ids
 
-        # New runs while the store cannot write: 503, not 500 (their first commit fails).
+        # New runs while the store cannot write: 503, not 500, when their first commit fails.
+        # A run waits for its own rows only: these may fit in pages a rolled-back batch freed,
+        # and then the run starts and fails like the first once its events do not fit.
         refused = await client.post("/v1/runs", json=run_body())
-        assert refused.status_code == 503, refused.text
-        assert refused.json()["error"]["code"] == "store_error"
+        if refused.status_code == 201:
+            with anyio.fail_after(30):
+                url = f"/v1/runs/{refused.json()['run_id']}/stream"
+                ended = blocks(await read_raw(client, url))[-2:]
+            assert "store_error" in [orjson.loads(b["data"]).get("code") for b in ended]
+        else:
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "store_error"
 
         filler.unlink()
         with anyio.fail_after(30):

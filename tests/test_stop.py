@@ -188,12 +188,12 @@ class HeldStore(Store):
         self.hold: anyio.Event | None = None
         self.held = anyio.Event()
 
-    async def flush(self) -> None:
+    async def flush(self, run_id: str | None = None) -> None:
         hold, self.hold = self.hold, None
         if hold is not None:
             self.held.set()
             await hold.wait()
-        await super().flush()
+        await super().flush(run_id)
 
 
 @pytest.mark.parametrize(

@@ -53,14 +53,16 @@ def find_services(request: Request) -> Services | None:
     return found if found is not None else getattr(request.app.state, STATE_KEY, None)
 
 
-def get_services(request: Request) -> Services:
+# Dependencies are `async def`: FastAPI runs a plain `def` in a worker thread, and under a
+# firehose each such hop waited for the GIL and a loop turn (two per request: POST and stop).
+async def get_services(request: Request) -> Services:
     services = find_services(request)
     if services is None:
         raise Unavailable("streamctl is not set up in this application")
     return services
 
 
-def get_supervisor(services: Annotated[Services, Depends(get_services)]) -> Supervisor:
+async def get_supervisor(services: Annotated[Services, Depends(get_services)]) -> Supervisor:
     if services.supervisor is None:
         raise Unavailable("the server is starting: its lifespan has not opened the store yet")
     return services.supervisor

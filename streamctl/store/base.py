@@ -154,8 +154,16 @@ class RunStore(Protocol):
         """Queue the run's final row. It is no longer this store's to end."""
         ...
 
-    async def flush(self) -> None:
-        """Return once everything queued so far is committed; ``StoreError`` if it was lost."""
+    def drop_queued(self, run_id: str) -> list[Frame]:
+        """A stopped run's events that are queued and not being committed yet: drop them and
+        return them, oldest first (the run numbers on from the first one). Nobody has seen them
+        (commit before send), so its ``done`` may follow its last committed event at once. A
+        store may drop nothing (``[]``)."""
+        ...
+
+    async def flush(self, run_id: str | None = None) -> None:
+        """Return once everything queued so far is committed; ``StoreError`` if it was lost.
+        With ``run_id``, only that run's writes need be (a store may commit more first)."""
         ...
 
     # -- reading ---------------------------------------------------------------------------------

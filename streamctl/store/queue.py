@@ -8,9 +8,15 @@ writer takes one batch at a time and commits it in one transaction:
   alone), so no transaction grows with a firehose's backlog;
 - lanes are served round robin, each at most its share (``max_rows`` / lanes waiting) per turn,
   and a lane served goes to the back: a run with one event waiting is in the next batch, however
-  much another run has queued;
+  much another run has queued; and while such short lanes wait beside a long one (a firehose's
+  backlog), that batch is small (their items and ``max_rows`` / 8 of the backlog), so its commit
+  is short too;
 - a lane's items leave in order, so a run's row is written before its events and its final row
   with (or after) its last event.
+
+A stopped run's events that wait in its lane, not taken into a batch yet, can be dropped
+(``drop_events``): nobody has seen them (commit before send), so the run numbers on after the
+last one kept and its ``done`` follows that, without waiting for a backlog nobody will read.
 
 ``flush`` needs "everything queued before now is settled": each lane counts the items it was
 given (``queued``) and the items whose batch has ended (``settled``); a flush waits until every
@@ -32,6 +38,12 @@ from .base import CommitSink
 
 Pending = tuple[str, Frame, object, CommitSink]
 """An event waiting for its commit: run id, frame, event, the sink told once it is durable."""
+
+SHORT_LANE = 16
+"""A lane with at most this many items waiting is short: beside a long one, it is served first
+in a small batch (see ``WriteQueue.take``)."""
+BACKLOG_SHARE = 8
+"""In a batch that serves short lanes, long lanes give at most ``max_rows`` / this."""
 
 EVENT_OVERHEAD = 64
 """Bytes an event row costs besides its JSON payload (ids, type, time), for the byte cap."""
@@ -124,6 +136,8 @@ class WriteQueue:
         """Lanes with items waiting, in round-robin order."""
         self.progress = anyio.Event()
         """Set (and replaced) each time a batch ends: flushes re-check their marks."""
+        self._inflight: Batch | None = None
+        """The batch taken and not settled yet (the writer takes one at a time)."""
 
     def __bool__(self) -> bool:
         return bool(self._ready)
@@ -146,19 +160,28 @@ class WriteQueue:
         if lane.bytes > stats.max_backlog_bytes:
             stats.max_backlog_bytes = lane.bytes
 
-    def marks(self) -> list[Mark]:
-        """Everything queued so far that is not settled yet, lane by lane."""
+    def marks(self, key: str | None = None) -> list[Mark]:
+        """Everything queued so far that is not settled yet, lane by lane (only lane ``key``'s,
+        when given)."""
+        lanes = self._lanes.values() if key is None else [self._lanes.get(key)]
         return [
             Mark(lane, lane.settled, lane.queued)
-            for lane in self._lanes.values()
-            if lane.settled < lane.queued
+            for lane in lanes
+            if lane is not None and lane.settled < lane.queued
         ]
 
     def take(self) -> Batch:
         """The next batch: round robin over the lanes waiting, within both caps."""
         batch = Batch()
         ready = self._ready
-        quantum = max(1, self.max_rows // max(1, len(ready)))
+        cap = self.max_rows
+        short = [len(lane.items) for lane in ready if len(lane.items) <= SHORT_LANE]
+        if short and len(short) < len(ready):
+            # Lanes with a few items (a run's start, an ordinary run's next events) beside a
+            # backlog: a small batch, so that they wait for it and not for a full one of the
+            # backlog (its commit is the latency of every other run's events and POSTs).
+            cap = min(cap, sum(short) + max(1, self.max_rows // BACKLOG_SHARE))
+        quantum = max(1, cap // max(1, len(ready)))
         full = False
         while ready and not full:
             lane = ready.popleft()
@@ -166,9 +189,7 @@ class WriteQueue:
             while items and taken < quantum:
                 item = items[0]
                 size = size_of(item)
-                if batch.rows and (
-                    batch.rows >= self.max_rows or batch.bytes + size > self.max_bytes
-                ):
+                if batch.rows and (batch.rows >= cap or batch.bytes + size > self.max_bytes):
                     full = True
                     break
                 items.popleft()
@@ -184,12 +205,39 @@ class WriteQueue:
                 given[1] += batch.bytes - bytes_before
             if items:
                 ready.append(lane)  # served: to the back of the line
-            full = full or batch.rows >= self.max_rows
+            full = full or batch.rows >= cap
+        self._inflight = batch
         return batch
+
+    def drop_events(self, key: str) -> list[Pending]:
+        """Drop the events waiting in lane ``key`` (not those of the batch being committed) and
+        return them, oldest first. Only when the lane holds nothing but events: a statement
+        among them (a run's row) must be written, and the counts below assume that the dropped
+        items are the lane's last ones. Dropped items count as settled (not lost) once the
+        items before them are, so that flushes holding marks on the lane still end."""
+        lane = self._lanes.get(key)
+        if lane is None or not lane.items:
+            return []
+        if any(isinstance(item, Statement) for item in lane.items):
+            return []
+        dropped: list[Pending] = [item for item in lane.items if not isinstance(item, Statement)]
+        lane.items.clear()
+        self._ready.remove(lane)
+        lane.bytes -= sum(size_of(item) for item in dropped)
+        given = None if self._inflight is None else self._inflight.lanes.get(lane)
+        if given is not None:
+            given[0] += len(dropped)  # settled with the batch that holds the items before them
+        else:
+            lane.settled += len(dropped)
+            if lane.settled == lane.queued:
+                del self._lanes[key]
+            self._signal()
+        return dropped
 
     def settle(self, batch: Batch, error: BaseException | None) -> list[Pending]:
         """The batch has ended. If it was lost, its lanes lose what they still queue too (a run
         must not number on past a hole): returns those dropped events."""
+        self._inflight = None
         dropped: list[Pending] = []
         for lane, (count, size) in batch.lanes.items():
             if error is None:
@@ -209,6 +257,7 @@ class WriteQueue:
 
     def abandon(self, error: BaseException) -> None:
         """The store closed with writes still queued: every one of them is lost."""
+        self._inflight = None
         for lane in list(self._lanes.values()):
             lane.items.clear()
             lane.losses.append((lane.settled, lane.queued, error))

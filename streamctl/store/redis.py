@@ -225,8 +225,12 @@ class RedisStore(RedisIdempotency):
             (self._scripts["INDEX_END"], [k.ACTIVE, k.ENDED], [run_id, repr(final.ended_at)]),
         )
 
-    async def flush(self) -> None:
-        """Return once everything queued so far is stored; raise ``StoreError`` if some was lost."""
+    def drop_queued(self, run_id: str) -> list[Frame]:
+        return []  # appends are not dropped here: a stopped run's queue is short (one call)
+
+    async def flush(self, run_id: str | None = None) -> None:
+        """Return once everything queued so far is stored (all runs' writes, even with
+        ``run_id``); raise ``StoreError`` if some was lost."""
         await self._writer.flush()
 
     async def _load_scripts(self) -> None:
