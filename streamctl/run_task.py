@@ -19,7 +19,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from .agents.base import Agent, AgentContext, Message
-from .errors import AgentProtocolError, RecursionLimitExceeded, StreamctlError
+from .errors import AgentProtocolError, RecursionLimitExceeded, StoreError, StreamctlError
 from .events import (
     Custom,
     Done,
@@ -123,13 +123,12 @@ class RunTask:
                 except StreamctlError as exc:
                     # The store failed under this run (disk full, ...): contain it here, so the
                     # supervisor and every other run go on. Its streams end now, with an error
-                    # they cannot resume past; its terminal events are retried below.
-                    logger.error(
-                        "run %s: its terminal events could not be stored: %s", run.run_id, exc
-                    )
+                    # they cannot resume past; its terminal events are retried below, unless
+                    # the refusal is final (taken over, lost: the end is not ours to write).
+                    logger.error("run %s: its end could not be stored: %s", run.run_id, exc)
                     run.streams_failed(exc)
                     lost = exc
-        if lost is not None:
+        if lost is not None and not (isinstance(lost, StoreError) and lost.final):
             await self._retry_finish(run, lost)
 
     async def _drive(self, run: Run, history: list[Message] | None) -> Outcome:
@@ -251,6 +250,8 @@ class RunTask:
             await store.flush()  # every agent event committed, so run.output is complete
         except StreamctlError:
             logger.exception("run %s: events lost before the terminal event", run.run_id)
+        if run.broken is not None and run.broken.final:
+            raise run.broken  # taken over or lost: the run's end is not ours to write
         if run.broken is not None:
             # The store lost some of this run's events. No subscriber ever saw them (commit
             # before send), so the run numbers on from its last stored event: ids stay dense.

@@ -26,6 +26,7 @@ from ..errors import (
     InvalidCursor,
     InvalidInput,
     RunIdTaken,
+    RunLost,
     RunNotFound,
     RunPurged,
     StoreError,
@@ -48,6 +49,7 @@ STATUS: dict[type[StreamctlError], int] = {
     ThreadBusy: 409,
     RunIdTaken: 409,
     RunPurged: 410,
+    RunLost: 410,
     InvalidInput: 422,
     InvalidAgentConfig: 422,
     TooManyRuns: 429,  # and TooManyStreams

@@ -28,6 +28,10 @@ RUNS = f"{INDEX}:runs"
 ORDER = f"{INDEX}:order"
 ACTIVE = f"{INDEX}:active"
 ENDED = f"{INDEX}:ended"
+GENERATION = f"{INDEX}:gen"
+"""A random id written by the first store to open the data: another one means it was lost."""
+LOST = f"{INDEX}:lost"
+"""Run ids of lost generations, as the stores that had seen them remember them."""
 
 
 def meta(run_id: str) -> str:
@@ -126,6 +130,7 @@ return 1
 # KEYS meta; ARGV fence, field, value, ... (only for the current fence of an active run)
 UPDATE = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'fence')
+if not m[1] then return redis.error_reply('LOST the run is not in the store') end
 if m[2] ~= ARGV[1] then return redis.error_reply('FENCED the run is owned elsewhere now') end
 if m[1] ~= 'running' and m[1] ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
@@ -137,6 +142,7 @@ return 1
 # were lost under the owner), the run is handed over (lease dropped) to be finalised from them.
 FINISH = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'fence', 'last_seq')
+if not m[1] then return redis.error_reply('LOST the run is not in the store') end
 if m[2] ~= ARGV[1] then return redis.error_reply('FENCED the run is owned elsewhere now') end
 if m[1] ~= 'running' and m[1] ~= 'queued' then return 0 end
 if m[3] ~= ARGV[2] then
@@ -168,9 +174,11 @@ return f
 """
 
 # KEYS meta, lease; ARGV fence, node, lease_ms.
-# Returns -1 if the run is no longer this owner's to run, else its stop_requested flag (0/1).
+# Returns -1 if the run is no longer this owner's to run, -2 if it is not in the store (lost),
+# else its stop_requested flag (0/1).
 RENEW = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'fence', 'stop_requested')
+if not m[1] then return -2 end
 if m[2] ~= ARGV[1] or (m[1] ~= 'running' and m[1] ~= 'queued') then return -1 end
 redis.call('SET', KEYS[2], ARGV[2] .. ':' .. ARGV[1], 'PX', ARGV[3])
 return tonumber(m[3]) or 0
