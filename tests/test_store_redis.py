@@ -5,13 +5,14 @@ their heartbeat, stop requests, and a server that goes away (the contract itself
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import aclosing
 from pathlib import Path
 
 import anyio
 import pytest
 import redis
 
-from streamctl.errors import StoreError
+from streamctl.errors import RunLost, RunTakenOver, StoreError
 from streamctl.events import Frame, MessageChunk
 from streamctl.run_task import finalise_orphans
 from streamctl.store import NewRun
@@ -75,9 +76,10 @@ async def test_a_stale_owner_is_fenced_and_the_new_owner_finalises(
         assert client.hget(keys.meta("r1"), "fence") == b"2"
 
         stale.append("r1", chunk_frame(2), None, sink)  # the zombie wakes up and writes
-        with pytest.raises(StoreError, match="FENCED"):
+        with pytest.raises(RunTakenOver, match="FENCED"):  # final: the run is not its own
             await stale.flush()
         assert [f.seq for f in sink.frames] == [1] and len(sink.errors) == 1
+        assert isinstance(sink.errors[0], RunTakenOver) and "r1" not in stale.leases.owned
         assert stored(client) == [1]
 
         taker.leases.give_back(
@@ -220,3 +222,39 @@ async def test_a_server_gone_mid_run_fails_the_run_and_the_flush(tmp_path: Path)
     finally:
         server.stop()
     assert [f.seq for f in sink.frames] == [1] and len(sink.errors) == 1
+
+
+async def test_a_restarted_server_that_lost_its_data_makes_its_runs_lost(tmp_path: Path) -> None:
+    server = start_redis(tmp_path)
+    idle, busy = Sink(), Sink()
+    try:
+        async with (
+            RedisStore(server.url, lease_seconds=0.3, close_timeout=2) as owner,
+            RedisStore(server.url) as reader,
+        ):
+            for run_id, sink in (("idle", idle), ("busy", busy)):
+                owner.create_run(new_run(run_id))
+                owner.append(run_id, chunk_frame(1), None, sink)
+            await owner.flush()
+            assert await reader.get_run("idle") is not None  # the reader has seen this one
+            tail = reader.tail("idle", 1)
+            server.restart()
+            owner.append("busy", chunk_frame(2), None, busy)  # refused: the run is gone
+            with pytest.raises(RunLost, match="lost"):
+                await owner.flush()
+            with anyio.fail_after(10):  # the idle one hears it at its heartbeat
+                await idle.failed_once.wait()
+            assert isinstance(idle.errors[0], RunLost) and isinstance(busy.errors[0], RunLost)
+            assert owner.leases.owned == {}
+            with pytest.raises(RunLost):
+                async with aclosing(tail):
+                    await anext(tail)  # a follower's XREAD ends, not blocks for ever
+            async with RedisStore(server.url) as newcomer:  # it never saw either run
+                for store in (owner, reader, newcomer):
+                    for run_id in ("idle", "busy"):
+                        with pytest.raises(RunLost, match="restarted without persistence"):
+                            await store.get_run(run_id)
+                    assert await store.get_run("never-was") is None
+                assert newcomer.generations.current == owner.generations.current
+    finally:
+        server.stop()
