@@ -41,6 +41,8 @@ class StreamctlError(Exception):
     """Base class of every error streamctl raises on purpose."""
 
     code = "streamctl_error"
+    final = False
+    """For a store's error: True when it will never take this run's writes again (no retry)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -139,8 +141,6 @@ class AgentNotFound(StreamctlError):
 
 class StoreError(StreamctlError):
     code = "store_error"
-    final = False
-    """True when the store will never take this run's writes again: retrying them is pointless."""
 
 
 class RunTakenOver(StoreError):

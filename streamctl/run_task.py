@@ -19,7 +19,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from .agents.base import Agent, AgentContext, Message
-from .errors import AgentProtocolError, RecursionLimitExceeded, StoreError, StreamctlError
+from .errors import AgentProtocolError, RecursionLimitExceeded, StreamctlError
 from .events import (
     Custom,
     Done,
@@ -128,7 +128,7 @@ class RunTask:
                     logger.error("run %s: its end could not be stored: %s", run.run_id, exc)
                     run.streams_failed(exc)
                     lost = exc
-        if lost is not None and not (isinstance(lost, StoreError) and lost.final):
+        if lost is not None and not lost.final:
             await self._retry_finish(run, lost)
 
     async def _drive(self, run: Run, history: list[Message] | None) -> Outcome:
@@ -276,16 +276,15 @@ class RunTask:
                 with anyio.CancelScope(shield=True):
                     await self._terminal(run, "failed", _STORE_LOST, error)
             except StreamctlError as exc:
+                if exc.final:  # taken over or lost meanwhile: the end is not ours to write
+                    return
                 logger.info("run %s: the store still fails (%s); retrying", run.run_id, exc)
                 continue
             run.log.failure = None
             logger.warning("run %s: its terminal events are stored at last", run.run_id)
             return
-        logger.error(
-            "run %s: the store failed for %g s; the next start finalises it",
-            run.run_id,
-            self.settings.store_retry_seconds,
-        )
+        why = "run %s: the store failed for %g s; the next start finalises it"
+        logger.error(why, run.run_id, self.settings.store_retry_seconds)
 
     async def _terminal(
         self,

@@ -229,7 +229,7 @@ async def test_a_restarted_server_that_lost_its_data_makes_its_runs_lost(tmp_pat
     idle, busy = Sink(), Sink()
     try:
         async with (
-            RedisStore(server.url, lease_seconds=0.3, close_timeout=2) as owner,
+            RedisStore(server.url, lease_seconds=3, close_timeout=2) as owner,
             RedisStore(server.url) as reader,
         ):
             for run_id, sink in (("idle", idle), ("busy", busy)):
