@@ -21,6 +21,7 @@ import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
 from .support import ServerProcess
+from .support.auth import ALICE, API_KEYS, BOB, bearer
 from .support.redis_server import RedisServer, redis_server, redis_url
 
 __all__ = ["redis_server", "redis_url"]  # fixtures this module uses
@@ -46,16 +47,32 @@ def client() -> Iterator[httpx.Client]:
         yield client
 
 
-def start(client: httpx.Client, node: ServerProcess, gates: Path, tokens: int) -> str:
+def start(
+    client: httpx.Client,
+    node: ServerProcess,
+    gates: Path,
+    tokens: int,
+    headers: dict[str, str] | None = None,
+) -> str:
+    response = post_run(client, node, gates, tokens, headers)
+    assert response.status_code == 201, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+def post_run(
+    client: httpx.Client,
+    node: ServerProcess,
+    gates: Path,
+    tokens: int,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     gates.mkdir(exist_ok=True)
     body = {
         "input": {"messages": [{"role": "user", "content": "go"}]},
         "config": {"gate": {"dir": str(gates), "tokens": tokens}},
     }
-    response = client.post(node.url + "/v1/runs", json=body)
-    assert response.status_code == 201, response.text
-    run_id: str = response.json()["run_id"]
-    return run_id
+    return client.post(node.url + "/v1/runs", json=body, headers=headers)
 
 
 def events_of(
@@ -241,3 +258,25 @@ def test_a_redis_restarted_without_persistence_ends_streams_with_run_lost_and_an
             assert answer.json()["error"]["code"] == "run_lost"
     assert client.get(f"{c.url}/v1/runs/never-was").status_code == 404
     assert "lost its data" in a.output()
+
+
+def test_a_principals_cap_on_active_runs_holds_over_every_node(
+    spawn_server: Callable[..., ServerProcess], redis_url: str, client: httpx.Client, tmp_path: Path
+) -> None:
+    env = {
+        "STREAMCTL_AUTH": "api-key",
+        "STREAMCTL_API_KEYS": API_KEYS,
+        "STREAMCTL_MAX_RUNS_PER_OWNER": "2",
+    }
+    args = ("--backend", "redis", "--redis-url", redis_url, "--agent", GATED)
+    a, b = (spawn_server(*args, env=env) for _ in range(2))
+    alice, bob, gates = bearer(ALICE), bearer(BOB), tmp_path / "gates"
+    first = start(client, a, gates, 5, alice)  # each run waits at its first gate
+    start(client, b, gates, 5, alice)
+    refused = post_run(client, a, gates, 5, alice)  # A holds only one of them
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "too_many_runs"
+    start(client, a, gates, 5, bob)  # the cap is alice's, not the server's
+    stop = client.post(f"{b.url}/v1/runs/{first}/stop", headers=alice)
+    assert stop.status_code == 200 and stop.json()["status"] == "cancelled"
+    start(client, b, gates, 5, alice)  # the ended run gave its slot back

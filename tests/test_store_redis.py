@@ -15,7 +15,7 @@ import redis
 from streamctl.errors import RunLost, RunTakenOver, StoreError
 from streamctl.events import Frame, MessageChunk
 from streamctl.run_task import finalise_orphans
-from streamctl.store import NewRun
+from streamctl.store import FinalState, NewRun
 from streamctl.store import redis_keys as keys
 from streamctl.store.redis import RedisStore
 from streamctl.store.redis_writer import CHUNK_EVENTS
@@ -258,3 +258,34 @@ async def test_a_restarted_server_that_lost_its_data_makes_its_runs_lost(tmp_pat
                 assert newcomer.generations.current == owner.generations.current
     finally:
         server.stop()
+
+
+async def test_a_principals_run_slots_are_counted_over_every_store_and_given_back(
+    redis_url: str, client: redis.Redis
+) -> None:
+    async with RedisStore(redis_url) as a, RedisStore(redis_url) as b:
+        assert await a.claim_run_slot("alice", "r1", 2) is True
+        a.create_run(new_run("r1"))
+        await a.flush()
+        assert await b.claim_run_slot("alice", "r2", 2) is True
+        b.create_run(new_run("r2"))
+        await b.flush()
+        assert await a.claim_run_slot("alice", "r1", 2) is True  # a retried claim: the same slot
+        assert await a.claim_run_slot("alice", "r3", 2) is False  # 2 active, on two stores
+        assert await a.claim_run_slot("bob", "r4", 2) is True  # each principal has its own
+        b.finish_run("r2", final(0))
+        await b.flush()
+        assert await a.claim_run_slot("alice", "r3", 2) is True  # r2 ended: its slot is free
+        # r3 never became active (its process died before creating it): dropped after a while.
+        client.zadd(keys.owner_live("alice"), {"r3": 0})
+        client.delete(keys.lease("r1"))  # r1's owner died: another store finalises it
+        client.zadd(keys.ACTIVE, {"r1": 0})
+        a.leases.give_back("r1")
+        assert await finalise_orphans(b) == 1
+        assert client.zrange(keys.owner_live("alice"), 0, -1) == [b"r3"]  # r1's slot is free
+        assert await b.claim_run_slot("alice", "r5", 1) is True  # and r3's is dropped now
+        assert client.zrange(keys.owner_live("alice"), 0, -1) == [b"r5"]
+
+
+def final(last_seq: int) -> FinalState:
+    return FinalState("completed", "done", None, 0, last_seq, {}, 2.0)

@@ -47,10 +47,12 @@ LEASE_SECONDS = 10.0
 SOCKET_TIMEOUT = 5.0
 """Above every blocking read's BLOCK, so a quiet XREAD is not mistaken for a dead socket."""
 CLOSE_TIMEOUT = 30.0
+SLOT_GRACE_MS = 60_000
+"""A claimed run slot whose run never became active (its process died first) lasts this long."""
 
 SCRIPTS = (
     *("APPEND", "CREATE", "INDEX_RUN", "UPDATE", "FINISH", "INDEX_END"),
-    *("CLAIM", "RENEW", "RELEASE", "REQUEST_STOP", "PURGE"),
+    *("CLAIM", "RENEW", "RELEASE", "REQUEST_STOP", "PURGE", "CLAIM_SLOT"),
 )
 
 
@@ -104,6 +106,8 @@ class RedisStore(RedisReads):
             self.generations.check,
         )
         self.sweep_interval = min(1.0, self.lease_ms / 3000)
+        self._owners: dict[str, str] = {}
+        """The principal of each run this store will finish (its slot is given back then)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -176,6 +180,7 @@ class RedisStore(RedisReads):
         }
         deadline = int(time.time() * 1000) + self.lease_ms
         self.leases.owned[run.run_id] = 1
+        self._owners[run.run_id] = run.owner
         self.generations.remember(run.run_id)
         self._later(
             run.run_id,
@@ -222,7 +227,11 @@ class RedisStore(RedisReads):
                 [k.meta(run_id), k.lease(run_id)],
                 [fence, final.last_seq, *k.flat(fields)],
             ),
-            (self._scripts["INDEX_END"], [k.ACTIVE, k.ENDED], [run_id, repr(final.ended_at)]),
+            (
+                self._scripts["INDEX_END"],
+                [k.ACTIVE, k.ENDED, k.owner_live(self._owners.pop(run_id, ""))],
+                [run_id, repr(final.ended_at)],
+            ),
         )
 
     async def flush(self) -> None:
@@ -250,11 +259,22 @@ class RedisStore(RedisReads):
                     await self.redis.zrem(k.ACTIVE, run_id)
                 elif fence > 0:
                     self.leases.owned[run_id] = fence
-                    thread_id = await self.redis.hget(k.meta(run_id), "thread_id")
+                    thread_id, owner = await self.redis.hmget(k.meta(run_id), "thread_id", "owner")
+                    self._owners[run_id] = (owner or b"").decode()
                     orphans.append(Orphan(run_id, (thread_id or b"").decode()))
             return orphans
 
         return await self._call("claiming orphaned runs", claim)
+
+    async def claim_run_slot(self, owner: str, run_id: str, cap: int) -> bool:
+        """Claim one of ``owner``'s ``cap`` active-run slots, counted over every node (False:
+        none is free). Given back when the run ends, wherever it is finished."""
+        args = [run_id, cap, int(time.time() * 1000), SLOT_GRACE_MS]
+        keys = [k.owner_live(owner), k.ACTIVE]
+        claimed = await self._call(
+            "claiming a run slot", lambda: self._scripts["CLAIM_SLOT"](keys, args)
+        )
+        return bool(claimed)
 
     @property
     def on_stop_request(self) -> Callable[[str], None] | None:

@@ -50,6 +50,11 @@ def owner_runs(owner: str) -> str:
     return f"{INDEX}:owner:{owner}:runs"
 
 
+def owner_live(owner: str) -> str:
+    """The principal's active runs across every node (ZSET by claim time): its run cap."""
+    return f"{INDEX}:owner:{owner}:live"
+
+
 def thread(owner: str, thread_id: str) -> str:
     """A thread is ``(owner, thread_id)``: each principal has its own ids (the owner's length
     first, so that no owner and id pair can spell another's key)."""
@@ -154,10 +159,32 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS active, ended; ARGV run_id, ended_at
+# KEYS active, ended, owner_live; ARGV run_id, ended_at
 INDEX_END = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS owner_live, active; ARGV run_id, cap, now_ms, grace_ms. Claims one of the principal's
+# `cap` slots for a run about to start: 1, or 0 if they are all taken. A slot is given back when
+# the run ends (INDEX_END); one whose run is not active (never created: its process died before)
+# is dropped here once it is older than grace_ms.
+CLAIM_SLOT = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+local slots = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local taken = 0
+for i = 1, #slots, 2 do
+  if redis.call('ZSCORE', KEYS[2], slots[i])
+      or tonumber(slots[i + 1]) > tonumber(ARGV[3]) - tonumber(ARGV[4]) then
+    taken = taken + 1
+  else
+    redis.call('ZREM', KEYS[1], slots[i])
+  end
+end
+if taken >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
