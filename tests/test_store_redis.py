@@ -99,11 +99,11 @@ async def test_a_retried_append_is_already_applied_and_a_different_one_conflicts
         store.create_run(new_run())
         await store.flush()
         append = client.register_script(keys.APPEND)
-        args: list[int | bytes] = [1, 1, b"message_chunk 1.0 {}", b"message_chunk 1.0 {}"]
+        args: list[int | bytes] = [1, 1, b"message_chunk 1.0 {}\nmessage_chunk 1.0 {}"]
         assert append([keys.meta("r1"), keys.events("r1")], args) == 1
         # redis-py re-sends a call whose reply was lost: the same batch answers "already".
         assert append([keys.meta("r1"), keys.events("r1")], args) == 0
-        other: list[int | bytes] = [1, 1, b"message_chunk 1.0 {}", b'message_chunk 1.0 {"x":1}']
+        other: list[int | bytes] = [1, 1, b'message_chunk 1.0 {}\nmessage_chunk 1.0 {"x":1}']
         with pytest.raises(redis.ResponseError, match="CONFLICT"):
             append([keys.meta("r1"), keys.events("r1")], other)
         with pytest.raises(redis.ResponseError, match="GAP"):

@@ -75,20 +75,31 @@ def control_channel(node: str) -> str:
     return f"sc:node:{node}:control"
 
 
-# KEYS meta, ev; ARGV fence, first_seq, entry...
+# KEYS meta, ev; ARGV fence, first_seq, entries (joined by newlines: one argument for the chunk,
+# cheaper to send and to parse than one per entry; an entry holds no newline, see ``entry``).
 # Returns 1 (stored) or 0 (already stored under this fence: a retry whose reply was lost).
 APPEND = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'fence', 'last_seq')
 if not m[1] then return redis.error_reply('LOST the run is not in the store') end
 if m[2] ~= ARGV[1] then return redis.error_reply('FENCED the run is owned elsewhere now') end
+local entries, blob, pos = {}, ARGV[3], 1
+while true do
+  local nl = string.find(blob, '\\n', pos, true)
+  if not nl then
+    entries[#entries + 1] = string.sub(blob, pos)
+    break
+  end
+  entries[#entries + 1] = string.sub(blob, pos, nl - 1)
+  pos = nl + 1
+end
 local first = tonumber(ARGV[2])
-local n = #ARGV - 2
+local n = #entries
 local last = tonumber(m[3])
 if first + n - 1 <= last then
   -- Stored already? Only if by this very call (a retry): the same last entry.
   local id = '0-' .. (first + n - 1)
   local got = redis.call('XRANGE', KEYS[2], id, id)
-  if got[1] and got[1][2][2] == ARGV[#ARGV] then return 0 end
+  if got[1] and got[1][2][2] == entries[n] then return 0 end
   return redis.error_reply('CONFLICT seq ' .. first .. ' is stored with other content')
 end
 if m[1] ~= 'running' and m[1] ~= 'queued' then
@@ -98,7 +109,7 @@ if first ~= last + 1 then
   return redis.error_reply('GAP first seq ' .. first .. ' after ' .. last)
 end
 for i = 1, n do
-  redis.call('XADD', KEYS[2], '0-' .. (first + i - 1), 'e', ARGV[i + 2])
+  redis.call('XADD', KEYS[2], '0-' .. (first + i - 1), 'e', entries[i])
 end
 redis.call('HSET', KEYS[1], 'last_seq', first + n - 1)
 return 1
@@ -246,7 +257,8 @@ def num(value: float | None) -> str:
 
 
 def entry(frame: Frame) -> bytes:
-    """A stream entry's one field: ``type created_at json`` (the JSON last: it may hold spaces)."""
+    """A stream entry's one field: ``type created_at json`` (the JSON last: it may hold spaces;
+    never a newline, which SSE's ``data:`` line could not carry either)."""
     return b"%s %r %s" % (frame.type.encode(), frame.created_at, frame.data)
 
 

@@ -167,9 +167,9 @@ class RoundWriter:
         def close(run_id: str) -> None:
             chunk = open_chunks.pop(run_id)
             sizes.pop(run_id, None)
-            entries = [k.entry(op.frame) for op in chunk]
+            entries = b"\n".join([k.entry(op.frame) for op in chunk])
             keys = [k.meta(run_id), k.events(run_id)]
-            args = [chunk[0].fence, chunk[0].frame.seq, *entries]
+            args = [chunk[0].fence, chunk[0].frame.seq, entries]
             calls.append((self._scripts["APPEND"], keys, args))
             sent.append((run_id, chunk))
 
