@@ -22,6 +22,7 @@ measures:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import os
@@ -40,7 +41,10 @@ from typing import Any
 import httpx
 import redis
 
-from benchmarks.fanout import _fanout_lags, _subscribe_worker
+from benchmarks.client import Conn
+from benchmarks.fanout import _fanout_lags
+from benchmarks.response import Response
+from benchmarks.servers import run_async
 from streamctl.store import redis_keys as keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,6 +245,40 @@ def workers_bench(procs: Processes, args: argparse.Namespace) -> dict[str, list[
     return results
 
 
+async def _subscribe(port: int, path: str, n: int) -> tuple[float, list[Any], list[str]]:
+    """Open ``n`` streams of ``path`` (200 connecting at once); once every one has ended: the
+    time all were open, per stream (ids, receive times) of its message_chunk events, and the
+    failures (a stream that answered no event)."""
+    sem = asyncio.Semaphore(200)
+    streams: list[tuple[Conn, Response]] = []
+    failures: list[str] = []
+
+    async def one() -> None:
+        async with sem:
+            conn = await Conn.open(port)
+            resp = conn.send("GET", path)
+            try:
+                await resp.wait_count(1)
+                streams.append((conn, resp))
+            except ConnectionError as exc:
+                failures.append(f"HTTP {resp.status}: {exc} {bytes(resp.body[:200])!r}")
+                conn.close()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    connected = time.perf_counter()
+    await asyncio.gather(*(resp.done for _, resp in streams), return_exceptions=True)
+    out = []
+    for conn, resp in streams:
+        conn.close()
+        chunks = [i for i, ty in enumerate(resp.types) if ty == b"message_chunk"]
+        out.append(([resp.ids[i] for i in chunks], [resp.times[i] for i in chunks]))
+    return connected, out, failures
+
+
+def _subscribe_worker(port: int, path: str, n: int) -> tuple[float, list[Any], list[str]]:
+    return run_async(_subscribe(port, path, n))
+
+
 def open_streams(client: httpx.Client, node: str) -> int:
     """SSE streams open on ``node`` (its ``streamctl_subscribers`` gauge)."""
     for line in client.get(node + "/metrics").text.splitlines():
@@ -270,7 +308,11 @@ def cross_node_lag(procs: Processes, redis_url: str, subscribers: int, seconds: 
             ]
             # The client processes start and connect (seconds on a busy machine); the run is
             # stopped ``seconds`` after every stream is open, which ends them all.
-            while sum(open_streams(client, node) for node in nodes) < subscribers:
+            counts: list[int] = []
+            while not counts or counts[-1] < subscribers:
+                counts.append(sum(open_streams(client, node) for node in nodes))
+                if len(counts) > 10 and counts[-1] == counts[-11] > 0:
+                    break  # no stream opened for 2 s: some failed (reported below)
                 time.sleep(0.2)
             time.sleep(seconds)
             client.post(f"{nodes[1]}/v1/runs/{run_id}/stop")
@@ -281,10 +323,12 @@ def cross_node_lag(procs: Processes, redis_url: str, subscribers: int, seconds: 
     frames = [keys.frame_of(entry_id, fields) for entry_id, fields in entries]
     created = {f.seq: f.created_at for f in frames if f.type == "message_chunk"}
     since = max(r[0] for r in results) + wall_offset + 0.25
-    out = {"all": _fanout_lags([s for r in results for s in r[2]], created, since, wall_offset)}
-    out["owner_node"] = _fanout_lags(results[0][2], created, since, wall_offset)
-    others = [s for r in results[1:] for s in r[2]]
+    out = {"all": _fanout_lags([s for r in results for s in r[1]], created, since, wall_offset)}
+    out["owner_node"] = _fanout_lags(results[0][1], created, since, wall_offset)
+    others = [s for r in results[1:] for s in r[1]]
     out["other_nodes"] = _fanout_lags(others, created, since, wall_offset)
+    failures = [f for r in results for f in r[2]]
+    out["failed_streams"] = {"n": len(failures), "first": failures[:3]}
     return out
 
 
@@ -316,6 +360,7 @@ def main() -> None:
             finally:
                 procs.close()
         print(f"{args.subscribers} subscribers over 3 nodes, one run at 50 events/s on the first:")
+        print(f"  streams that failed to open: {lags.pop('failed_streams')}")
         for name, lag in lags.items():
             e2e = lag["end_to_end_ms"]
             print(

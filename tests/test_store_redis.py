@@ -289,3 +289,18 @@ async def test_a_principals_run_slots_are_counted_over_every_store_and_given_bac
 
 def final(last_seq: int) -> FinalState:
     return FinalState("completed", "done", None, 0, last_seq, {}, 2.0)
+
+
+async def test_a_burst_of_reads_is_not_refused_for_want_of_connections(redis_url: str) -> None:
+    async with RedisStore(redis_url) as store:
+        store.create_run(new_run())
+        await store.flush()
+        found: list[object] = []
+
+        async def read() -> None:
+            found.append(await store.get_run("r1"))
+
+        async with anyio.create_task_group() as tg:  # more at once than redis-py's default pool
+            for _ in range(300):
+                tg.start_soon(read)
+        assert len(found) == 300 and None not in found

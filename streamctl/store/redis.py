@@ -47,6 +47,11 @@ LEASE_SECONDS = 10.0
 SOCKET_TIMEOUT = 5.0
 """Above every blocking read's BLOCK, so a quiet XREAD is not mistaken for a dead socket."""
 CLOSE_TIMEOUT = 30.0
+MAX_CONNECTIONS = 10_000
+"""Connections to Redis one process may hold at once. redis-py 6+ caps its pool at 100 and
+fails a command past it ("Too many connections"): a burst of 300 streams starting at once on a
+node answered 503. Each run followed here holds one (a blocked XREAD), each request one while
+it awaits Redis; the cap is Redis's own default ``maxclients``."""
 SLOT_GRACE_MS = 60_000
 """A claimed run slot whose run never became active (its process died first) lasts this long."""
 
@@ -65,6 +70,7 @@ def connect(url: str) -> aioredis.Redis:
         socket_connect_timeout=SOCKET_TIMEOUT,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
         health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
     )
 
 
