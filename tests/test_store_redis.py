@@ -15,7 +15,7 @@ import redis
 from streamctl.errors import RunLost, RunTakenOver, StoreError
 from streamctl.events import Frame, MessageChunk
 from streamctl.run_task import finalise_orphans
-from streamctl.store import FinalState, NewRun
+from streamctl.store import FinalState, NewRun, redis_generation
 from streamctl.store import redis_keys as keys
 from streamctl.store.redis import RedisStore
 from streamctl.store.redis_writer import CHUNK_EVENTS
@@ -304,3 +304,21 @@ async def test_a_burst_of_reads_is_not_refused_for_want_of_connections(redis_url
             for _ in range(300):
                 tg.start_soon(read)
         assert len(found) == 300 and None not in found
+
+
+async def test_a_store_remembers_the_newest_run_ids_only(
+    redis_url: str, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_generation, "KNOWN_RUNS", 2)
+    async with RedisStore(redis_url) as store:
+        generations = store.generations
+        for run_id in ("a", "b", "c"):
+            generations.remember(run_id)
+        client.delete(keys.GENERATION)  # as a restart would: the data is another generation
+        assert await generations.is_lost("c") and not await generations.is_lost("a")
+        for run_id in ("d", "e", "f"):
+            generations.remember(run_id)
+        client.delete(keys.GENERATION, keys.LOST)
+        assert await generations.check() is True
+        assert await generations.is_lost("f") and not await generations.is_lost("c")
+        assert await generations.check() is False  # one finding per loss
