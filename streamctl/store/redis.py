@@ -9,9 +9,11 @@ idempotent for that (``APPEND`` answers 0, "already stored by this very call").
 
 Ownership (``redis_leases.py``) is a lease per run renewed by a heartbeat; another store claims
 runs whose lease expired (``claim_orphans``, atomic per run). This is a ``SharedStore``: any node
-may stop (``request_stop``) and follow (``tail``) a run owned by another. Key layout and scripts:
-``redis_keys.py``. ``redis`` errors become ``StoreError`` here and nowhere else. Durability:
-docs/redis.md.
+may stop (``request_stop``) and follow (``tail``) a run owned by another. Reads (records, events,
+lists, ``tail``) are in ``redis_reads.py``, the base class; a lost store (Redis restarted without
+persistence) is found by ``redis_generation.py``. Key layout and scripts: ``redis_keys.py``.
+``redis`` errors become ``StoreError`` in these modules and nowhere else (``RunTakenOver`` and
+``RunLost`` when a run's writes are refused for good). Durability: docs/redis.md.
 """
 
 from __future__ import annotations
