@@ -22,7 +22,9 @@ measures:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -32,10 +34,18 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
+
+from benchmarks.client import Conn
+from benchmarks.fanout import _fanout_lags
+from benchmarks.response import Response
+from benchmarks.servers import run_async
+from streamctl.store import redis_keys as keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +58,7 @@ def free_port() -> int:
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    end = time.monotonic() + 30
+    end = time.monotonic() + 120  # a busy machine starts Python processes slowly
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {proc.returncode}")
@@ -190,45 +200,136 @@ def takeover(procs: Processes, redis_url: str, lease: float, samples: int) -> li
     return times
 
 
-def many_runs(url: str, runs: int, tokens: int) -> float:
-    """Events/s over ``runs`` concurrent zero-delay runs (no stream: the write path)."""
-    with httpx.Client(timeout=120) as client:
-        began = time.perf_counter()
-        run_ids = []
-        for _ in range(runs):  # a new connection each, so --workers spreads them
-            with httpx.Client(timeout=60) as fresh:
-                answer = fresh.post(
-                    url + "/v1/runs", json=body(tokens=tokens, delay_ms=0, tool=False)
-                )
-                run_ids.append(answer.json()["run_id"])
-        events = 0
-        for run_id in run_ids:
-            while True:
-                run = client.get(f"{url}/v1/runs/{run_id}").json()
-                if run["status"] not in ("queued", "running"):
-                    events += run["last_seq"]
-                    break
-                time.sleep(0.1)
-        return events / (time.perf_counter() - began)
+def many_runs(url: str, redis_url: str, runs: int, tokens: int) -> float:
+    """Events/s over ``runs`` concurrent zero-delay runs (no stream: the write path). The runs
+    are started at once (one thread and connection each, so ``--workers`` spreads them); their
+    end is seen in Redis (no run left in ``{sc}:active``), so polling costs the servers nothing."""
+    store = redis.Redis.from_url(redis_url)
+
+    def post(_: int) -> str:
+        with httpx.Client(timeout=120) as fresh:
+            answer = fresh.post(url + "/v1/runs", json=body(tokens=tokens, delay_ms=0, tool=False))
+            return str(answer.json()["run_id"])
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(runs) as pool:
+        run_ids = list(pool.map(post, range(runs)))
+    while store.zcard(keys.ACTIVE):
+        time.sleep(0.01)
+    took = time.perf_counter() - began
+    events = sum(int(store.hget(keys.meta(r), "last_seq") or 0) for r in run_ids)
+    store.close()
+    return events / took
 
 
 def workers_bench(procs: Processes, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Workers 1 and 2 alternately, ``--repeat`` times each, on one Redis (emptied each time)."""
     redis_url = procs.redis()
-    results: dict[str, list[float]] = {}
-    for workers in (1, 2):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "streamctl", "serve", "--port", str(port)]
-        cmd += ["--log-level", "warning", "--backend", "redis", "--redis-url", redis_url]
-        cmd += ["--workers", str(workers)]
-        environ = {**os.environ, "STREAMCTL_RUNS_PER_MINUTE": "100000"}
-        proc = subprocess.Popen(cmd, env=environ, cwd=ROOT, stderr=subprocess.DEVNULL)
-        wait_ready(url, proc)
-        many_runs(url, 4, 500)  # warm-up
-        results[str(workers)] = [many_runs(url, args.runs, args.tokens) for _ in range(3)]
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+    results: dict[str, list[float]] = {"1": [], "2": []}
+    for _ in range(args.repeat):
+        for workers in (1, 2):
+            redis.Redis.from_url(redis_url).flushall()
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "streamctl", "serve", "--port", str(port)]
+            cmd += ["--log-level", "warning", "--backend", "redis", "--redis-url", redis_url]
+            cmd += ["--workers", str(workers)]
+            environ = {**os.environ, "STREAMCTL_RUNS_PER_MINUTE": "100000"}
+            proc = subprocess.Popen(cmd, env=environ, cwd=ROOT, stderr=subprocess.DEVNULL)
+            wait_ready(url, proc)
+            many_runs(url, redis_url, 8, 500)  # warm-up (each worker's first runs)
+            results[str(workers)].append(many_runs(url, redis_url, args.runs, args.tokens))
+            print(f"  --workers {workers}: {results[str(workers)][-1]:,.0f} events/s", flush=True)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
     return results
+
+
+async def _subscribe(port: int, path: str, n: int) -> tuple[float, list[Any], list[str]]:
+    """Open ``n`` streams of ``path`` (200 connecting at once); once every one has ended: the
+    time all were open, per stream (ids, receive times) of its message_chunk events, and the
+    failures (a stream that answered no event)."""
+    sem = asyncio.Semaphore(200)
+    streams: list[tuple[Conn, Response]] = []
+    failures: list[str] = []
+
+    async def one() -> None:
+        async with sem:
+            conn = await Conn.open(port)
+            resp = conn.send("GET", path)
+            try:
+                await resp.wait_count(1)
+                streams.append((conn, resp))
+            except ConnectionError as exc:
+                failures.append(f"HTTP {resp.status}: {exc} {bytes(resp.body[:200])!r}")
+                conn.close()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    connected = time.perf_counter()
+    await asyncio.gather(*(resp.done for _, resp in streams), return_exceptions=True)
+    out = []
+    for conn, resp in streams:
+        conn.close()
+        chunks = [i for i, ty in enumerate(resp.types) if ty == b"message_chunk"]
+        out.append(([resp.ids[i] for i in chunks], [resp.times[i] for i in chunks]))
+    return connected, out, failures
+
+
+def _subscribe_worker(port: int, path: str, n: int) -> tuple[float, list[Any], list[str]]:
+    return run_async(_subscribe(port, path, n))
+
+
+def open_streams(client: httpx.Client, node: str) -> int:
+    """SSE streams open on ``node`` (its ``streamctl_subscribers`` gauge)."""
+    for line in client.get(node + "/metrics").text.splitlines():
+        if line.startswith("streamctl_subscribers "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def cross_node_lag(procs: Processes, redis_url: str, subscribers: int, seconds: float) -> Any:
+    """One run at 50 events/s on node A, ``subscribers`` streams spread evenly over nodes A, B
+    and C (one client process per node, ``benchmarks.fanout``'s subscriber). The lag of each
+    (stream, event): receive time - the event's ``created_at`` as stored in Redis (the owner's
+    emit time; both clocks are this machine's), over the events created from 0.25 s after the
+    last stream connected; split into the owner's streams and the other nodes'."""
+    nodes = [procs.serve("--backend", "redis", "--redis-url", redis_url)[0] for _ in range(3)]
+    ports = [int(url.rsplit(":", 1)[1]) for url in nodes]
+    with httpx.Client(timeout=60) as client:
+        demo = body(tokens=1_000_000, delay_ms=20, tool=False)
+        run_id = client.post(nodes[0] + "/v1/runs", json=demo).json()["run_id"]
+        path = f"/v1/runs/{run_id}/stream"
+        shares = [subscribers // 3 + (1 if i < subscribers % 3 else 0) for i in range(3)]
+        wall_offset = time.time() - time.perf_counter()
+        with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [
+                pool.submit(_subscribe_worker, p, path, n)
+                for p, n in zip(ports, shares, strict=True)
+            ]
+            # The client processes start and connect (seconds on a busy machine); the run is
+            # stopped ``seconds`` after every stream is open, which ends them all.
+            counts: list[int] = []
+            while not counts or counts[-1] < subscribers:
+                counts.append(sum(open_streams(client, node) for node in nodes))
+                if len(counts) > 10 and counts[-1] == counts[-11] > 0:
+                    break  # no stream opened for 2 s: some failed (reported below)
+                time.sleep(0.2)
+            time.sleep(seconds)
+            client.post(f"{nodes[1]}/v1/runs/{run_id}/stop")
+            results = [future.result() for future in futures]
+    store = redis.Redis.from_url(redis_url)
+    entries: Any = store.xrange(keys.events(run_id))
+    store.close()
+    frames = [keys.frame_of(entry_id, fields) for entry_id, fields in entries]
+    created = {f.seq: f.created_at for f in frames if f.type == "message_chunk"}
+    since = max(r[0] for r in results) + wall_offset + 0.25
+    out = {"all": _fanout_lags([s for r in results for s in r[1]], created, since, wall_offset)}
+    out["owner_node"] = _fanout_lags(results[0][1], created, since, wall_offset)
+    others = [s for r in results[1:] for s in r[1]]
+    out["other_nodes"] = _fanout_lags(others, created, since, wall_offset)
+    failures = [f for r in results for f in r[2]]
+    out["failed_streams"] = {"n": len(failures), "first": failures[:3]}
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -244,9 +345,32 @@ def main() -> None:
     parser.add_argument("--lease", type=float, default=3.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--workers-only", action="store_true")
-    parser.add_argument("--runs", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--lag-only", action="store_true")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--lag-seconds", type=float, default=10.0)
     args = parser.parse_args()
     results: dict[str, Any] = {}
+    if args.lag_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            procs = Processes(Path(tmp))
+            try:
+                lags = cross_node_lag(procs, procs.redis(), args.subscribers, args.lag_seconds)
+            finally:
+                procs.close()
+        print(f"{args.subscribers} subscribers over 3 nodes, one run at 50 events/s on the first:")
+        print(f"  streams that failed to open: {lags.pop('failed_streams')}")
+        for name, lag in lags.items():
+            e2e = lag["end_to_end_ms"]
+            print(
+                f"  {name:11s} lag p50 {e2e['p50']:.1f} ms, p99 {e2e['p99']:.1f} ms"
+                f" ({lag['deliveries']} deliveries, {lag['missing_deliveries']} missing)"
+            )
+        print(f"load average {os.getloadavg()[0]:.1f}")
+        if args.json:
+            args.json.write_text(json.dumps(lags, indent=2))
+        return
     if args.workers_only:
         with tempfile.TemporaryDirectory() as tmp:
             procs = Processes(Path(tmp))
@@ -255,9 +379,17 @@ def main() -> None:
             finally:
                 procs.close()
         for workers, rates in results.items():
-            print(f"--workers {workers}: {statistics.median(rates):>10,.0f} events/s (median of 3)")
-        ratio = statistics.median(results["2"]) / statistics.median(results["1"])
-        print(f"ratio 2/1: {ratio:.2f}")
+            spread = f"{min(rates):,.0f} to {max(rates):,.0f}"
+            print(
+                f"--workers {workers}: {statistics.median(rates):>10,.0f} events/s"
+                f" (median of {len(rates)}, {spread})"
+            )
+        ratios = [two / one for one, two in zip(results["1"], results["2"], strict=True)]
+        print(
+            f"ratio 2/1: {statistics.median(results['2']) / statistics.median(results['1']):.2f}"
+            f" (per pair: {', '.join(f'{r:.2f}' for r in ratios)});"
+            f" load average {os.getloadavg()[0]:.1f}"
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
         return

@@ -329,8 +329,8 @@ async def follow_frames(
                 yield frames
                 last_write = time.monotonic()
                 continue
-            if log is None or log.closed:
-                return
+            if log is None or log.closed or log.failure is not None:
+                return  # a failed log's views end (their protocol has no id-less error)
             assert changed is not None
             if time.monotonic() - last_write >= ping_interval:
                 counters.pings += 1

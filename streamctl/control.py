@@ -57,7 +57,7 @@ class RunControl:
         self.live = live
         self.reads = reads
         self.stats = stats
-        self.caps = RunCaps(settings, live)
+        self.caps = RunCaps(settings, live, store)
         self.accepting = False
         self._tg: TaskGroup | None = None
         self._task: RunTask | None = None
@@ -134,6 +134,7 @@ class RunControl:
         # Registered with no await since the checks above, so no concurrent start slips between.
         self.live.add(run)
         try:
+            await self.caps.claim_shared(run.owner, run.run_id)  # over every process, if shared
             # Shielded: once the run's row may be committed, the run must reach its `done`,
             # even if the request that started it is cancelled meanwhile.
             with anyio.CancelScope(shield=True):

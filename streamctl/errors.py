@@ -17,6 +17,8 @@
     ├── InvalidAgentConfig     the agent refused the request's options (e.g. ``config.demo``)
     ├── AuthError              a missing, malformed, expired or forged credential
     ├── StoreError             the store failed (raised from the backend's error)
+    │   ├── RunTakenOver       another process took the run over: this one may not write it
+    │   └── RunLost            the store lost the run (Redis restarted without persistence)
     ├── AgentNotFound          --agent MODULE:ATTR does not name an agent (start-up)
     ├── SettingsError          the settings do not hold together (start-up)
     ├── ClientError            the Python client got an error answer from a server
@@ -42,6 +44,8 @@ class StreamctlError(Exception):
     """Base class of every error streamctl raises on purpose."""
 
     code = "streamctl_error"
+    final = False
+    """For a store's error: True when it will never take this run's writes again (no retry)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -158,6 +162,21 @@ class AgentNotFound(StreamctlError):
 
 class StoreError(StreamctlError):
     code = "store_error"
+
+
+class RunTakenOver(StoreError):
+    """Another process claimed the run (its lease expired here: a paused process, a partition).
+    This one no longer owns it and must not write its end: the new owner does."""
+
+    final = True
+
+
+class RunLost(StoreError):
+    """The store no longer holds the run: its data was lost (a Redis restarted without
+    persistence). Its ids answer 410, and its live streams end with an ``error`` ``run_lost``."""
+
+    code = "run_lost"
+    final = True
 
 
 class DatabaseInUse(StoreError):

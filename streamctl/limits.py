@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from typing import Protocol, runtime_checkable
 
 from .agents.base import Agent, Message
 from .errors import InvalidInput, TooManyRuns, TooManyStreams
@@ -74,12 +75,25 @@ def check_input(request: RunCreate, agent: Agent, settings: Settings) -> None:
             )
 
 
-class RunCaps:
-    """Runs at once (``max_runs``, ``max_runs_per_owner``) and per minute (``runs_per_minute``)."""
+@runtime_checkable
+class SharedRunSlots(Protocol):
+    """A store shared by several processes that counts each principal's active runs over all of
+    them (Redis), so that ``max_runs_per_owner`` holds across nodes and workers."""
 
-    def __init__(self, settings: Settings, live: LiveRuns) -> None:
+    async def claim_run_slot(self, owner: str, run_id: str, cap: int) -> bool: ...
+
+
+class RunCaps:
+    """Runs at once (``max_runs``, ``max_runs_per_owner``) and per minute (``runs_per_minute``).
+
+    Each process checks them for its own runs; with a shared store that counts runs
+    (``SharedRunSlots``), ``max_runs_per_owner`` is also claimed there (``claim_shared``), over
+    every process. ``max_runs`` and ``runs_per_minute`` stay per process (docs/redis.md)."""
+
+    def __init__(self, settings: Settings, live: LiveRuns, store: object = None) -> None:
         self.settings = settings
         self._live = live
+        self._slots = store if isinstance(store, SharedRunSlots) else None
         self._rate = SlidingWindow(settings.runs_per_minute, 60.0)
         self.per_principal = settings.auth != "none"
         """Whether the per-principal caps apply: with auth=none everyone is one principal
@@ -95,10 +109,7 @@ class RunCaps:
         if not self.per_principal:
             return
         if self._live.count(owner) >= settings.max_runs_per_owner:
-            raise TooManyRuns(
-                f"you have {settings.max_runs_per_owner} active runs, the most allowed at once;"
-                " stop one or wait for one to finish"
-            )
+            raise _too_many_active(settings.max_runs_per_owner)
         wait = self._rate.hit(owner)
         if wait is not None:
             raise TooManyRuns(
@@ -106,6 +117,21 @@ class RunCaps:
                 " allowed; retry shortly",
                 retry_after=max(1, math.ceil(wait)),
             )
+
+    async def claim_shared(self, owner: str, run_id: str) -> None:
+        """``TooManyRuns`` if ``owner`` has ``max_runs_per_owner`` active runs over every
+        process of a shared store; otherwise the run holds one of them until it ends."""
+        if self._slots is None or not self.per_principal:
+            return
+        cap = self.settings.max_runs_per_owner
+        if not await self._slots.claim_run_slot(owner, run_id, cap):
+            raise _too_many_active(cap)
+
+
+def _too_many_active(cap: int) -> TooManyRuns:
+    return TooManyRuns(
+        f"you have {cap} active runs, the most allowed at once; stop one or wait for one to finish"
+    )
 
 
 class StreamCaps:

@@ -8,7 +8,8 @@ Only committed events reach the log (the store's stream holds nothing else), so 
 send holds across processes too.
 
 The reader ends after the terminal event, or after a whole BLOCK period with no subscriber
-(then its log is marked closed, so a stream that took it just then ends and its client resumes).
+(then its log is marked closed, so a stream that took it just then ends and its client resumes),
+or when the store lost the run (its streams end with an ``error`` ``run_lost``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .broadcast import RunLog
-from .errors import StreamctlError
+from .errors import RunLost, StreamctlError
+from .runs import error_sse
 from .store.base import SharedStore
 
 logger = logging.getLogger("streamctl.remote")
@@ -81,6 +83,10 @@ class RemoteLogs:
                                 return  # nobody has listened for a whole BLOCK period
                             if log.closed:
                                 return
+                except RunLost as exc:
+                    logger.error("run %s followed here was lost: %s", log.run_id, exc)
+                    log.fail(error_sse(exc))  # its streams end with `run_lost`
+                    return
                 except StreamctlError:
                     logger.exception("following run %s failed", log.run_id)
                     if not log.subscribers or not await self._still_stored(log.run_id):
@@ -89,6 +95,6 @@ class RemoteLogs:
         finally:
             if self._logs.get(log.run_id) is log:
                 del self._logs[log.run_id]
-            if not log.closed:
+            if not log.closed and log.failure is None:
                 log.closed = True  # its streams end (without `done`); their clients resume
                 log.publish()

@@ -124,13 +124,12 @@ class RunTask:
                 except StreamctlError as exc:
                     # The store failed under this run (disk full, ...): contain it here, so the
                     # supervisor and every other run go on. Its streams end now, with an error
-                    # they cannot resume past; its terminal events are retried below.
-                    logger.error(
-                        "run %s: its terminal events could not be stored: %s", run.run_id, exc
-                    )
+                    # they cannot resume past; its terminal events are retried below, unless
+                    # the refusal is final (taken over, lost: the end is not ours to write).
+                    logger.error("run %s: its end could not be stored: %s", run.run_id, exc)
                     run.streams_failed(exc)
                     lost = exc
-        if lost is not None:
+        if lost is not None and not lost.final:
             await self._retry_finish(run, lost)
 
     async def _drive(self, run: Run, history: list[Message] | None) -> Outcome:
@@ -252,6 +251,8 @@ class RunTask:
             await store.flush(run.run_id)  # every agent event committed: run.output complete
         except StreamctlError:
             logger.exception("run %s: events lost before the terminal event", run.run_id)
+        if run.broken is not None and run.broken.final:
+            raise run.broken  # taken over or lost: the run's end is not ours to write
         if run.broken is not None:
             # The store lost some of this run's events. No subscriber ever saw them (commit
             # before send), so the run numbers on from its last stored event: ids stay dense.
@@ -288,16 +289,15 @@ class RunTask:
                 with anyio.CancelScope(shield=True):
                     await self._terminal(run, "failed", _STORE_LOST, error)
             except StreamctlError as exc:
+                if exc.final:  # taken over or lost meanwhile: the end is not ours to write
+                    return
                 logger.info("run %s: the store still fails (%s); retrying", run.run_id, exc)
                 continue
             run.log.failure = None
             logger.warning("run %s: its terminal events are stored at last", run.run_id)
             return
-        logger.error(
-            "run %s: the store failed for %g s; the next start finalises it",
-            run.run_id,
-            self.settings.store_retry_seconds,
-        )
+        why = "run %s: the store failed for %g s; the next start finalises it"
+        logger.error(why, run.run_id, self.settings.store_retry_seconds)
 
     async def _terminal(
         self,

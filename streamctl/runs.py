@@ -262,7 +262,10 @@ class Run:
         """The store lost a batch holding this run's events (and dropped the rest it had queued):
         it must stop here. Nothing more is numbered past the hole; its terminal events number on
         from its last stored event (``RunTask``)."""
-        self.broken = StoreError(f"the store lost events of run {self.run_id!r}: {error}")
+        if isinstance(error, StoreError) and error.final:
+            self.broken = error  # taken over or lost: its end is not this process's to write
+        else:
+            self.broken = StoreError(f"the store lost events of run {self.run_id!r}: {error}")
         self.backlog_events = self.backlog_bytes = 0
         if self._drained is not None:
             self._drained.set()
@@ -272,9 +275,7 @@ class Run:
         """The store cannot write the run's terminal events (yet): end its streams with an
         ``error`` event that has no ``id:`` (it is not in the log, so no cursor moves past what
         is stored); a later resume gets the stored terminal events."""
-        event = ErrorEvent(code="store_error", message=error.message)
-        sse = Frame.encode(0, event, time.time()).sse
-        self.log.fail(sse[sse.index(b"\n") + 1 :])
+        self.log.fail(error_sse(error))
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -304,6 +305,13 @@ class Run:
             tokens=out.tokens,
             usage=out.usage,
         )
+
+
+def error_sse(error: StreamctlError) -> bytes:
+    """An SSE ``error`` event for ``error`` without ``id:``: it is not part of the run's log, so
+    no client's cursor moves past what is stored."""
+    sse = Frame.encode(0, ErrorEvent(code=error.code, message=error.message), time.time()).sse
+    return sse[sse.index(b"\n") + 1 :]
 
 
 def run_json(

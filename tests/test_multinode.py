@@ -21,6 +21,7 @@ import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
 from .support import ServerProcess
+from .support.auth import ALICE, API_KEYS, BOB, bearer
 from .support.redis_server import RedisServer, redis_server, redis_url
 
 __all__ = ["redis_server", "redis_url"]  # fixtures this module uses
@@ -33,9 +34,9 @@ Nodes = list[ServerProcess]
 def nodes(
     spawn_server: Callable[..., ServerProcess], redis_url: str, redis_server: RedisServer
 ) -> Nodes:
-    # No retry of terminal events that the store refuses: with Redis a refusal of a fenced or
-    # lost run is final (docs/redis.md), and the tests below look at the owner giving it up.
-    env = {"STREAMCTL_REDIS_LEASE_SECONDS": "1", "STREAMCTL_STORE_RETRY_SECONDS": "0"}
+    # Refused terminal events are retried for long: a run that was fenced or lost must give up
+    # at once all the same (its refusal is final), which the tests below look at.
+    env = {"STREAMCTL_REDIS_LEASE_SECONDS": "1", "STREAMCTL_STORE_RETRY_SECONDS": "600"}
     args = ("--backend", "redis", "--redis-url", redis_url, "--agent", GATED)
     return [spawn_server(*args, env=env) for _ in range(3)]
 
@@ -46,16 +47,32 @@ def client() -> Iterator[httpx.Client]:
         yield client
 
 
-def start(client: httpx.Client, node: ServerProcess, gates: Path, tokens: int) -> str:
+def start(
+    client: httpx.Client,
+    node: ServerProcess,
+    gates: Path,
+    tokens: int,
+    headers: dict[str, str] | None = None,
+) -> str:
+    response = post_run(client, node, gates, tokens, headers)
+    assert response.status_code == 201, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+def post_run(
+    client: httpx.Client,
+    node: ServerProcess,
+    gates: Path,
+    tokens: int,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     gates.mkdir(exist_ok=True)
     body = {
         "input": {"messages": [{"role": "user", "content": "go"}]},
         "config": {"gate": {"dir": str(gates), "tokens": tokens}},
     }
-    response = client.post(node.url + "/v1/runs", json=body)
-    assert response.status_code == 201, response.text
-    run_id: str = response.json()["run_id"]
-    return run_id
+    return client.post(node.url + "/v1/runs", json=body, headers=headers)
 
 
 def events_of(
@@ -160,6 +177,8 @@ def test_an_owner_paused_past_its_lease_is_fenced_when_it_wakes_up(
     run_id = start(client, a, gates, tokens=5)
     stream = events_of(client, b, run_id)
     head = [next(stream), next(stream)]
+    owner_stream = events_of(client, a, run_id)
+    assert [next(owner_stream).event, next(owner_stream).event] == ["run", "message_chunk"]
     a.process.send_signal(signal.SIGSTOP)  # a zombie: alive, but silent past its lease
     try:
         rest = list(stream)  # another node finalises the run meanwhile
@@ -167,6 +186,16 @@ def test_an_owner_paused_past_its_lease_is_fenced_when_it_wakes_up(
         a.process.send_signal(signal.SIGCONT)
     assert [(e.event, data(e)["status"]) for e in rest] == [("done", "interrupted")]
     (gates / "1").touch()  # the zombie's agent goes on: its next event must be refused
+    # The zombie ends its own streams (an error without id: resume elsewhere) and no `done`
+    # of its own; its run's task exits at once, without retrying (the retry lasts 600 s here).
+    rest_of_owner = list(owner_stream)
+    assert [(e.event, e.id, data(e)["code"]) for e in rest_of_owner] == [
+        ("error", "2", "store_error")
+    ]
+    assert (
+        "taken over" in data(rest_of_owner[0])["message"]
+        or "another node" in data(rest_of_owner[0])["message"]
+    )
     end = time.monotonic() + 15
     while client.get(f"{a.url}/v1/runs/{run_id}").json()["status"] == "running":
         assert time.monotonic() < end, "the woken owner never gave its run up"
@@ -205,25 +234,49 @@ def test_connections_killed_by_redis_do_not_break_a_stream(
     assert run["output"]["text"] == "".join(f"token{k} " for k in range(1, tokens + 1))
 
 
-def test_a_store_that_lost_its_data_ends_streams_instead_of_leaving_them_silent(
+def test_a_redis_restarted_without_persistence_ends_streams_with_run_lost_and_answers_410(
     nodes: Nodes, client: httpx.Client, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    a, b, _ = nodes
-    gates = tmp_path / "gates"
-    run_id = start(client, a, gates, tokens=5)
-    stream = events_of(client, b, run_id)
-    head = [next(stream), next(stream)]
-    with redis_server.client() as admin:
-        admin.flushall()  # as a restart without persistence: every run is gone
-    (gates / "1").touch()  # the owner's next write finds nothing: refused
-    rest = list(stream)  # B's stream ends: no silent stream that pings for ever
-    assert [e.event for e in head] == ["run", "message_chunk"] and rest == []
-    end = time.monotonic() + 15
-    while client.get(f"{a.url}/v1/runs/{run_id}").status_code != 404:
-        assert time.monotonic() < end, "the owner never gave the lost run up"
-        time.sleep(0.05)  # polling another process's state: nothing to wait on but time
-    for node in nodes:
-        assert client.get(f"{node.url}/v1/runs/{run_id}").status_code == 404
-        resumed = client.get(f"{node.url}/v1/runs/{run_id}/stream", headers={"Last-Event-ID": "2"})
-        assert resumed.status_code == 404
-    assert "is not in the store" in a.output() or "LOST" in a.output()
+    a, b, c = nodes
+    run_id = start(client, a, tmp_path / "gates", tokens=5)  # never let past token1
+    owner_stream = events_of(client, a, run_id)
+    follower_stream = events_of(client, b, run_id)
+    for stream in (owner_stream, follower_stream):
+        assert [next(stream).event, next(stream).event] == ["run", "message_chunk"]
+    redis_server.restart()  # empty: every run, and the generation id, is gone
+    for stream in (owner_stream, follower_stream):  # each ends, neither pings for ever
+        rest = list(stream)  # the error has no id: the client's cursor stays at 2
+        assert [(e.event, e.id, data(e)["code"]) for e in rest] == [("error", "2", "run_lost")]
+    for node in (c, b, a):  # C never saw the run: the nodes that did told the others
+        for method, path, headers in [
+            ("GET", "", {}),
+            ("GET", "/stream", {"Last-Event-ID": "2"}),
+            ("POST", "/stop", {}),
+        ]:
+            answer = client.request(method, f"{node.url}/v1/runs/{run_id}{path}", headers=headers)
+            assert answer.status_code == 410, answer.text
+            assert answer.json()["error"]["code"] == "run_lost"
+    assert client.get(f"{c.url}/v1/runs/never-was").status_code == 404
+    assert "lost its data" in a.output()
+
+
+def test_a_principals_cap_on_active_runs_holds_over_every_node(
+    spawn_server: Callable[..., ServerProcess], redis_url: str, client: httpx.Client, tmp_path: Path
+) -> None:
+    env = {
+        "STREAMCTL_AUTH": "api-key",
+        "STREAMCTL_API_KEYS": API_KEYS,
+        "STREAMCTL_MAX_RUNS_PER_OWNER": "2",
+    }
+    args = ("--backend", "redis", "--redis-url", redis_url, "--agent", GATED)
+    a, b = (spawn_server(*args, env=env) for _ in range(2))
+    alice, bob, gates = bearer(ALICE), bearer(BOB), tmp_path / "gates"
+    first = start(client, a, gates, 5, alice)  # each run waits at its first gate
+    start(client, b, gates, 5, alice)
+    refused = post_run(client, a, gates, 5, alice)  # A holds only one of them
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "too_many_runs"
+    start(client, a, gates, 5, bob)  # the cap is alice's, not the server's
+    stop = client.post(f"{b.url}/v1/runs/{first}/stop", headers=alice)
+    assert stop.status_code == 200 and stop.json()["status"] == "cancelled"
+    start(client, b, gates, 5, alice)  # the ended run gave its slot back

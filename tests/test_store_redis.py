@@ -5,16 +5,17 @@ their heartbeat, stop requests, and a server that goes away (the contract itself
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import aclosing
 from pathlib import Path
 
 import anyio
 import pytest
 import redis
 
-from streamctl.errors import StoreError
+from streamctl.errors import RunLost, RunTakenOver, StoreError
 from streamctl.events import Frame, MessageChunk
 from streamctl.run_task import finalise_orphans
-from streamctl.store import NewRun
+from streamctl.store import FinalState, NewRun, redis_generation
 from streamctl.store import redis_keys as keys
 from streamctl.store.redis import RedisStore
 from streamctl.store.redis_writer import CHUNK_EVENTS
@@ -75,9 +76,10 @@ async def test_a_stale_owner_is_fenced_and_the_new_owner_finalises(
         assert client.hget(keys.meta("r1"), "fence") == b"2"
 
         stale.append("r1", chunk_frame(2), None, sink)  # the zombie wakes up and writes
-        with pytest.raises(StoreError, match="FENCED"):
+        with pytest.raises(RunTakenOver, match="FENCED"):  # final: the run is not its own
             await stale.flush()
         assert [f.seq for f in sink.frames] == [1] and len(sink.errors) == 1
+        assert isinstance(sink.errors[0], RunTakenOver) and "r1" not in stale.leases.owned
         assert stored(client) == [1]
 
         taker.leases.give_back(
@@ -97,11 +99,11 @@ async def test_a_retried_append_is_already_applied_and_a_different_one_conflicts
         store.create_run(new_run())
         await store.flush()
         append = client.register_script(keys.APPEND)
-        args: list[int | bytes] = [1, 1, b"message_chunk 1.0 {}", b"message_chunk 1.0 {}"]
+        args: list[int | bytes] = [1, 1, b"message_chunk 1.0 {}\nmessage_chunk 1.0 {}"]
         assert append([keys.meta("r1"), keys.events("r1")], args) == 1
         # redis-py re-sends a call whose reply was lost: the same batch answers "already".
         assert append([keys.meta("r1"), keys.events("r1")], args) == 0
-        other: list[int | bytes] = [1, 1, b"message_chunk 1.0 {}", b'message_chunk 1.0 {"x":1}']
+        other: list[int | bytes] = [1, 1, b'message_chunk 1.0 {}\nmessage_chunk 1.0 {"x":1}']
         with pytest.raises(redis.ResponseError, match="CONFLICT"):
             append([keys.meta("r1"), keys.events("r1")], other)
         with pytest.raises(redis.ResponseError, match="GAP"):
@@ -220,3 +222,103 @@ async def test_a_server_gone_mid_run_fails_the_run_and_the_flush(tmp_path: Path)
     finally:
         server.stop()
     assert [f.seq for f in sink.frames] == [1] and len(sink.errors) == 1
+
+
+async def test_a_restarted_server_that_lost_its_data_makes_its_runs_lost(tmp_path: Path) -> None:
+    server = start_redis(tmp_path)
+    idle, busy = Sink(), Sink()
+    try:
+        async with (
+            RedisStore(server.url, lease_seconds=3, close_timeout=2) as owner,
+            RedisStore(server.url) as reader,
+        ):
+            for run_id, sink in (("idle", idle), ("busy", busy)):
+                owner.create_run(new_run(run_id))
+                owner.append(run_id, chunk_frame(1), None, sink)
+            await owner.flush()
+            assert await reader.get_run("idle") is not None  # the reader has seen this one
+            tail = reader.tail("idle", 1)
+            server.restart()
+            owner.append("busy", chunk_frame(2), None, busy)  # refused: the run is gone
+            with pytest.raises(RunLost, match="lost"):
+                await owner.flush()
+            with anyio.fail_after(10):  # the idle one hears it at its heartbeat
+                await idle.failed_once.wait()
+            assert isinstance(idle.errors[0], RunLost) and isinstance(busy.errors[0], RunLost)
+            assert owner.leases.owned == {}
+            with pytest.raises(RunLost):
+                async with aclosing(tail):
+                    await anext(tail)  # a follower's XREAD ends, not blocks for ever
+            async with RedisStore(server.url) as newcomer:  # it never saw either run
+                for store in (owner, reader, newcomer):
+                    for run_id in ("idle", "busy"):
+                        with pytest.raises(RunLost, match="restarted without persistence"):
+                            await store.get_run(run_id)
+                    assert await store.get_run("never-was") is None
+                assert newcomer.generations.current == owner.generations.current
+    finally:
+        server.stop()
+
+
+async def test_a_principals_run_slots_are_counted_over_every_store_and_given_back(
+    redis_url: str, client: redis.Redis
+) -> None:
+    async with RedisStore(redis_url) as a, RedisStore(redis_url) as b:
+        assert await a.claim_run_slot("alice", "r1", 2) is True
+        a.create_run(new_run("r1"))
+        await a.flush()
+        assert await b.claim_run_slot("alice", "r2", 2) is True
+        b.create_run(new_run("r2"))
+        await b.flush()
+        assert await a.claim_run_slot("alice", "r1", 2) is True  # a retried claim: the same slot
+        assert await a.claim_run_slot("alice", "r3", 2) is False  # 2 active, on two stores
+        assert await a.claim_run_slot("bob", "r4", 2) is True  # each principal has its own
+        b.finish_run("r2", final(0))
+        await b.flush()
+        assert await a.claim_run_slot("alice", "r3", 2) is True  # r2 ended: its slot is free
+        # r3 never became active (its process died before creating it): dropped after a while.
+        client.zadd(keys.owner_live("alice"), {"r3": 0})
+        client.delete(keys.lease("r1"))  # r1's owner died: another store finalises it
+        client.zadd(keys.ACTIVE, {"r1": 0})
+        a.leases.give_back("r1")
+        assert await finalise_orphans(b) == 1
+        assert client.zrange(keys.owner_live("alice"), 0, -1) == [b"r3"]  # r1's slot is free
+        assert await b.claim_run_slot("alice", "r5", 1) is True  # and r3's is dropped now
+        assert client.zrange(keys.owner_live("alice"), 0, -1) == [b"r5"]
+
+
+def final(last_seq: int) -> FinalState:
+    return FinalState("completed", "done", None, 0, last_seq, {}, 2.0)
+
+
+async def test_a_burst_of_reads_is_not_refused_for_want_of_connections(redis_url: str) -> None:
+    async with RedisStore(redis_url) as store:
+        store.create_run(new_run())
+        await store.flush()
+        found: list[object] = []
+
+        async def read() -> None:
+            found.append(await store.get_run("r1"))
+
+        async with anyio.create_task_group() as tg:  # more at once than redis-py's default pool
+            for _ in range(300):
+                tg.start_soon(read)
+        assert len(found) == 300 and None not in found
+
+
+async def test_a_store_remembers_the_newest_run_ids_only(
+    redis_url: str, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_generation, "KNOWN_RUNS", 2)
+    async with RedisStore(redis_url) as store:
+        generations = store.generations
+        for run_id in ("a", "b", "c"):
+            generations.remember(run_id)
+        client.delete(keys.GENERATION)  # as a restart would: the data is another generation
+        assert await generations.is_lost("c") and not await generations.is_lost("a")
+        for run_id in ("d", "e", "f"):
+            generations.remember(run_id)
+        client.delete(keys.GENERATION, keys.LOST)
+        assert await generations.check() is True
+        assert await generations.is_lost("f") and not await generations.is_lost("c")
+        assert await generations.check() is False  # one finding per loss

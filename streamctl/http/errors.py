@@ -28,6 +28,7 @@ from ..errors import (
     InvalidIdempotencyKey,
     InvalidInput,
     RunIdTaken,
+    RunLost,
     RunNotFound,
     RunPurged,
     StoreError,
@@ -52,6 +53,7 @@ STATUS: dict[type[StreamctlError], int] = {
     ThreadBusy: 409,
     RunIdTaken: 409,
     RunPurged: 410,
+    RunLost: 410,
     InvalidInput: 422,
     InvalidAgentConfig: 422,
     TooManyRuns: 429,  # and TooManyStreams

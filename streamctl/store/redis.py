@@ -9,9 +9,11 @@ idempotent for that (``APPEND`` answers 0, "already stored by this very call").
 
 Ownership (``redis_leases.py``) is a lease per run renewed by a heartbeat; another store claims
 runs whose lease expired (``claim_orphans``, atomic per run). This is a ``SharedStore``: any node
-may stop (``request_stop``) and follow (``tail``) a run owned by another. Key layout and scripts:
-``redis_keys.py``. ``redis`` errors become ``StoreError`` here and nowhere else. Durability:
-docs/redis.md.
+may stop (``request_stop``) and follow (``tail``) a run owned by another. Reads (records, events,
+lists, ``tail``) are in ``redis_reads.py``, the base class; a lost store (Redis restarted without
+persistence) is found by ``redis_generation.py``. Key layout and scripts: ``redis_keys.py``.
+``redis`` errors become ``StoreError`` in these modules and nowhere else (``RunTakenOver`` and
+``RunLost`` when a run's writes are refused for good). Durability: docs/redis.md.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import orjson
@@ -35,27 +37,31 @@ from ..errors import StoreError
 from ..events import Frame
 from ..stats import StoreStats
 from . import redis_keys as k
-from .base import ACTIVE_STATUSES, CommitSink, FinalState, NewRun, Orphan, RunRecord, ThreadRecord
+from .base import CommitSink, FinalState, NewRun, Orphan
+from .redis_generation import Generations
 from .redis_idempotency import RedisIdempotency
 from .redis_leases import Leases
+from .redis_reads import RETRIES, RedisReads
 from .redis_writer import Call, RoundWriter, _Append, _Call
 
 logger = logging.getLogger("streamctl.store")
 
 LEASE_SECONDS = 10.0
-BLOCK_MS = 2000
-"""How long one XREAD of a follower blocks before it may look around (and give up)."""
 SOCKET_TIMEOUT = 5.0
 """Above every blocking read's BLOCK, so a quiet XREAD is not mistaken for a dead socket."""
-RETRIES = 3
 CLOSE_TIMEOUT = 30.0
+MAX_CONNECTIONS = 10_000
+"""Connections to Redis one process may hold at once. redis-py 6+ caps its pool at 100 and
+fails a command past it ("Too many connections"): a burst of 300 streams starting at once on a
+node answered 503. Each run followed here holds one (a blocked XREAD), each request one while
+it awaits Redis; the cap is Redis's own default ``maxclients``."""
+SLOT_GRACE_MS = 60_000
+"""A claimed run slot whose run never became active (its process died first) lasts this long."""
 
 SCRIPTS = (
     *("APPEND", "CREATE", "INDEX_RUN", "UPDATE", "FINISH", "INDEX_END"),
-    *("CLAIM", "RENEW", "RELEASE", "REQUEST_STOP", "PURGE"),
+    *("CLAIM", "RENEW", "RELEASE", "REQUEST_STOP", "PURGE", "CLAIM_SLOT"),
 )
-
-T = TypeVar("T")
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -67,10 +73,11 @@ def connect(url: str) -> aioredis.Redis:
         socket_connect_timeout=SOCKET_TIMEOUT,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
         health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
     )
 
 
-class RedisStore(RedisIdempotency):
+class RedisStore(RedisReads, RedisIdempotency):
     """Redis (or anything speaking its protocol, 7.0+). ``async with RedisStore(url) as s``."""
 
     def __init__(
@@ -90,13 +97,26 @@ class RedisStore(RedisIdempotency):
         self._redis: aioredis.Redis | None = None
         self._tg: TaskGroup | None = None
         self._scripts: dict[str, Any] = {}
+        self.generations = Generations(lambda: self.redis)
         self._writer = RoundWriter(
-            lambda: self.redis, self._scripts, self._load_scripts, self.stats, self._stored
+            lambda: self.redis,
+            self._scripts,
+            self._load_scripts,
+            self.stats,
+            self._stored,
+            self._disowned,
         )
         self.leases = Leases(
-            self.node, self.lease_ms, lambda: self.redis, self._scripts, self._writer.fail
+            self.node,
+            self.lease_ms,
+            lambda: self.redis,
+            self._scripts,
+            self._writer.fail,
+            self.generations.check,
         )
         self.sweep_interval = min(1.0, self.lease_ms / 3000)
+        self._owners: dict[str, str] = {}
+        """The principal of each run this store will finish (its slot is given back then)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -107,6 +127,7 @@ class RedisStore(RedisIdempotency):
             for name in SCRIPTS:
                 self._scripts[name] = self._redis.register_script(getattr(k, name))
             await self._load_scripts()
+            await self.generations.open()
         except RedisError as exc:
             await self._redis.aclose()
             raise StoreError(f"cannot open store {self.url!r}: {exc}") from exc
@@ -139,19 +160,6 @@ class RedisStore(RedisIdempotency):
             with anyio.move_on_after(self.close_timeout, shield=True):
                 await self._redis.aclose()
 
-    @property
-    def redis(self) -> Any:
-        """The client. Typed ``Any``: redis-py annotates its commands with the union of the sync
-        and async clients' results, which no caller can use without a cast per call."""
-        assert self._redis is not None, "store is not open"
-        return self._redis
-
-    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await op()
-        except RedisError as exc:
-            raise StoreError(f"{what} failed: {exc}") from exc
-
     # -- writing ---------------------------------------------------------------------------------
 
     def append(self, run_id: str, frame: Frame, event: object, sink: CommitSink) -> None:
@@ -163,6 +171,10 @@ class RedisStore(RedisIdempotency):
 
     def _stored(self, run_id: str, sink: CommitSink) -> None:
         self.leases.stored(run_id, sink)  # the sink to tell if the run's lease is lost
+
+    def _disowned(self, run_id: str) -> None:
+        """Redis refused the run's writes for good: stop renewing it (its sink is told)."""
+        self.leases.give_back(run_id)
 
     def create_run(self, run: NewRun) -> None:
         fields = {
@@ -177,6 +189,8 @@ class RedisStore(RedisIdempotency):
         }
         deadline = int(time.time() * 1000) + self.lease_ms
         self.leases.owned[run.run_id] = 1
+        self._owners[run.run_id] = run.owner
+        self.generations.remember(run.run_id)
         self._later(
             run.run_id,
             (
@@ -222,7 +236,11 @@ class RedisStore(RedisIdempotency):
                 [k.meta(run_id), k.lease(run_id)],
                 [fence, final.last_seq, *k.flat(fields)],
             ),
-            (self._scripts["INDEX_END"], [k.ACTIVE, k.ENDED], [run_id, repr(final.ended_at)]),
+            (
+                self._scripts["INDEX_END"],
+                [k.ACTIVE, k.ENDED, k.owner_live(self._owners.pop(run_id, ""))],
+                [run_id, repr(final.ended_at)],
+            ),
         )
 
     def drop_queued(self, run_id: str) -> list[Frame]:
@@ -254,11 +272,22 @@ class RedisStore(RedisIdempotency):
                     await self.redis.zrem(k.ACTIVE, run_id)
                 elif fence > 0:
                     self.leases.owned[run_id] = fence
-                    thread_id = await self.redis.hget(k.meta(run_id), "thread_id")
+                    thread_id, owner = await self.redis.hmget(k.meta(run_id), "thread_id", "owner")
+                    self._owners[run_id] = (owner or b"").decode()
                     orphans.append(Orphan(run_id, (thread_id or b"").decode()))
             return orphans
 
         return await self._call("claiming orphaned runs", claim)
+
+    async def claim_run_slot(self, owner: str, run_id: str, cap: int) -> bool:
+        """Claim one of ``owner``'s ``cap`` active-run slots, counted over every node (False:
+        none is free). Given back when the run ends, wherever it is finished."""
+        args = [run_id, cap, int(time.time() * 1000), SLOT_GRACE_MS]
+        keys = [k.owner_live(owner), k.ACTIVE]
+        claimed = await self._call(
+            "claiming a run slot", lambda: self._scripts["CLAIM_SLOT"](keys, args)
+        )
+        return bool(claimed)
 
     @property
     def on_stop_request(self) -> Callable[[str], None] | None:
@@ -282,122 +311,6 @@ class RedisStore(RedisIdempotency):
             return True
 
         return await self._call("requesting a stop", ask)
-
-    async def wait_ended(self, run_id: str) -> RunRecord | None:
-        """Poll the run's record (backing off to 50 ms) until it is no longer active."""
-        delay = 0.005
-        while True:
-            record = await self.get_run(run_id)
-            if record is None or record.status not in ACTIVE_STATUSES:
-                return record
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-    async def tail(self, run_id: str, after: int) -> AsyncGenerator[list[Frame], None]:
-        """XREAD BLOCK from the cursor, one connection while blocked. BLOCK stays below the
-        socket timeout, and a lost connection is retried from the cursor: the frames stay exact."""
-        key, cursor, failures = k.events(run_id), after, 0
-        while True:
-            try:
-                reply = await self.redis.xread({key: f"0-{cursor}"}, count=1000, block=BLOCK_MS)
-            except RedisError as exc:
-                failures += 1
-                if failures > RETRIES:
-                    raise StoreError(f"following run {run_id!r} failed: {exc}") from exc
-                await anyio.sleep(0.1 * failures)
-                continue
-            failures = 0
-            frames = [k.frame_of(eid, fields) for _, entries in reply for eid, fields in entries]
-            if not frames and not await self._call("following a run", self._exists(run_id)):
-                # A blocked XREAD on a key that is gone just blocks: never follow it silently.
-                raise StoreError(f"run {run_id!r} is no longer in the store (Redis lost it?)")
-            yield frames
-            if frames:
-                cursor = frames[-1].seq
-                if frames[-1].type == "done":
-                    return
-
-    def _exists(self, run_id: str) -> Callable[[], Awaitable[int]]:
-        return lambda: self.redis.exists(k.meta(run_id))
-
-    # -- reading ---------------------------------------------------------------------------------
-
-    async def read_frames(self, run_id: str, after: int, upto: int | None = None) -> list[Frame]:
-        high = "+" if upto is None else f"0-{upto}"
-
-        async def read() -> list[Any]:
-            return await self.redis.xrange(k.events(run_id), f"0-{after + 1}", high)  # type: ignore[no-any-return]
-
-        if upto is not None and upto <= after:
-            return []
-        entries = await self._call("reading events", read)
-        return [k.frame_of(entry_id, fields) for entry_id, fields in entries]
-
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        raw = await self._call("reading a run", lambda: self.redis.hgetall(k.meta(run_id)))
-        return k.record_of(raw) if raw and b"run_id" in raw else None
-
-    async def _records(self, run_ids: list[bytes]) -> list[RunRecord]:
-        if not run_ids:
-            return []
-
-        async def read() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            for run_id in run_ids:
-                pipe.hgetall(k.meta(run_id.decode()))
-            return await pipe.execute()  # type: ignore[no-any-return]
-
-        raws = await self._call("reading runs", read)
-        return [k.record_of(raw) for raw in raws if raw and b"run_id" in raw]
-
-    async def list_runs(
-        self,
-        owner: str | None,
-        thread_id: str | None = None,
-        limit: int = 50,
-        status: str | None = None,
-    ) -> list[RunRecord]:
-        if thread_id is not None:
-            key = k.thread_id_runs(thread_id) if owner is None else k.thread_runs(owner, thread_id)
-        else:
-            key = k.RUNS if owner is None else k.owner_runs(owner)
-        # With a status filter every run of the list is read (no index by status yet).
-        stop = limit - 1 if status is None else -1
-        ids = await self._call("listing runs", lambda: self.redis.zrevrange(key, 0, stop))
-        records = await self._records(ids)
-        if status is not None:
-            records = [r for r in records if r.status == status]
-        return records[:limit]
-
-    async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None:
-        key = k.thread(owner, thread_id)
-        raw = await self._call("reading a thread", lambda: self.redis.hgetall(key))
-        if not raw:
-            return None
-        return ThreadRecord(thread_id, raw[b"owner"].decode(), float(raw[b"created_at"]))
-
-    async def thread_runs(
-        self, owner: str, thread_id: str, *, limit: int | None = None, before: str | None = None
-    ) -> list[RunRecord]:
-        key = k.thread_runs(owner, thread_id)
-        ids = await self._call("reading a thread", lambda: self.redis.zrange(key, 0, -1))
-        if before is not None:
-            mark = before.encode()
-            ids = ids[: ids.index(mark)] if mark in ids else ids
-        if limit is not None:
-            ids = ids[len(ids) - limit :] if limit else []
-        return await self._records(ids)
-
-    async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
-        async def after() -> str | None:
-            key = k.thread_runs(owner, thread_id)
-            rank = await self.redis.zrank(key, run_id)
-            if rank is None:
-                return None
-            following = await self.redis.zrange(key, rank + 1, rank + 1)
-            return following[0].decode() if following else None
-
-        return await self._call("reading a thread", after)
 
     # -- maintenance -----------------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ RUNS = f"{INDEX}:runs"
 ORDER = f"{INDEX}:order"
 ACTIVE = f"{INDEX}:active"
 ENDED = f"{INDEX}:ended"
+GENERATION = f"{INDEX}:gen"
+"""A random id written by the first store to open the data: another one means it was lost."""
+LOST = f"{INDEX}:lost"
+"""Run ids of lost generations, as the stores that had seen them remember them."""
 
 
 def meta(run_id: str) -> str:
@@ -44,6 +48,11 @@ def lease(run_id: str) -> str:
 
 def owner_runs(owner: str) -> str:
     return f"{INDEX}:owner:{owner}:runs"
+
+
+def owner_live(owner: str) -> str:
+    """The principal's active runs across every node (ZSET by claim time): its run cap."""
+    return f"{INDEX}:owner:{owner}:live"
 
 
 def thread(owner: str, thread_id: str) -> str:
@@ -66,20 +75,31 @@ def control_channel(node: str) -> str:
     return f"sc:node:{node}:control"
 
 
-# KEYS meta, ev; ARGV fence, first_seq, entry...
+# KEYS meta, ev; ARGV fence, first_seq, entries (joined by newlines: one argument for the chunk,
+# cheaper to send and to parse than one per entry; an entry holds no newline, see ``entry``).
 # Returns 1 (stored) or 0 (already stored under this fence: a retry whose reply was lost).
 APPEND = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'fence', 'last_seq')
 if not m[1] then return redis.error_reply('LOST the run is not in the store') end
 if m[2] ~= ARGV[1] then return redis.error_reply('FENCED the run is owned elsewhere now') end
+local entries, blob, pos = {}, ARGV[3], 1
+while true do
+  local nl = string.find(blob, '\\n', pos, true)
+  if not nl then
+    entries[#entries + 1] = string.sub(blob, pos)
+    break
+  end
+  entries[#entries + 1] = string.sub(blob, pos, nl - 1)
+  pos = nl + 1
+end
 local first = tonumber(ARGV[2])
-local n = #ARGV - 2
+local n = #entries
 local last = tonumber(m[3])
 if first + n - 1 <= last then
   -- Stored already? Only if by this very call (a retry): the same last entry.
   local id = '0-' .. (first + n - 1)
   local got = redis.call('XRANGE', KEYS[2], id, id)
-  if got[1] and got[1][2][2] == ARGV[#ARGV] then return 0 end
+  if got[1] and got[1][2][2] == entries[n] then return 0 end
   return redis.error_reply('CONFLICT seq ' .. first .. ' is stored with other content')
 end
 if m[1] ~= 'running' and m[1] ~= 'queued' then
@@ -89,7 +109,7 @@ if first ~= last + 1 then
   return redis.error_reply('GAP first seq ' .. first .. ' after ' .. last)
 end
 for i = 1, n do
-  redis.call('XADD', KEYS[2], '0-' .. (first + i - 1), 'e', ARGV[i + 2])
+  redis.call('XADD', KEYS[2], '0-' .. (first + i - 1), 'e', entries[i])
 end
 redis.call('HSET', KEYS[1], 'last_seq', first + n - 1)
 return 1
@@ -126,6 +146,7 @@ return 1
 # KEYS meta; ARGV fence, field, value, ... (only for the current fence of an active run)
 UPDATE = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'fence')
+if not m[1] then return redis.error_reply('LOST the run is not in the store') end
 if m[2] ~= ARGV[1] then return redis.error_reply('FENCED the run is owned elsewhere now') end
 if m[1] ~= 'running' and m[1] ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
@@ -137,6 +158,7 @@ return 1
 # were lost under the owner), the run is handed over (lease dropped) to be finalised from them.
 FINISH = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'fence', 'last_seq')
+if not m[1] then return redis.error_reply('LOST the run is not in the store') end
 if m[2] ~= ARGV[1] then return redis.error_reply('FENCED the run is owned elsewhere now') end
 if m[1] ~= 'running' and m[1] ~= 'queued' then return 0 end
 if m[3] ~= ARGV[2] then
@@ -148,10 +170,32 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS active, ended; ARGV run_id, ended_at
+# KEYS active, ended, owner_live; ARGV run_id, ended_at
 INDEX_END = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS owner_live, active; ARGV run_id, cap, now_ms, grace_ms. Claims one of the principal's
+# `cap` slots for a run about to start: 1, or 0 if they are all taken. A slot is given back when
+# the run ends (INDEX_END); one whose run is not active (never created: its process died before)
+# is dropped here once it is older than grace_ms.
+CLAIM_SLOT = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+local slots = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local taken = 0
+for i = 1, #slots, 2 do
+  if redis.call('ZSCORE', KEYS[2], slots[i])
+      or tonumber(slots[i + 1]) > tonumber(ARGV[3]) - tonumber(ARGV[4]) then
+    taken = taken + 1
+  else
+    redis.call('ZREM', KEYS[1], slots[i])
+  end
+end
+if taken >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
@@ -168,9 +212,11 @@ return f
 """
 
 # KEYS meta, lease; ARGV fence, node, lease_ms.
-# Returns -1 if the run is no longer this owner's to run, else its stop_requested flag (0/1).
+# Returns -1 if the run is no longer this owner's to run, -2 if it is not in the store (lost),
+# else its stop_requested flag (0/1).
 RENEW = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'fence', 'stop_requested')
+if not m[1] then return -2 end
 if m[2] ~= ARGV[1] or (m[1] ~= 'running' and m[1] ~= 'queued') then return -1 end
 redis.call('SET', KEYS[2], ARGV[2] .. ':' .. ARGV[1], 'PX', ARGV[3])
 return tonumber(m[3]) or 0
@@ -211,7 +257,8 @@ def num(value: float | None) -> str:
 
 
 def entry(frame: Frame) -> bytes:
-    """A stream entry's one field: ``type created_at json`` (the JSON last: it may hold spaces)."""
+    """A stream entry's one field: ``type created_at json`` (the JSON last: it may hold spaces;
+    never a newline, which SSE's ``data:`` line could not carry either)."""
     return b"%s %r %s" % (frame.type.encode(), frame.created_at, frame.data)
 
 

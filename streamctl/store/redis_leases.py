@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 from redis.exceptions import RedisError
 
-from ..errors import StoreError
+from ..errors import RunLost, RunTakenOver, StoreError
 from . import redis_keys as k
 from .base import CommitSink
 
@@ -35,12 +35,14 @@ class Leases:
         client: Callable[[], Any],
         scripts: dict[str, Any],
         fail: Callable[[str, CommitSink, BaseException], None],
+        check_generation: Callable[[], Awaitable[bool]],
     ) -> None:
         self.node = node
         self.lease_ms = lease_ms
         self._client = client
         self._scripts = scripts
         self._fail = fail
+        self._check_generation = check_generation
         self.owned: dict[str, int] = {}
         """Runs owned (created or claimed, not finished), with their fence."""
         self.sinks: dict[str, CommitSink] = {}
@@ -69,10 +71,13 @@ class Leases:
         while True:
             await anyio.sleep(interval)
             owned = dict(self.owned)
-            if not owned:
-                renewed = time.monotonic()
-                continue
             try:
+                # Each heartbeat also looks for a lost store, so that streams of runs owned
+                # elsewhere hear of it too (docs/redis.md, "Lost store").
+                await self._check_generation()
+                if not owned:
+                    renewed = time.monotonic()
+                    continue
                 replies = await self._renew(owned)
             except RedisError as exc:
                 if time.monotonic() - renewed > self.lease_ms / 1000:
@@ -83,7 +88,9 @@ class Leases:
             renewed = time.monotonic()
             for run_id, reply in zip(owned, replies, strict=True):
                 if reply == -1:
-                    self._give_up(run_id, StoreError("the run's lease went to another node"))
+                    self._give_up(run_id, RunTakenOver("the run's lease went to another node"))
+                elif reply == -2:
+                    self._give_up(run_id, RunLost(f"run {run_id!r} is no longer in the store"))
                 elif reply == 1:
                     self._stop_asked(run_id)
 

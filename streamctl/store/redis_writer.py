@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from redis.exceptions import NoScriptError, RedisError
 
-from ..errors import StoreError
+from ..errors import RunLost, RunTakenOver, StoreError
 from ..events import Frame
 from ..stats import StoreStats
 from . import redis_keys as k
@@ -35,6 +35,17 @@ ROUND_EVENTS = 2000
 
 Call = tuple[Any, list[str], list[Any]]
 """A registered script, its keys and its arguments."""
+
+
+def refusal(run_id: str, reply: Exception) -> BaseException:
+    """A script's refusal as the error of the run: final if the run is another node's now, or
+    no longer in the store."""
+    text = str(reply)
+    if text.startswith("FENCED"):
+        return RunTakenOver(f"run {run_id!r} was taken over by another node ({text})")
+    if text.startswith("LOST"):
+        return RunLost(f"run {run_id!r} was lost: the Redis store lost its data ({text})")
+    return reply
 
 
 @dataclass(slots=True)
@@ -67,12 +78,15 @@ class RoundWriter:
         load_scripts: Callable[[], Awaitable[None]],
         stats: StoreStats,
         on_stored: Callable[[str, CommitSink], None],
+        on_final: Callable[[str], None],
     ) -> None:
         self._client = client
         self._scripts = scripts
         self._load_scripts = load_scripts
         self.stats = stats
         self._on_stored = on_stored
+        self._on_final = on_final
+        """Called with a run whose writes Redis refuses for good (taken over, lost)."""
         self._queue: list[_Append | _Call] = []
         self._queued = 0
         """Ops ever queued; ``_done`` ops ever sent (a flush waits for its own number)."""
@@ -103,6 +117,8 @@ class RoundWriter:
             await self._progress.wait()
         for first, last, error in self._failures:
             if first < target and last > start:
+                if isinstance(error, StoreError):
+                    raise error  # taken over, lost: the caller tells those apart
                 raise StoreError(f"commit failed: {error}") from error
 
     async def run(self) -> None:
@@ -151,9 +167,9 @@ class RoundWriter:
         def close(run_id: str) -> None:
             chunk = open_chunks.pop(run_id)
             sizes.pop(run_id, None)
-            entries = [k.entry(op.frame) for op in chunk]
+            entries = b"\n".join([k.entry(op.frame) for op in chunk])
             keys = [k.meta(run_id), k.events(run_id)]
-            args = [chunk[0].fence, chunk[0].frame.seq, *entries]
+            args = [chunk[0].fence, chunk[0].frame.seq, entries]
             calls.append((self._scripts["APPEND"], keys, args))
             sent.append((run_id, chunk))
 
@@ -199,11 +215,13 @@ class RoundWriter:
         failed: set[str] = set()
         for (run_id, stored), reply in zip(sent, replies, strict=True):
             if isinstance(reply, Exception):
-                error = reply
+                error = refusal(run_id, reply)
                 logger.error("run %s: redis refused a write: %s", run_id, reply)
+                if isinstance(error, StoreError) and error.final:
+                    self._on_final(run_id)
                 if stored and run_id not in failed:
                     failed.add(run_id)
-                    self.fail(run_id, stored[0].sink, reply)
+                    self.fail(run_id, stored[0].sink, error)
                 continue
             if stored is None or run_id in failed:
                 continue

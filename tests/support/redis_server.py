@@ -48,6 +48,13 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
 
+    def restart(self) -> None:
+        """Stop the server and start a new one on the same port, empty (no persistence): as a
+        Redis restarted without persistence, which lost every key."""
+        self.stop()
+        fresh = _launch(self.log.parent, self.port)
+        self.process, self.log = fresh.process, fresh.log
+
 
 def redis_binary() -> str:
     """The path of ``redis-server``; skips (or fails under CI) when it is missing."""
@@ -63,9 +70,12 @@ def redis_binary() -> str:
 
 
 def start_redis(directory: Path) -> RedisServer:
+    return _launch(directory, _free_port())
+
+
+def _launch(directory: Path, port: int) -> RedisServer:
     binary = redis_binary()
-    port = _free_port()
-    log = directory / f"redis-{port}.log"
+    log = directory / f"redis-{port}-{time.monotonic_ns()}.log"
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
     args += ["no", "--dir", str(directory), "--logfile", str(log)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
