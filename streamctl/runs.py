@@ -77,7 +77,9 @@ class RunOutput:
         self.error: dict[str, Any] | None = None
         self.tokens = 0
         self.last_seq = 0
-        self._reasoning: dict[str, dict[str, Any]] = {}
+        self._reasoning: dict[str, tuple[int, list[str]]] = {}
+        """Each reasoning message's first seq and its parts (joined when shown, never re-joined
+        per chunk: a long reasoning stream would be quadratic)."""
         self.interrupt: dict[str, Any] | None = None
         self.usage: dict[str, int] = {}
         """Model tokens (``input_tokens``, ``output_tokens``), known once ``done`` carries them."""
@@ -111,10 +113,10 @@ class RunOutput:
             call["output"] = data["output"]
             call["end_seq"] = seq  # when the result came: the thread's history orders by it
         elif type == "reasoning_chunk":
-            part = self._reasoning.setdefault(
-                data["message_id"], {"message_id": data["message_id"], "content": "", "seq": seq}
-            )
-            part["content"] += data["content"]
+            reasoning = self._reasoning.get(data["message_id"])
+            if reasoning is None:
+                reasoning = self._reasoning[data["message_id"]] = (seq, TextParts())
+            reasoning[1].append(data["content"])
         elif type == "interrupt":
             self.interrupt = {"value": data["value"], "interrupt_id": data["interrupt_id"]}
         elif type == "error":
@@ -150,7 +152,10 @@ class RunOutput:
                 for mid, parts in self._messages.items()
             ],
             "tool_calls": list(self.tool_calls.values()),
-            "reasoning": list(self._reasoning.values()),
+            "reasoning": [
+                {"message_id": mid, "content": "".join(parts), "seq": seq}
+                for mid, (seq, parts) in self._reasoning.items()
+            ],
             "interrupt": self.interrupt,
         }
 
