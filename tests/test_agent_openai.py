@@ -20,7 +20,7 @@ from openai import AsyncOpenAI
 from streamctl.agents.openai import ChatAgent
 
 from .support import HANG, ServerProcess, StartServer, ask, data, next_events, read_sse
-from .support.fake_openai import SECRET, FakeOpenAI, Turn, start_fake
+from .support.fake_openai import SECRET, FakeOpenAI, Turn, fake_upstreams
 
 pytestmark = pytest.mark.anyio
 
@@ -30,18 +30,8 @@ Upstream = Callable[[list[Turn]], Awaitable[FakeOpenAI]]
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """``await upstream(turns)`` starts a fake OpenAI-compatible server; stopped at teardown."""
-    started = []
-    async with anyio.create_task_group() as tg:
-
-        async def start(turns: list[Turn]) -> FakeOpenAI:
-            fake = FakeOpenAI(turns)
-            started.append(await start_fake(tg, fake))
-            return fake
-
+    async with fake_upstreams() as start:
         yield start
-        for up in started:
-            up.server.should_exit = True
-            await up.done.wait()
 
 
 @pytest.fixture

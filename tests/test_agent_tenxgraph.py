@@ -33,7 +33,7 @@ from .support import (
     read_sse,
     tenxgraph_agents,
 )
-from .support.fake_openai import FakeOpenAI, Turn, start_fake
+from .support.fake_openai import FakeOpenAI, Turn, fake_upstreams
 from .support.tenxgraph_agents import (
     Watched,
     booking_graph,
@@ -53,20 +53,13 @@ WEATHER = ("get_weather", '{"location": "Tokyo"}')
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """``await upstream(turns)`` starts a fake OpenAI-compatible server; stopped at teardown."""
-    started = []
-    async with anyio.create_task_group() as tg:
 
-        async def start(turns: list[Turn]) -> FakeOpenAI:
-            fake = FakeOpenAI(turns)
-            started.append(await start_fake(tg, fake))
-            return fake
-
-        yield start
-        while tenxgraph_agents.clients:  # the graphs' model clients, which 10xGraph never closes
+    async def close_clients() -> None:  # the graphs' model clients, which 10xGraph never closes
+        while tenxgraph_agents.clients:
             await tenxgraph_agents.clients.pop().close()
-        for up in started:
-            up.server.should_exit = True
-            await up.done.wait()
+
+    async with fake_upstreams(close_clients) as start:
+        yield start
 
 
 def weather_turns(*more: Turn) -> list[Turn]:

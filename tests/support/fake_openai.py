@@ -9,7 +9,8 @@ stream was cut by its client (Stop must close the upstream connection).
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,3 +179,29 @@ async def start_fake(tg: anyio.abc.TaskGroup, fake: FakeOpenAI) -> Upstream:
 
     tg.start_soon(run)
     return upstream
+
+
+StartUpstream = Callable[[list[Turn]], Awaitable[FakeOpenAI]]
+"""``await start(turns)``: a fake OpenAI-compatible server answering ``turns``."""
+
+
+@asynccontextmanager
+async def fake_upstreams(
+    before_stop: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[StartUpstream]:
+    """Start fake servers on demand; each is stopped on exit (after ``before_stop``, e.g. to close
+    the model clients a framework leaves open)."""
+    started: list[Upstream] = []
+    async with anyio.create_task_group() as tg:
+
+        async def start(turns: list[Turn]) -> FakeOpenAI:
+            fake = FakeOpenAI(turns)
+            started.append(await start_fake(tg, fake))
+            return fake
+
+        yield start
+        if before_stop is not None:
+            await before_stop()
+        for up in started:
+            up.server.should_exit = True
+            await up.done.wait()
