@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -41,11 +41,9 @@ from ..errors import StreamctlError
 from ..shaping import GRANULARITIES, Granularity
 from ..sse import RAW_SEND_KEY, parse_cursor, parse_thread_cursor
 from .auth import authenticate, authenticate_reader
+from .services import Services
 from .streams import TRANSPORT_KEY, event_stream
 from .threads import thread_owner
-
-if TYPE_CHECKING:
-    from .embedding import Streamctl
 
 logger = logging.getLogger("streamctl.api")
 
@@ -60,6 +58,16 @@ class _Decline(Exception):
     """The full application answers this request."""
 
 
+class Gated(Protocol):
+    """What the gate needs of a ``Streamctl`` (``embedding.py``, which imports this module)."""
+
+    @property
+    def router(self) -> APIRouter: ...
+
+    @property
+    def services(self) -> Services: ...
+
+
 class StreamGate:
     """The raw ASGI path of the stream GETs of one ``Streamctl``, in front of ``app``.
 
@@ -70,7 +78,7 @@ class StreamGate:
     def __init__(
         self,
         app: ASGIApp,
-        sc: Streamctl,
+        sc: Gated,
         *,
         prefix: str = "",
         cors: CORSMiddleware | None = None,

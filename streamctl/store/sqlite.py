@@ -9,8 +9,9 @@ Only after a batch is committed does the writer hand its events to their ``Commi
 log), which is what lets subscribers see them: commit before send (docs/architecture.md,
 invariant 3).
 
-Reads go through a second connection; in WAL mode they never block the writer. One process holds
-the file, so the runs it finds active that it did not create have lost their owner.
+Reads go through a second connection (``sqlite_reads.py``); in WAL mode they never block the
+writer. One process holds the file, so the runs it finds active that it did not create have lost
+their owner.
 ``sqlite3`` errors are translated into ``StoreError`` in this package and nowhere else.
 """
 
@@ -41,12 +42,11 @@ from .base import (
     IdempotencyKey,
     NewRun,
     Orphan,
-    RunRecord,
-    ThreadRecord,
 )
 from .lock import DatabaseLock
 from .migrate import connect, migrate
 from .queue import Batch, Pending, Statement, WriteQueue
+from .sqlite_reads import SqliteReads
 
 logger = logging.getLogger("streamctl.store")
 
@@ -63,7 +63,7 @@ INSERT_CHUNK = 16
 _INSERT_CHUNK = sql.INSERT_EVENT + ", (?, ?, ?, ?, ?)" * (INSERT_CHUNK - 1)
 
 
-class SqliteStore:
+class SqliteStore(SqliteReads):
     """One SQLite file. Use as ``async with SqliteStore(path) as store``."""
 
     def __init__(
@@ -302,69 +302,6 @@ class SqliteStore:
         except sqlite3.Error:
             await conn.rollback()
             raise
-
-    # -- reading ---------------------------------------------------------------------------------
-
-    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
-        """One row of any query (for inspection and tests; the domain asks through the methods
-        of ``RunStore``)."""
-        rows = await self.fetch_all(sql, params)
-        return rows[0] if rows else None
-
-    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        assert self._reader is not None, "store is not open"
-        try:
-            rows = await self._reader.execute_fetchall(sql, params)
-        except sqlite3.Error as exc:
-            raise StoreError(f"read failed: {exc}") from exc
-        return [dict(row) for row in rows]
-
-    async def read_frames(self, run_id: str, after: int, upto: int | None = None) -> list[Frame]:
-        """Committed events of a run with ``after < seq <= upto``, in order."""
-        if upto is None:
-            rows = await self.fetch_all(sql.FRAMES_AFTER, (run_id, after))
-        else:
-            rows = await self.fetch_all(sql.FRAMES_BETWEEN, (run_id, after, upto))
-        return [Frame.build(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
-
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        row = await self.fetch_one(sql.RUN, (run_id,))
-        return None if row is None else sql.run_record(row)
-
-    async def list_runs(
-        self,
-        owner: str | None,
-        thread_id: str | None = None,
-        limit: int = 50,
-        status: str | None = None,
-    ) -> list[RunRecord]:
-        if status is not None:
-            rows = await self.fetch_all(sql.RUNS_FILTERED, (owner, thread_id, status, limit))
-        elif thread_id is None:
-            rows = await self.fetch_all(sql.RUNS_OF_OWNER, (owner, limit))
-        else:
-            rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))
-        return [sql.run_record(row) for row in rows]
-
-    async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None:
-        row = await self.fetch_one(sql.THREAD, (owner, thread_id))
-        if row is None:
-            return None
-        return ThreadRecord(row["thread_id"], row["owner"], row["created_at"])
-
-    async def thread_runs(
-        self, owner: str, thread_id: str, *, limit: int | None = None, before: str | None = None
-    ) -> list[RunRecord]:
-        if limit is None and before is None:
-            rows = await self.fetch_all(sql.RUNS_ON_THREAD, (owner, thread_id))
-        else:
-            page = -1 if limit is None else limit  # LIMIT -1: no limit
-            rows = await self.fetch_all(sql.LATEST_RUNS_ON_THREAD, (owner, thread_id, before, page))
-        return [sql.run_record(row) for row in rows]
-
-    async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
-        row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (owner, thread_id, run_id))
-        return None if row is None else str(row["run_id"])
 
     # -- maintenance -----------------------------------------------------------------------------
 
