@@ -56,6 +56,7 @@ class RunLog:
         "closed",
         "committed_seq",
         "failure",
+        "follows",
         "last_publish",
         "run_id",
         "subscribers",
@@ -81,6 +82,9 @@ class RunLog:
         """An SSE ``error`` without ``id:``: the store cannot write the run's end for now, so
         each subscriber sends it once caught up, and closes (see ``fail``)."""
         self.subscribers = 0
+        self.follows = 0
+        """Subscriptions ever opened on this log (a count that never goes down, for tests that
+        wait for a client to have read, dropped and resumed: ``subscribers`` may pass 0 unseen)."""
         self.last_publish = time.monotonic()
         """When subscribers were last woken (the supervisor's heartbeat wakes idle logs)."""
         self._groups: list[anyio.Event] = [anyio.Event()]
@@ -219,6 +223,7 @@ async def follow(
     counters.subscribers += 1
     if log is not None:
         log.subscribers += 1
+        log.follows += 1
     last_write = time.monotonic()
     share = granularity == "low" and log is not None
     changed: anyio.Event | None = None
@@ -309,6 +314,7 @@ async def follow_frames(
     counters.subscribers += 1
     if log is not None:
         log.subscribers += 1
+        log.follows += 1
     last_write = time.monotonic()
     changed: anyio.Event | None = None
     try:

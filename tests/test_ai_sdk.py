@@ -28,7 +28,7 @@ from streamctl.events import (
 from streamctl.http.protocols.ai_sdk import UIMessageTranslator
 
 from .support import StartServer, chunks, tool_call
-from .support.node_clients import live_runs, node_json, require_node, until_subscribers
+from .support.node_clients import live_runs, node_json, require_node, until_resumed
 
 pytestmark = pytest.mark.anyio
 
@@ -125,11 +125,9 @@ async def test_resume_after_a_drop_shows_the_answer_exactly_once(
         async with anyio.create_task_group() as tg:
 
             async def release_after_reconnect() -> None:
-                # The client reads (1), drops (0), resumes (1): then let the run go on.
+                # The client reads, drops and resumes (a second subscription): then let it go on.
                 run_id = next(iter(live_runs(server)))
-                await until_subscribers(server, run_id, 1)
-                await until_subscribers(server, run_id, 0)
-                await until_subscribers(server, run_id, 1)
+                await until_resumed(server, run_id)
                 gate.set()
 
             result: dict[str, Any] = {}
