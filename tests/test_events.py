@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,22 @@ def test_tool_output_with_newlines_in_nested_values_stays_on_one_line() -> None:
     frame = Frame.encode(1, ToolEnd(name="t", output=output, call_id="c"), 0.0)
     assert [name for name, _ in parse_block(frame.sse)] == ["id", "event", "data"]
     assert orjson.loads(frame.data)["output"] == output
+
+
+def test_a_frame_holds_about_its_own_size_in_memory() -> None:
+    # orjson's bytes keep an over-allocated buffer (4 KiB for a token's 100 bytes); a run's tail
+    # holds thousands of frames, so a frame must not keep that buffer alive.
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        frames = [
+            Frame.encode(seq, MessageChunk(content=" word", message_id="m_0123456789"), 1.0)
+            for seq in range(2000)
+        ]
+        per_frame = (tracemalloc.get_traced_memory()[0] - before) / len(frames)
+    finally:
+        tracemalloc.stop()
+    assert per_frame < 4 * len(frames[0].sse), per_frame
 
 
 def test_as_json_gives_seq_type_and_decoded_data() -> None:
