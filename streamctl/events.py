@@ -176,12 +176,15 @@ _NAMES = {name: name.encode("ascii") for name in ("run", "message_chunk", "reaso
 
 @dataclass(slots=True, frozen=True)
 class Frame:
-    """One committed-or-about-to-be-committed event of a run, encoded once."""
+    """One committed-or-about-to-be-committed event of a run, encoded once.
+
+    A frame holds its bytes once, as the SSE block; ``data`` is cut from it when asked for (the
+    store's row, a protocol's translation). A run's in-memory tail is frames, so their size is
+    the memory of a live run: about 200 bytes for a token.
+    """
 
     seq: int
     type: str
-    data: bytes
-    """The JSON payload, as stored in the ``events`` table."""
     created_at: float
     sse: bytes
     """The complete SSE block: ``id``, ``event``, ``data`` and the blank line."""
@@ -189,14 +192,16 @@ class Frame:
     @classmethod
     def build(cls, seq: int, type: str, data: bytes, created_at: float) -> Frame:
         # orjson escapes every control character, so `data` is one line: neither user text nor
-        # tool output can start a new SSE field or event.
+        # tool output can start a new SSE field or event. (Keeping only the block also drops
+        # orjson's own bytes object, whose buffer stays over-allocated: 4 KiB for a token.)
         name = _NAMES.get(type) or type.encode("ascii")
-        sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name, data)
-        # `data` is kept as a slice of `sse`: a copy of exactly its length. orjson (3.12 on)
-        # returns bytes whose buffer stays over-allocated (4 KiB for a 100-byte token), and a
-        # frame lives as long as the run's tail and the writer's backlog hold it: kept as is,
-        # a 10,000-frame tail was 40 MB instead of 2.
-        return cls(seq, type, sse[-2 - len(data) : -2], created_at, sse)
+        return cls(seq, type, created_at, b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name, data))
+
+    @property
+    def data(self) -> bytes:
+        """The JSON payload, as stored in the ``events`` table (a copy cut from ``sse``)."""
+        sse = self.sse
+        return sse[sse.index(b"\ndata: ") + 7 : -2]
 
     @classmethod
     def encode(cls, seq: int, event: _Event, created_at: float) -> Frame:

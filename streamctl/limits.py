@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol, runtime_checkable
 
 from .agents.base import Agent, Message
@@ -151,6 +153,18 @@ class StreamCaps:
                 f"you have {held} streams open, the most allowed at once; close one first"
             )
         self._held[owner] = held + 1
+
+    @contextmanager
+    def claim(self, owner: str) -> Iterator[None]:
+        """Open a stream slot before starting what will stream (a stream refused with 429 must
+        not leave a run going); give it back if the start fails. Once the stream's response
+        exists, its end closes the slot."""
+        self.open(owner)
+        try:
+            yield
+        except BaseException:
+            self.close(owner)
+            raise
 
     def close(self, owner: str) -> None:
         left = self._held.get(owner, 1) - 1

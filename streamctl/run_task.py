@@ -4,10 +4,7 @@
 runs ahead of it when queued, iterates the agent inside the run's own cancel scope, and always ends
 with the terminal events and the final row, written in shielded clean-up after the agent's code is
 gone (docs/architecture.md, invariants 6 and 7). An agent's exception is caught here, at the per-run
-boundary, and fails that run alone (invariant 9).
-
-``finalise_orphans`` ends the runs a store hands over because their owner is gone.
-"""
+boundary, and fails that run alone (invariant 9)."""
 
 from __future__ import annotations
 
@@ -24,7 +21,6 @@ from .events import (
     Custom,
     Done,
     ErrorEvent,
-    Frame,
     Interrupt,
     MessageChunk,
     ReasoningChunk,
@@ -36,7 +32,7 @@ from .events import (
 )
 from .history import run_messages, trim_window
 from .limits import history_window
-from .runs import Run, RunOutput
+from .runs import Run
 from .settings import Settings
 from .store.base import ACTIVE_STATUSES, FinalState, NewRun, RunStore
 
@@ -367,47 +363,3 @@ class RunTask:
                 return
             with anyio.move_on_after(min(deadline, stall_at) - now):
                 await run.finished.wait()
-
-
-class _Discard:
-    """The sink of an orphan's `done`: no log in memory follows an orphan."""
-
-    def committed(self, frame: Frame, event: object) -> None:
-        pass
-
-    def publish(self) -> None:
-        pass
-
-
-async def finalise_orphans(store: RunStore) -> int:
-    """Finalise the runs the store hands over because their owner is gone (the process died
-    under them): each gets a ``done`` with status ``interrupted`` at its next seq, and its final
-    row, with the output folded from its stored events."""
-    orphans = await store.claim_orphans()
-    now = time.time()
-    for orphan in orphans:
-        output = RunOutput.fold(await store.read_frames(orphan.run_id, 0))
-        seq = output.last_seq + 1
-        done = Done(
-            run_id=orphan.run_id,
-            thread_id=orphan.thread_id,
-            status="interrupted",
-            reason="the server stopped while the run was active",
-            tokens=output.tokens,
-        )
-        store.append(orphan.run_id, Frame.encode(seq, done, now), done, _Discard())
-        store.finish_run(
-            orphan.run_id,
-            FinalState(
-                status=done.status,
-                reason=done.reason,
-                error=output.error,
-                tokens=output.tokens,
-                last_seq=seq,
-                output=output.as_json(),
-                ended_at=now,
-            ),
-        )
-        logger.warning("run %s was active when its owner stopped: interrupted", orphan.run_id)
-    await store.flush()
-    return len(orphans)

@@ -34,7 +34,7 @@ class TextParts(list[str]):
     string, so a run of a million chunks holds its text, not a million small objects."""
 
     __slots__ = ("_joined",)
-    _COMPACT = 4096
+    _COMPACT = 64
 
     def __init__(self) -> None:
         super().__init__()

@@ -76,12 +76,12 @@ class Settings(BaseModel):
         2000, ge=0, description="Reconnection delay sent to clients as `retry:` (milliseconds)."
     )
     tail_events: int = Field(
-        10_000,
+        256,
         ge=16,
         description="Events of a live run kept in memory; older ones come from SQLite.",
     )
     tail_bytes: int = Field(
-        8 * 1024 * 1024,
+        256 * 1024,
         ge=1024,
         description="Bytes of a live run's events kept in memory; older ones come from SQLite.",
     )

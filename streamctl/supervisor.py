@@ -26,10 +26,10 @@ from .agents.base import Agent
 from .control import RunControl
 from .errors import StreamctlError
 from .limits import StreamCaps
+from .orphans import finalise_orphans
 from .reads import RunReads
 from .registry import LiveRuns
 from .remote import RemoteLogs
-from .run_task import finalise_orphans
 from .settings import Settings
 from .stats import Counters, RunStats
 from .store.base import RunStore, SharedStore

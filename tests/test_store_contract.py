@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from streamctl.events import Frame, MessageChunk
-from streamctl.run_task import finalise_orphans
+from streamctl.orphans import finalise_orphans
 from streamctl.store import FinalState, NewRun, RunStore, SqliteStore
 from streamctl.store.base import IdempotencyKey
 from streamctl.store.redis import RedisStore

@@ -14,7 +14,7 @@ import redis
 
 from streamctl.errors import RunLost, RunTakenOver, StoreError
 from streamctl.events import Frame, MessageChunk
-from streamctl.run_task import finalise_orphans
+from streamctl.orphans import finalise_orphans
 from streamctl.store import FinalState, NewRun, redis_generation
 from streamctl.store import redis_keys as keys
 from streamctl.store.redis import RedisStore

@@ -92,17 +92,12 @@ async def start_streaming(
 ) -> Response:
     """Start a run and answer with its stream from the first event. With an ``Idempotency-Key``
     that names a run already, that run's stream instead, after ``last_event_id``."""
-    # The stream's slot is claimed first: a stream refused (429) must not leave a run going.
-    sup.streams.open(me.name)
-    try:
+    with sup.streams.claim(me.name):
         started = await start_once(request, sup, services.keys, me, key, body)
         cursor = 0 if started.created else parse_cursor(last_event_id, None)
         stream = await sup.reads.subscribe(
             started.run_id, me.name, cursor, granularity=body.granularity
         )
-    except BaseException:
-        sup.streams.close(me.name)
-        raise
     headers = {"X-Run-Id": started.run_id, "X-Thread-Id": started.thread_id}
     if not started.created:
         headers[REPLAYED] = "true"

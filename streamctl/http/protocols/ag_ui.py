@@ -353,8 +353,7 @@ async def run_agent(
     if idempotency_key is None and await _existing(sup, body, me):
         return await _join(request, svc, sup, me, body.runId, last_event_id)
     create = body.to_run_create()
-    sup.streams.open(me.name)
-    try:
+    with sup.streams.claim(me.name):
         run_id, replayed = body.runId, None
         try:
             started = await start_once(
@@ -368,9 +367,6 @@ async def run_agent(
         return await _join(
             request, svc, sup, me, run_id, last_event_id, claimed=True, headers=replayed
         )
-    except BaseException:
-        sup.streams.close(me.name)
-        raise
 
 
 @router.get("/runs/{run_id}/stream", response_class=EventStream, responses=READ_STREAM)

@@ -241,13 +241,9 @@ async def graph_stream(
         return await start_streaming(
             request, svc, sup, create, me, key=idempotency_key, last_event_id=last_event_id
         )
-    sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
-    try:
+    with sup.streams.claim(me.name):
         started = await start_once(request, sup, svc.keys, me, idempotency_key, create)
         _, frames = await sup.reads.run_frames(started.run_id, me.name)
-    except BaseException:
-        sup.streams.close(me.name)
-        raise
     run_id, thread_id = started.run_id, started.thread_id
     translator = StreamChunkTranslator(thread_id, run_id, body.config.thread_id is None)
     headers = {"X-Run-Id": run_id, "X-Thread-Id": thread_id}

@@ -247,16 +247,12 @@ async def chat(
     """Start a run on the chat's thread; answer it as a UI message stream. A retry with the same
     ``Idempotency-Key`` gets that run's message again (after ``Last-Event-ID``, if sent)."""
     create = body.to_run_create()
-    sup.streams.open(me.name)  # first: a refused stream (429) must not leave a run going
-    try:
+    with sup.streams.claim(me.name):
         started = await start_once(request, sup, svc.keys, me, idempotency_key, create)
         snapshot, frames = await sup.reads.run_frames(started.run_id, me.name)
         cursor = (0, 0)
         if not started.created:
             cursor = parse_part_cursor(last_event_id, started.run_id, snapshot["last_seq"])
-    except BaseException:
-        sup.streams.close(me.name)
-        raise
     headers = {"X-Run-Id": started.run_id, "X-Thread-Id": started.thread_id}
     if not started.created:
         headers[REPLAYED] = "true"
