@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -90,6 +91,109 @@ async def test_a_stale_owner_is_fenced_and_the_new_owner_finalises(
         assert stored(client) == [1, 2]
         record = await taker.get_run("r1")
         assert record is not None and (record.status, record.last_seq) == ("interrupted", 2)
+
+
+async def test_one_runs_refusal_fails_only_that_runs_flush(
+    redis_url: str, client: redis.Redis
+) -> None:
+    # Found with 96 runs started at once on one loaded process: one run was fenced, and every
+    # start whose writes shared its round raised that run's `RunTakenOver` (503 to the client,
+    # and a run left `running` with nobody to end it).
+    fenced, other = Sink(), Sink()
+    async with RedisStore(redis_url) as store:
+        store.create_run(new_run("r1"))
+        store.append("r1", chunk_frame(1), None, fenced)
+        await store.flush()
+        client.hset(keys.meta("r1"), "fence", 5)  # another node claimed r1
+        store.append("r1", chunk_frame(2), None, fenced)  # one round: r1's refused write ...
+        store.create_run(new_run("r2"))  # ... and another run's start
+        store.append("r2", chunk_frame(1), None, other)
+        outcomes: dict[str, BaseException | None] = {}
+
+        async def flush(run_id: str) -> None:  # both wait for the same round
+            try:
+                await store.flush(run_id)
+                outcomes[run_id] = None
+            except StoreError as exc:
+                outcomes[run_id] = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush, "r1")
+            tg.start_soon(flush, "r2")
+        assert isinstance(outcomes["r1"], RunTakenOver) and "'r1'" in str(outcomes["r1"])
+        assert outcomes["r2"] is None  # r2's writes were stored: its start goes on
+        assert stored(client, "r2") == [1] and [f.seq for f in other.frames] == [1]
+        assert other.errors == [] and isinstance(fenced.errors[0], RunTakenOver)
+
+
+async def test_a_run_whose_creation_waits_in_the_queue_is_not_taken_for_lost(
+    redis_url: str, client: redis.Redis
+) -> None:
+    # Found with 96 runs started at once: a renewal ran while a new run's creation still waited
+    # behind the others' events, Redis did not know the run yet ("lost"), its lease was dropped
+    # in silence and every later write of the run was refused (FENCED).
+    sink = Sink()
+    async with RedisStore(redis_url, lease_seconds=0.3) as store:
+        gate, heartbeats, beaten = anyio.Event(), 0, anyio.Event()
+        send, check = store._writer._send, store.leases._check_generation
+
+        async def held(ops: Any) -> Any:
+            await gate.wait()  # the writer is busy elsewhere
+            return await send(ops)
+
+        async def counted() -> bool:
+            nonlocal heartbeats
+            heartbeats += 1
+            if heartbeats >= 3:
+                beaten.set()
+            return await check()
+
+        store._writer._send = held  # type: ignore[method-assign]
+        store.leases._check_generation = counted
+        store.create_run(new_run())
+        with anyio.fail_after(10):
+            await beaten.wait()  # renewals came while r1's creation waited
+        store.append("r1", chunk_frame(1), None, sink)
+        gate.set()
+        await store.flush("r1")
+        assert stored(client) == [1] and sink.errors == [] and store.leases.fence("r1") == 1
+
+
+async def test_a_finishing_run_keeps_its_lease_until_its_end_is_stored(
+    redis_url: str, client: redis.Redis
+) -> None:
+    # Its end queued behind other runs' events for longer than a lease: a sweeper must not
+    # claim it meanwhile (that fenced its `done` and ended it `interrupted`).
+    sink = Sink()
+    async with RedisStore(redis_url, lease_seconds=0.3) as owner, RedisStore(redis_url) as taker:
+        owner.create_run(new_run())
+        owner.append("r1", chunk_frame(1), None, sink)
+        await owner.flush()
+        gate, heartbeats, beaten = anyio.Event(), 0, anyio.Event()
+        send, check = owner._writer._send, owner.leases._check_generation
+
+        async def held(ops: Any) -> Any:
+            await gate.wait()
+            return await send(ops)
+
+        async def counted() -> bool:
+            nonlocal heartbeats
+            heartbeats += 1
+            if heartbeats >= 6:  # two leases' time
+                beaten.set()
+            return await check()
+
+        owner._writer._send = held  # type: ignore[method-assign]
+        owner.leases._check_generation = counted
+        owner.finish_run("r1", FinalState("completed", None, None, 1, 1, {}, 2.0))
+        with anyio.fail_after(10):
+            await beaten.wait()
+        assert await taker.claim_orphans() == []  # its lease is alive: renewed until stored
+        gate.set()
+        await owner.flush("r1")
+        record = await taker.get_run("r1")
+        assert record is not None and record.status == "completed"
+        assert "r1" not in owner.leases.owned  # given back once stored
 
 
 async def test_a_retried_append_is_already_applied_and_a_different_one_conflicts(

@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -166,11 +167,15 @@ class RedisStore(RedisReads, RedisIdempotency):
         """Queue one event for the next round. Synchronous: never awaits."""
         self._writer.append(_Append(run_id, frame, event, sink, self.leases.fence(run_id)))
 
-    def _later(self, run_id: str, *calls: Call) -> None:
-        self._writer.append(_Call(run_id, list(calls)))
+    def _later(self, run_id: str, *calls: Call, after: Callable[[], None] | None = None) -> None:
+        self._writer.append(_Call(run_id, list(calls), after))
 
     def _stored(self, run_id: str, sink: CommitSink) -> None:
         self.leases.stored(run_id, sink)  # the sink to tell if the run's lease is lost
+
+    def _ended(self, run_id: str) -> None:
+        """The run's final row is stored: its lease is no longer renewed."""
+        self.leases.give_back(run_id)
 
     def _disowned(self, run_id: str) -> None:
         """Redis refused the run's writes for good: stop renewing it (its sink is told)."""
@@ -189,6 +194,7 @@ class RedisStore(RedisReads, RedisIdempotency):
         }
         deadline = int(time.time() * 1000) + self.lease_ms
         self.leases.owned[run.run_id] = 1
+        self.leases.creating.add(run.run_id)
         self._owners[run.run_id] = run.owner
         self.generations.remember(run.run_id)
         self._later(
@@ -211,6 +217,7 @@ class RedisStore(RedisReads, RedisIdempotency):
                 ],
                 [run.run_id, run.owner, repr(run.created_at), deadline],
             ),
+            after=partial(self.leases.created, run.run_id),
         )
 
     def mark_running(self, run_id: str, started_at: float) -> None:
@@ -219,7 +226,10 @@ class RedisStore(RedisReads, RedisIdempotency):
         self._later(run_id, (self._scripts["UPDATE"], [k.meta(run_id)], args))
 
     def finish_run(self, run_id: str, final: FinalState) -> None:
-        fence = self.leases.give_back(run_id)
+        # The lease is renewed until the final row is stored, not only queued: behind a long
+        # queue (many firehoses) it would expire first, and a sweeper (this node's too) would
+        # claim the run and fence its end.
+        fence = self.leases.fence(run_id)
         fields = {
             "status": final.status,
             "reason": final.reason or "",
@@ -241,6 +251,7 @@ class RedisStore(RedisReads, RedisIdempotency):
                 [k.ACTIVE, k.ENDED, k.owner_live(self._owners.pop(run_id, ""))],
                 [run_id, repr(final.ended_at)],
             ),
+            after=partial(self._ended, run_id),
         )
 
     def drop_queued(self, run_id: str) -> list[Frame]:
@@ -248,8 +259,9 @@ class RedisStore(RedisReads, RedisIdempotency):
 
     async def flush(self, run_id: str | None = None) -> None:
         """Return once everything queued so far is stored (all runs' writes, even with
-        ``run_id``); raise ``StoreError`` if some was lost."""
-        await self._writer.flush()
+        ``run_id``); raise ``StoreError`` if some was lost (with ``run_id``: some of that run's,
+        or a whole round)."""
+        await self._writer.flush(run_id)
 
     async def _load_scripts(self) -> None:
         for script in self._scripts.values():

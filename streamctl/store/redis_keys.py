@@ -213,11 +213,12 @@ return f
 
 # KEYS meta, lease; ARGV fence, node, lease_ms.
 # Returns -1 if the run is no longer this owner's to run, -2 if it is not in the store (lost),
-# else its stop_requested flag (0/1).
+# -3 if this owner's final row is stored (finished), else its stop_requested flag (0/1).
 RENEW = """
 local m = redis.call('HMGET', KEYS[1], 'status', 'fence', 'stop_requested')
 if not m[1] then return -2 end
-if m[2] ~= ARGV[1] or (m[1] ~= 'running' and m[1] ~= 'queued') then return -1 end
+if m[2] ~= ARGV[1] then return -1 end
+if m[1] ~= 'running' and m[1] ~= 'queued' then return -3 end
 redis.call('SET', KEYS[2], ARGV[2] .. ':' .. ARGV[1], 'PX', ARGV[3])
 return tonumber(m[3]) or 0
 """

@@ -45,6 +45,9 @@ class Leases:
         self._check_generation = check_generation
         self.owned: dict[str, int] = {}
         """Runs owned (created or claimed, not finished), with their fence."""
+        self.creating: set[str] = set()
+        """Owned runs whose creation is still queued: not renewed until it is stored (Redis does
+        not know them yet, and a renewal would take them for lost)."""
         self.sinks: dict[str, CommitSink] = {}
         """Each owned run's sink, once it has events: told when the run is lost."""
         self.on_stop_request: Callable[[str], None] | None = None
@@ -57,8 +60,13 @@ class Leases:
         if run_id in self.owned:
             self.sinks.setdefault(run_id, sink)
 
+    def created(self, run_id: str) -> None:
+        """The run's creation is stored (with a fresh lease): renew it from now on."""
+        self.creating.discard(run_id)
+
     def give_back(self, run_id: str) -> int:
         """The run is finished (or handed over): stop renewing it. Returns its fence."""
+        self.creating.discard(run_id)
         self.sinks.pop(run_id, None)
         return self.owned.pop(run_id, 0)
 
@@ -70,7 +78,7 @@ class Leases:
         renewed = time.monotonic()
         while True:
             await anyio.sleep(interval)
-            owned = dict(self.owned)
+            owned = {r: fence for r, fence in self.owned.items() if r not in self.creating}
             try:
                 # Each heartbeat also looks for a lost store, so that streams of runs owned
                 # elsewhere hear of it too (docs/redis.md, "Lost store").
@@ -91,6 +99,8 @@ class Leases:
                     self._give_up(run_id, RunTakenOver("the run's lease went to another node"))
                 elif reply == -2:
                     self._give_up(run_id, RunLost(f"run {run_id!r} is no longer in the store"))
+                elif reply == -3:  # its end is stored; the writer gives it back as well
+                    self.give_back(run_id)
                 elif reply == 1:
                     self._stop_asked(run_id)
 

@@ -66,6 +66,8 @@ class _Call:
 
     run_id: str
     calls: list[Call]
+    after: Callable[[], None] | None = None
+    """Called once the statement's first script is stored (not if Redis refused it)."""
 
 
 class RoundWriter:
@@ -91,7 +93,8 @@ class RoundWriter:
         self._queued = 0
         """Ops ever queued; ``_done`` ops ever sent (a flush waits for its own number)."""
         self._done = 0
-        self._failures: list[tuple[int, int, BaseException]] = []
+        self._failures: list[tuple[int, int, str | None, BaseException]] = []
+        """(first op, end op, run or None for the whole round, error) of the last failed rounds."""
         self._progress = anyio.Event()
         self._wake = anyio.Event()
         self._idle = False
@@ -110,16 +113,21 @@ class RoundWriter:
         self.closing = True
         self._wake.set()
 
-    async def flush(self) -> None:
-        """Return once everything queued so far is sent; raise ``StoreError`` if some was lost."""
+    async def flush(self, run_id: str | None = None) -> None:
+        """Return once everything queued so far is sent; raise ``StoreError`` if some was lost:
+        with ``run_id``, only if that run's writes were (or the whole round failed): another
+        run's refusal (taken over, lost) is that run's alone."""
         start, target = self._done, self._queued
         while self._done < target:
             await self._progress.wait()
-        for first, last, error in self._failures:
-            if first < target and last > start:
-                if isinstance(error, StoreError):
-                    raise error  # taken over, lost: the caller tells those apart
-                raise StoreError(f"commit failed: {error}") from error
+        for first, last, failed_run, error in self._failures:
+            if first >= target or last <= start:
+                continue  # a round outside this flush's writes
+            if run_id is not None and failed_run not in (None, run_id):
+                continue  # another run's refusal is that run's alone
+            if isinstance(error, StoreError):
+                raise error  # taken over, lost: the caller tells those apart
+            raise StoreError(f"commit failed: {error}") from error
 
     async def run(self) -> None:
         while True:
@@ -133,15 +141,16 @@ class RoundWriter:
                 continue
             ops = self._take()
             first = self._done
-            error: BaseException | None = None
+            errors: list[tuple[str | None, BaseException]] = []
             began = time.perf_counter()
             try:
                 with anyio.CancelScope(shield=True):
-                    error = await self._send(ops)
+                    errors = await self._send(ops)
             finally:
                 self._done += len(ops)
-                if error is not None:
-                    self._failures = [*self._failures[-63:], (first, self._done, error)]
+                if errors:
+                    failures = [(first, self._done, run_id, exc) for run_id, exc in errors]
+                    self._failures = [*self._failures, *failures][-64:]
                 progress, self._progress = self._progress, anyio.Event()
                 progress.set()
             self.stats.commit_seconds.observe(time.perf_counter() - began)
@@ -157,9 +166,13 @@ class RoundWriter:
         ops, self._queue = queue[:end], queue[end:]
         return ops
 
-    async def _send(self, ops: list[_Append | _Call]) -> BaseException | None:
-        """Send one round as one pipeline; deliver what was stored. Returns the round's error."""
+    async def _send(self, ops: list[_Append | _Call]) -> list[tuple[str | None, BaseException]]:
+        """Send one round as one pipeline; deliver what was stored. Returns the round's errors:
+        (run, error) for each run whose writes were refused or dropped, (None, error) when the
+        whole round failed."""
         sent: list[tuple[str, list[_Append] | None]] = []
+        afters: dict[int, Callable[[], None]] = {}
+        """Index in ``sent`` of a statement's first script -> its ``after``."""
         calls: list[Call] = []
         open_chunks: dict[str, list[_Append]] = {}
         sizes: dict[str, int] = {}
@@ -173,11 +186,11 @@ class RoundWriter:
             calls.append((self._scripts["APPEND"], keys, args))
             sent.append((run_id, chunk))
 
-        dropped: BaseException | None = None
+        errors: dict[str | None, BaseException] = {}
         for op in ops:
             if isinstance(op, _Append):
                 if op.dropped is not None:
-                    dropped = op.dropped
+                    errors[op.run_id] = op.dropped
                     continue
                 chunk = open_chunks.setdefault(op.run_id, [])
                 if chunk and chunk[0].fence != op.fence:
@@ -190,13 +203,15 @@ class RoundWriter:
             else:
                 if op.run_id in open_chunks:
                     close(op.run_id)
+                if op.after is not None:
+                    afters[len(sent)] = op.after
                 for call in op.calls:
                     calls.append(call)
                     sent.append((op.run_id, None))
         for run_id in list(open_chunks):
             close(run_id)
         if not sent:
-            return dropped
+            return list(errors.items())
         try:
             replies = await self._pipeline(calls)
             if any(isinstance(r, NoScriptError) for r in replies):
@@ -209,13 +224,12 @@ class RoundWriter:
             lost = {run_id: appended[0].sink for run_id, appended in sent if appended}
             for run_id, sink in lost.items():
                 self.fail(run_id, sink, exc)
-            return exc
-        error = dropped
+            return [(None, exc)]
         delivered: dict[int, CommitSink] = {}
         failed: set[str] = set()
-        for (run_id, stored), reply in zip(sent, replies, strict=True):
+        for index, ((run_id, stored), reply) in enumerate(zip(sent, replies, strict=True)):
             if isinstance(reply, Exception):
-                error = refusal(run_id, reply)
+                error = errors[run_id] = refusal(run_id, reply)
                 logger.error("run %s: redis refused a write: %s", run_id, reply)
                 if isinstance(error, StoreError) and error.final:
                     self._on_final(run_id)
@@ -223,6 +237,8 @@ class RoundWriter:
                     failed.add(run_id)
                     self.fail(run_id, stored[0].sink, error)
                 continue
+            if index in afters:
+                afters[index]()
             if stored is None or run_id in failed:
                 continue
             self.stats.batches += 1
@@ -240,7 +256,7 @@ class RoundWriter:
                 sink.publish()
             except Exception:
                 logger.exception("waking subscribers failed")
-        return error
+        return list(errors.items())
 
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
         """Run scripts in one round trip (without redis-py's SCRIPT EXISTS before each one)."""
