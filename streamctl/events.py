@@ -203,6 +203,12 @@ class Frame:
         sse = self.sse
         return sse[sse.index(b"\ndata: ") + 7 : -2]
 
+    @property
+    def data_size(self) -> int:
+        """``len(self.data)``, without cutting it."""
+        sse = self.sse
+        return len(sse) - sse.index(b"\ndata: ") - 9
+
     @classmethod
     def encode(cls, seq: int, event: _Event, created_at: float) -> Frame:
         return cls.build(seq, event.type, orjson.dumps(event.payload()), created_at)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from .errors import StreamctlError
 from .events import Done, Frame
 from .runs import RunOutput
 from .store.base import FinalState, RunStore
@@ -58,5 +59,10 @@ async def finalise_orphans(store: RunStore) -> int:
             ),
         )
         logger.warning("run %s was active when its owner stopped: interrupted", orphan.run_id)
-    await store.flush()
+    try:
+        await store.flush()
+    except StreamctlError:
+        for orphan in orphans:  # not ended after all: let the next sweep claim them again
+            store.abandon(orphan.run_id)
+        raise
     return len(orphans)

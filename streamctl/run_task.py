@@ -95,7 +95,11 @@ class RunTask:
             )
         )
         run.emit(RunStarted(run_id=run.run_id, thread_id=run.thread_id, status=status))
-        await store.flush(run.run_id)  # this run's writes only: not behind another's backlog
+        try:
+            await store.flush(run.run_id)  # this run's writes only: not behind another's backlog
+        except StreamctlError:
+            store.abandon(run.run_id)  # the start failed (503); whatever was stored is ended
+            raise
         task_status.started()
         logger.info(
             "run started",
@@ -292,8 +296,9 @@ class RunTask:
             run.log.failure = None
             logger.warning("run %s: its terminal events are stored at last", run.run_id)
             return
-        why = "run %s: the store failed for %g s; the next start finalises it"
+        why = "run %s: the store failed for %g s; it is left to be finalised as interrupted"
         logger.error(why, run.run_id, self.settings.store_retry_seconds)
+        self.store.abandon(run.run_id)
 
     async def _terminal(
         self,

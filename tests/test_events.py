@@ -106,6 +106,7 @@ def test_encode_puts_the_payload_without_type_on_one_data_line(event: AnyEvent) 
         ("data", frame.data.decode()),
     ]
     payload = orjson.loads(frame.data)
+    assert frame.data_size == len(frame.data)
     assert "type" not in payload
     assert payload == orjson.loads(orjson.dumps(event.model_dump(exclude={"type"})))
     # The frame is enough to rebuild the event: type from `event:`, fields from `data:`.

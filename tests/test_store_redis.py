@@ -7,21 +7,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
 import redis
 
+from streamctl.agents import ScriptedAgent
 from streamctl.errors import RunLost, RunTakenOver, StoreError
 from streamctl.events import Frame, MessageChunk
 from streamctl.orphans import finalise_orphans
+from streamctl.settings import Settings
 from streamctl.store import FinalState, NewRun, redis_generation
 from streamctl.store import redis_keys as keys
 from streamctl.store.redis import RedisStore
 from streamctl.store.redis_writer import CHUNK_EVENTS
+from streamctl.supervisor import Supervisor
 
+from .support import HANG, chunks
 from .support.redis_server import RedisServer, redis_server, redis_url, start_redis
+from .support.supervisors import request
 
 pytestmark = pytest.mark.anyio
 __all__ = ["redis_server", "redis_url"]  # fixtures this module uses
@@ -194,6 +199,37 @@ async def test_a_finishing_run_keeps_its_lease_until_its_end_is_stored(
         record = await taker.get_run("r1")
         assert record is not None and record.status == "completed"
         assert "r1" not in owner.leases.owned  # given back once stored
+
+
+async def test_a_run_whose_start_failed_is_abandoned_and_ended_by_a_sweep(
+    redis_url: str, client: redis.Redis
+) -> None:
+    # The start's round reached Redis but its reply was lost: the run is stored as running,
+    # its start answered 503, and its lease must lapse (not be renewed for ever) so that a
+    # sweep ends it.
+    settings = Settings.from_env({}, backend="redis", redis_url=redis_url)
+    store = RedisStore(redis_url, lease_seconds=0.3)
+    async with store, Supervisor(store, ScriptedAgent(chunks(1)), settings) as sup:
+        pipeline = store._writer._pipeline
+
+        async def reply_lost(calls: Any) -> Any:
+            store._writer._pipeline = pipeline  # type: ignore[method-assign]
+            await pipeline(calls)
+            raise redis.ConnectionError("the reply was lost")
+
+        store._writer._pipeline = reply_lost  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            await sup.control.start(request("hi"), "alice")
+        (run_id,) = [r.decode() for r in cast(list[bytes], client.zrange(keys.ACTIVE, 0, -1))]
+        assert run_id not in store.leases.owned and not store.leases.creating
+        with anyio.fail_after(HANG):
+            while True:  # the lease lapses, then a sweep (once a second) ends the run
+                record = await store.get_run(run_id)
+                assert record is not None
+                if record.status != "running":
+                    break
+                await anyio.sleep(0.05)
+        assert record.status == "interrupted"
 
 
 async def test_a_retried_append_is_already_applied_and_a_different_one_conflicts(

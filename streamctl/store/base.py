@@ -154,6 +154,12 @@ class RunStore(Protocol):
         """Queue the run's final row. It is no longer this store's to end."""
         ...
 
+    def abandon(self, run_id: str) -> None:
+        """A run this store could not start or end (its writes failed and will not be retried):
+        stop holding it, so that whoever finalises runs whose owner is gone (the next start,
+        any node's sweeper) ends it ``interrupted`` from its stored events."""
+        ...
+
     def drop_queued(self, run_id: str) -> list[Frame]:
         """A stopped run's events that are queued and not being committed yet: drop them and
         return them, oldest first (the run numbers on from the first one). Nobody has seen them

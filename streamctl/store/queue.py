@@ -68,7 +68,7 @@ def size_of(item: Item) -> int:
     """What an item weighs against the byte caps."""
     if isinstance(item, Statement):
         return item.size
-    return len(item[1].data) + EVENT_OVERHEAD
+    return item[1].data_size + EVENT_OVERHEAD
 
 
 class Lane:

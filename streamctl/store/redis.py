@@ -176,10 +176,17 @@ class RedisStore(RedisReads, RedisIdempotency):
     def _ended(self, run_id: str) -> None:
         """The run's final row is stored: its lease is no longer renewed."""
         self.leases.give_back(run_id)
+        self._owners.pop(run_id, None)
 
     def _disowned(self, run_id: str) -> None:
         """Redis refused the run's writes for good: stop renewing it (its sink is told)."""
         self.leases.give_back(run_id)
+        self._owners.pop(run_id, None)
+
+    def abandon(self, run_id: str) -> None:
+        # Not renewed any more: its lease lapses and a sweeper (this node's too) claims it.
+        self.leases.give_back(run_id)
+        self._owners.pop(run_id, None)
 
     def create_run(self, run: NewRun) -> None:
         fields = {
@@ -248,7 +255,7 @@ class RedisStore(RedisReads, RedisIdempotency):
             ),
             (
                 self._scripts["INDEX_END"],
-                [k.ACTIVE, k.ENDED, k.owner_live(self._owners.pop(run_id, ""))],
+                [k.ACTIVE, k.ENDED, k.owner_live(self._owners.get(run_id, ""))],
                 [run_id, repr(final.ended_at)],
             ),
             after=partial(self._ended, run_id),

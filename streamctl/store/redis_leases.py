@@ -115,6 +115,7 @@ class Leases:
         return [int(r) for r in replies[:-1]]
 
     def _give_up(self, run_id: str, exc: StoreError) -> None:
+        self.creating.discard(run_id)
         if self.owned.pop(run_id, None) is None:
             return
         sink = self.sinks.pop(run_id, None)
@@ -123,6 +124,7 @@ class Leases:
 
     async def release_all(self) -> None:
         owned, self.owned = self.owned, {}
+        self.creating.clear()
         if not owned:
             return
         pipe = self._client().pipeline(transaction=False)

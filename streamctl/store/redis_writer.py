@@ -93,8 +93,9 @@ class RoundWriter:
         self._queued = 0
         """Ops ever queued; ``_done`` ops ever sent (a flush waits for its own number)."""
         self._done = 0
-        self._failures: list[tuple[int, int, str | None, BaseException]] = []
-        """(first op, end op, run or None for the whole round, error) of the last failed rounds."""
+        self._failures: list[tuple[int, int, dict[str | None, BaseException]]] = []
+        """(first op, end op, {run or None for the whole round: error}) of the last 64 failed
+        rounds."""
         self._progress = anyio.Event()
         self._wake = anyio.Event()
         self._idle = False
@@ -120,11 +121,16 @@ class RoundWriter:
         start, target = self._done, self._queued
         while self._done < target:
             await self._progress.wait()
-        for first, last, failed_run, error in self._failures:
+        for first, last, errors in self._failures:
             if first >= target or last <= start:
                 continue  # a round outside this flush's writes
-            if run_id is not None and failed_run not in (None, run_id):
-                continue  # another run's refusal is that run's alone
+            if run_id is None:
+                error = errors.get(None) or next(iter(errors.values()))
+            else:  # another run's refusal is that run's alone
+                found = errors.get(run_id) or errors.get(None)
+                if found is None:
+                    continue
+                error = found
             if isinstance(error, StoreError):
                 raise error  # taken over, lost: the caller tells those apart
             raise StoreError(f"commit failed: {error}") from error
@@ -141,7 +147,7 @@ class RoundWriter:
                 continue
             ops = self._take()
             first = self._done
-            errors: list[tuple[str | None, BaseException]] = []
+            errors: dict[str | None, BaseException] = {}
             began = time.perf_counter()
             try:
                 with anyio.CancelScope(shield=True):
@@ -149,8 +155,7 @@ class RoundWriter:
             finally:
                 self._done += len(ops)
                 if errors:
-                    failures = [(first, self._done, run_id, exc) for run_id, exc in errors]
-                    self._failures = [*self._failures, *failures][-64:]
+                    self._failures = [*self._failures[-63:], (first, self._done, errors)]
                 progress, self._progress = self._progress, anyio.Event()
                 progress.set()
             self.stats.commit_seconds.observe(time.perf_counter() - began)
@@ -166,7 +171,7 @@ class RoundWriter:
         ops, self._queue = queue[:end], queue[end:]
         return ops
 
-    async def _send(self, ops: list[_Append | _Call]) -> list[tuple[str | None, BaseException]]:
+    async def _send(self, ops: list[_Append | _Call]) -> dict[str | None, BaseException]:
         """Send one round as one pipeline; deliver what was stored. Returns the round's errors:
         (run, error) for each run whose writes were refused or dropped, (None, error) when the
         whole round failed."""
@@ -197,7 +202,7 @@ class RoundWriter:
                     close(op.run_id)
                     chunk = open_chunks[op.run_id] = []
                 chunk.append(op)
-                sizes[op.run_id] = sizes.get(op.run_id, 0) + len(op.frame.data)
+                sizes[op.run_id] = sizes.get(op.run_id, 0) + op.frame.data_size
                 if len(chunk) >= CHUNK_EVENTS or sizes[op.run_id] >= CHUNK_BYTES:
                     close(op.run_id)
             else:
@@ -211,7 +216,7 @@ class RoundWriter:
         for run_id in list(open_chunks):
             close(run_id)
         if not sent:
-            return list(errors.items())
+            return errors
         try:
             replies = await self._pipeline(calls)
             if any(isinstance(r, NoScriptError) for r in replies):
@@ -224,7 +229,7 @@ class RoundWriter:
             lost = {run_id: appended[0].sink for run_id, appended in sent if appended}
             for run_id, sink in lost.items():
                 self.fail(run_id, sink, exc)
-            return [(None, exc)]
+            return {None: exc}
         delivered: dict[int, CommitSink] = {}
         failed: set[str] = set()
         for index, ((run_id, stored), reply) in enumerate(zip(sent, replies, strict=True)):
@@ -256,7 +261,7 @@ class RoundWriter:
                 sink.publish()
             except Exception:
                 logger.exception("waking subscribers failed")
-        return list(errors.items())
+        return errors
 
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
         """Run scripts in one round trip (without redis-py's SCRIPT EXISTS before each one)."""

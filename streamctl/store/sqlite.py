@@ -204,6 +204,9 @@ class SqliteStore(SqliteReads):
             self._idle = False
             self._wake.set()
 
+    def abandon(self, run_id: str) -> None:
+        pass  # one process: a run left active is finalised by the next start (claim_orphans)
+
     def drop_queued(self, run_id: str) -> list[Frame]:
         """Drop the run's events waiting in its lane (a stopped run's backlog; see
         ``WriteQueue.drop_events``): its ``done`` then waits for the batch in flight at most."""
