@@ -219,7 +219,7 @@ def serve(settings: Settings) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     try:
-        server.run(sockets=worker_socket(settings))
+        server.run(sockets=worker_socket())
     finally:
         if lock is not None:
             lock.release()

@@ -1,10 +1,13 @@
 """``streamctl serve --workers N``: N server processes on one port, for a shared store.
 
-The parent starts N ordinary ``streamctl serve`` processes with the same settings (passed as
-``STREAMCTL_*`` variables) and waits for them; each binds the port with ``SO_REUSEPORT``, so the
-kernel spreads new connections over them. A run lives in the process that started it; any other
-one reads, streams and stops it through the store, as another node would (docs/redis.md). That
-needs a store several processes share: SQLite is one process's file, so it is refused.
+The parent binds the port once, then starts N ordinary ``streamctl serve`` processes with the
+same settings (passed as ``STREAMCTL_*`` variables) and that listening socket, and waits for
+them. The workers accept from the one socket, so a connection goes to a worker free to take it
+(with ``SO_REUSEPORT``, one socket each, the kernel hashed connections over them: a burst of 96
+was spread 41 / 55), and a port already in use is the parent's error, before any worker starts.
+A run lives in the process that started it; any other one reads, streams and stops it through
+the store, as another node would (docs/redis.md). That needs a store several processes share:
+SQLite is one process's file, so it is refused.
 
 SIGTERM or SIGINT to the parent is passed to every worker; each drains as a single server does.
 The parent exits 0 once every worker has ended cleanly.
@@ -23,21 +26,28 @@ from types import FrameType
 from .errors import SettingsError
 from .settings import ENV_PREFIX, Settings
 
-REUSE_PORT = "STREAMCTL_WORKER_REUSE_PORT"
-"""Set for a worker: bind the port with SO_REUSEPORT (not a setting: only the parent sets it)."""
+LISTEN_FD = "STREAMCTL_WORKER_FD"
+"""Set for a worker: the file descriptor of the parent's listening socket (not a setting: only
+the parent sets it)."""
 
 
-def worker_socket(settings: Settings) -> list[socket.socket] | None:
-    """The listening socket of a worker (``SO_REUSEPORT``), or None for a lone server."""
-    if not os.environ.get(REUSE_PORT):
+def worker_socket() -> list[socket.socket] | None:
+    """The listening socket a worker was given, or None for a lone server."""
+    fd = os.environ.get(LISTEN_FD)
+    if not fd:
         return None
+    return [socket.socket(fileno=int(fd))]
+
+
+def listen(settings: Settings) -> socket.socket:
+    """Bind the port the workers share (``OSError`` if it is in use)."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.host, settings.port))
     sock.listen(2048)
-    return [sock]
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve_workers(settings: Settings) -> int:
@@ -54,10 +64,16 @@ def serve_workers(settings: Settings) -> int:
         if value is not None:
             text = value if isinstance(value, str) else json.dumps(value)
             env[ENV_PREFIX + name.upper()] = text
+    try:
+        sock = listen(settings)
+    except OSError as exc:
+        raise SettingsError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
     env[ENV_PREFIX + "WORKERS"] = "1"
-    env[REUSE_PORT] = "1"
+    env[LISTEN_FD] = str(sock.fileno())
     command = [sys.executable, "-m", "streamctl", "serve"]
-    workers = [subprocess.Popen(command, env=env) for _ in range(settings.workers)]
+    fds = (sock.fileno(),)
+    workers = [subprocess.Popen(command, env=env, pass_fds=fds) for _ in range(settings.workers)]
+    sock.close()  # the workers hold it now
 
     def forward(sig: int, frame: FrameType | None) -> None:
         for worker in workers:

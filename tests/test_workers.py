@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -38,6 +39,19 @@ def test_workers_need_a_shared_store(tmp_path: Path) -> None:
     assert b"--workers needs a store several processes share" in done.stderr
 
 
+def test_a_port_in_use_is_the_parents_error_before_any_worker_starts() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cmd = [sys.executable, "-m", "streamctl", "serve", "--workers", "2", "--port", port]
+        cmd += ["--backend", "redis", "--redis-url", "redis://127.0.0.1:1/0"]
+        done = subprocess.run(cmd, capture_output=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
 def test_two_workers_share_one_port_and_every_run(
     spawn_server: Callable[..., ServerProcess], redis_url: str, redis_server: RedisServer
 ) -> None:
@@ -46,7 +60,7 @@ def test_two_workers_share_one_port_and_every_run(
     body: dict[str, Any] = {"input": {"messages": [{"role": "user", "content": "hi"}]}}
     body["config"] = {"demo": {"tokens": 200, "delay_ms": 2, "tool": False}}
     run_ids = []
-    for _ in range(6):  # a new connection each: the kernel spreads them over the workers
+    for _ in range(6):  # a new connection each: either worker may accept it
         with httpx.Client(base_url=server.url, timeout=15) as client:
             response = client.post("/v1/runs", json=body)
             assert response.status_code == 201, response.text
