@@ -232,6 +232,32 @@ async def test_a_run_whose_start_failed_is_abandoned_and_ended_by_a_sweep(
         assert record.status == "interrupted"
 
 
+async def test_a_refused_end_leaves_the_run_to_the_sweepers(
+    redis_url: str, client: redis.Redis
+) -> None:
+    # A stale owner's end (fenced) and an end that does not describe the stored events
+    # (conflict) are refused; the run must stay in the index of active runs, where sweepers
+    # look, or it stays "running" for ever (the index entry used to be removed regardless).
+    async with RedisStore(redis_url, lease_seconds=0.3) as owner:
+        owner.create_run(new_run())
+        owner.append("r1", chunk_frame(1), None, Sink())
+        await owner.flush()
+        owner.finish_run("r1", FinalState("completed", None, None, 0, 3, {}, 2.0))
+        with pytest.raises(StoreError, match="CONFLICT"):
+            await owner.flush("r1")
+        assert client.zscore(keys.ACTIVE, "r1") is not None
+        assert client.zscore(keys.ENDED, "r1") is None
+        owner.abandon("r1")
+        async with RedisStore(redis_url, lease_seconds=0.3) as sweeper:
+            with anyio.fail_after(HANG):  # once its lease has lapsed, a sweep finalises it
+                while await finalise_orphans(sweeper) == 0:  # noqa: ASYNC110 (polls Redis)
+                    await anyio.sleep(0.05)
+            record = await sweeper.get_run("r1")
+            assert record is not None and (record.status, record.last_seq) == ("interrupted", 2)
+            assert client.zscore(keys.ACTIVE, "r1") is None
+            assert client.zscore(keys.ENDED, "r1") is not None
+
+
 async def test_a_retried_append_is_already_applied_and_a_different_one_conflicts(
     redis_url: str, client: redis.Redis
 ) -> None:

@@ -167,8 +167,14 @@ class RedisStore(RedisReads, RedisIdempotency):
         """Queue one event for the next round. Synchronous: never awaits."""
         self._writer.append(_Append(run_id, frame, event, sink, self.leases.fence(run_id)))
 
-    def _later(self, run_id: str, *calls: Call, after: Callable[[], None] | None = None) -> None:
-        self._writer.append(_Call(run_id, list(calls), after))
+    def _later(
+        self,
+        run_id: str,
+        *calls: Call,
+        after: Callable[[], None] | None = None,
+        then: list[Call] | None = None,
+    ) -> None:
+        self._writer.append(_Call(run_id, list(calls), after, then))
 
     def _stored(self, run_id: str, sink: CommitSink) -> None:
         self.leases.stored(run_id, sink)  # the sink to tell if the run's lease is lost
@@ -253,12 +259,14 @@ class RedisStore(RedisReads, RedisIdempotency):
                 [k.meta(run_id), k.lease(run_id)],
                 [fence, final.last_seq, *k.flat(fields)],
             ),
-            (
-                self._scripts["INDEX_END"],
-                [k.ACTIVE, k.ENDED, k.owner_live(self._owners.get(run_id, ""))],
-                [run_id, repr(final.ended_at)],
-            ),
             after=partial(self._ended, run_id),
+            then=[
+                (
+                    self._scripts["INDEX_END"],
+                    [k.ACTIVE, k.ENDED, k.owner_live(self._owners.get(run_id, ""))],
+                    [run_id, repr(final.ended_at)],
+                )
+            ],
         )
 
     def drop_queued(self, run_id: str) -> list[Frame]:

@@ -68,6 +68,10 @@ class _Call:
     calls: list[Call]
     after: Callable[[], None] | None = None
     """Called once the statement's first script is stored (not if Redis refused it)."""
+    then: list[Call] | None = None
+    """Scripts sent only once the first one is stored, in the same round (a second round trip
+    before the round's flushes return): a run's end leaves the index of active runs only if its
+    final record was stored, or a refused end (a stale owner's) would hide it from sweepers."""
 
 
 class RoundWriter:
@@ -176,8 +180,9 @@ class RoundWriter:
         (run, error) for each run whose writes were refused or dropped, (None, error) when the
         whole round failed."""
         sent: list[tuple[str, list[_Append] | None]] = []
-        afters: dict[int, Callable[[], None]] = {}
-        """Index in ``sent`` of a statement's first script -> its ``after``."""
+        afters: dict[int, _Call] = {}
+        """Index in ``sent`` of a statement's first script -> the statement (its ``after``,
+        ``then``)."""
         calls: list[Call] = []
         open_chunks: dict[str, list[_Append]] = {}
         sizes: dict[str, int] = {}
@@ -208,8 +213,8 @@ class RoundWriter:
             else:
                 if op.run_id in open_chunks:
                     close(op.run_id)
-                if op.after is not None:
-                    afters[len(sent)] = op.after
+                if op.after is not None or op.then:
+                    afters[len(sent)] = op
                 for call in op.calls:
                     calls.append(call)
                     sent.append((op.run_id, None))
@@ -232,6 +237,7 @@ class RoundWriter:
             return {None: exc}
         delivered: dict[int, CommitSink] = {}
         failed: set[str] = set()
+        then: list[Call] = []
         for index, ((run_id, stored), reply) in enumerate(zip(sent, replies, strict=True)):
             if isinstance(reply, Exception):
                 error = errors[run_id] = refusal(run_id, reply)
@@ -242,8 +248,11 @@ class RoundWriter:
                     failed.add(run_id)
                     self.fail(run_id, stored[0].sink, error)
                 continue
-            if index in afters:
-                afters[index]()
+            statement = afters.get(index)
+            if statement is not None:
+                if statement.after is not None:
+                    statement.after()
+                then += statement.then or ()
             if stored is None or run_id in failed:
                 continue
             self.stats.batches += 1
@@ -261,7 +270,22 @@ class RoundWriter:
                 sink.publish()
             except Exception:
                 logger.exception("waking subscribers failed")
+        if then:
+            await self._then(then)
         return errors
+
+    async def _then(self, calls: list[Call]) -> None:
+        """Send the ``then`` scripts of the statements stored. They index what is already
+        stored (a run's end): if they fail, a sweep finds the ended run and drops it from the
+        index of active runs, so this is logged and not the statements' failure."""
+        try:
+            replies = await self._pipeline(calls)
+        except RedisError:
+            logger.exception("indexing %d stored statements failed", len(calls))
+            return
+        for reply in replies:
+            if isinstance(reply, Exception):
+                logger.error("indexing a stored statement failed: %s", reply)
 
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
         """Run scripts in one round trip (without redis-py's SCRIPT EXISTS before each one)."""
