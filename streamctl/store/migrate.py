@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
 from ..errors import StoreError
 from .lock import DatabaseLock
+
+T = TypeVar("T")
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -30,6 +34,13 @@ async def connect(path: Path) -> aiosqlite.Connection:
     await conn.execute("PRAGMA synchronous=NORMAL")
     await conn.execute("PRAGMA busy_timeout=5000")
     return conn
+
+
+async def in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` on the connection in its own thread, in one hop (aiosqlite's queue-a-function
+    call, which each of its methods makes once: a batch of N statements through them is N hops
+    to the thread and back, each waiting for the GIL behind a busy event loop)."""
+    return await conn._execute(lambda: fn(conn._conn))  # type: ignore[no-any-return,no-untyped-call]
 
 
 async def migrate(conn: aiosqlite.Connection) -> list[str]:

@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +45,7 @@ from .base import (
     Orphan,
 )
 from .lock import DatabaseLock
-from .migrate import connect, migrate
+from .migrate import connect, in_thread, migrate
 from .queue import Batch, Pending, Statement, WriteQueue
 from .sqlite_reads import SqliteReads
 
@@ -285,26 +286,7 @@ class SqliteStore(SqliteReads):
 
     @staticmethod
     async def _commit(conn: aiosqlite.Connection, batch: Batch) -> None:
-        try:
-            for statement in batch.statements:
-                await conn.execute(statement.sql, statement.params)
-            rows = [
-                (run_id, f.seq, f.type, f.data, f.created_at) for run_id, f, _, _ in batch.events
-            ]
-            # Rows go INSERT_CHUNK to a statement: ``executemany`` releases the GIL around each
-            # statement it steps and takes it back after, and while the event loop is busy each
-            # take-back waits up to the switch interval (5 ms). Per row, a 500-row batch took
-            # 35 ms median with the loop busy; 16 rows a statement, 2 ms (docs/benchmarks.md).
-            whole = len(rows) - len(rows) % INSERT_CHUNK
-            if whole:
-                chunks = (rows[i : i + INSERT_CHUNK] for i in range(0, whole, INSERT_CHUNK))
-                await conn.executemany(_INSERT_CHUNK, [list(chain(*chunk)) for chunk in chunks])
-            if whole < len(rows):
-                await conn.executemany(sql.INSERT_EVENT, rows[whole:])
-            await conn.commit()
-        except sqlite3.Error:
-            await conn.rollback()
-            raise
+        await in_thread(conn, partial(_commit_batch, batch))
 
     # -- maintenance -----------------------------------------------------------------------------
 
@@ -346,6 +328,28 @@ class SqliteStore(SqliteReads):
         self._execute_later("", sql.PURGE_KEYS, (created_before,))
         await self.flush()
         return int(row["n"]) if row else 0
+
+
+def _commit_batch(batch: Batch, db: sqlite3.Connection) -> None:
+    """One transaction, in the writer's thread: the batch's statements, then its events."""
+    try:
+        for statement in batch.statements:
+            db.execute(statement.sql, statement.params)
+        rows = [(run_id, f.seq, f.type, f.data, f.created_at) for run_id, f, _, _ in batch.events]
+        # Rows go INSERT_CHUNK to a statement: the sqlite3 module releases the GIL around each
+        # statement it steps and takes it back after, and while the event loop is busy each
+        # take-back waits up to the switch interval (5 ms). Per row, a 500-row batch took 35 ms
+        # median with the loop busy; 16 rows a statement, 2 ms (docs/benchmarks.md).
+        whole = len(rows) - len(rows) % INSERT_CHUNK
+        if whole:
+            chunks = (rows[i : i + INSERT_CHUNK] for i in range(0, whole, INSERT_CHUNK))
+            db.executemany(_INSERT_CHUNK, [list(chain(*chunk)) for chunk in chunks])
+        if whole < len(rows):
+            db.executemany(sql.INSERT_EVENT, rows[whole:])
+        db.commit()
+    except sqlite3.Error:
+        db.rollback()
+        raise
 
 
 def _tell_failed(events: list[Pending], error: BaseException) -> None:
