@@ -130,6 +130,7 @@ class RunControl:
             ),
             agent_config=request.agent_config(),
             ahead=ahead,
+            new_thread=request.thread_id is None,
         )
         # Registered with no await since the checks above, so no concurrent start slips between.
         self.live.add(run)

@@ -175,7 +175,7 @@ class RunTask:
         does not grow with the thread. Each finished run gives at least one message, so the
         latest ``history_messages`` runs hold every message the window can keep."""
         count = self.settings.history_messages
-        if count == 0:
+        if count == 0 or run.new_thread:
             return []
         records = await self.store.thread_runs(
             run.owner, run.thread_id, limit=count, before=run.run_id

@@ -191,6 +191,8 @@ class Run:
     """Set when the store lost some of this run's events (see ``failed``)."""
     ahead: list[Run] = field(default_factory=list)
     """For a queued run: the thread's runs ahead of it, which must end before it starts."""
+    new_thread: bool = False
+    """The request named no thread, so this run starts a new one: there is no history to read."""
     finished: anyio.Event = field(default_factory=anyio.Event)
     """Set when the run's task has exited: its terminal event is committed and its agent is gone."""
     usage: dict[str, int] = field(default_factory=dict)

@@ -275,6 +275,30 @@ async def test_thread_history_reaches_the_next_run(db_path: Path) -> None:
     assert agent.runs[1].messages == [Message(role="user", content="second question")]
 
 
+async def test_a_run_on_a_new_thread_reads_no_history(db_path: Path) -> None:
+    # A run that names no thread starts a new one: nothing to read before its agent starts
+    # (a read through the reader's thread was 0.2 ms of every new chat's first event).
+    agent = ScriptedAgent(chunks(1))
+    async with supervisor(db_path, agent) as sup:
+        reads: list[str] = []
+        thread_runs = sup.store.thread_runs
+
+        async def counted(owner: str, thread_id: str, **kw: Any) -> Any:
+            reads.append(thread_id)
+            return await thread_runs(owner, thread_id, **kw)
+
+        sup.store.thread_runs = counted  # type: ignore[method-assign]
+        new = await sup.control.start(request("a new chat"), USER)
+        await finish(new)
+        assert reads == []
+        await finish(await sup.control.start(request("more", thread_id=new.thread_id), USER))
+        assert reads == [new.thread_id]
+    assert agent.runs[1].history == [
+        Message(role="user", content="a new chat"),
+        Message(role="assistant", content="w0 "),
+    ]
+
+
 async def test_crash_recovery_interrupts_runs_left_active(db_path: Path, tmp_path: Path) -> None:
     crashed = tmp_path / "crashed.db"
     gate = anyio.Event()
