@@ -7,6 +7,7 @@
     scripts/bench --json out.json     # where the results go (default ./bench-results.json)
     scripts/bench --only growth --charts docs/benchmarks  # how cost grows, and its PNG charts
     scripts/bench --only growth --growth-runs 1000 --growth-subscribers '' --growth-idle ''
+    scripts/bench --only growth --redis-workers 2 --growth-runs 500,800 --growth-subscribers ''
     python -m benchmarks.spy fanout 1000   # where the server's time goes at one size (py-spy)
     scripts/bench --only throughput --profile server.prof   # + cProfile of the server
     scripts/bench --src /tmp/tree     # benchmark the streamctl package found in another checkout
@@ -110,6 +111,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
             metavar="N,N,...",
             help=f"growth: the sizes of its {sweep} sweep (empty: skip it)",
         )
+    parser.add_argument(
+        "--redis-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="growth: streamctl on a private redis-server with --workers N (default: SQLite)",
+    )
     parser.add_argument("--firehose-tokens", type=int, help="tokens of the firehose run")
     parser.add_argument("--firehose-stops", type=int, help="firehose runs stopped (stop latency)")
     parser.add_argument("--firehose-seconds", type=float, help="bound on the firehose run's time")
@@ -148,7 +156,14 @@ def options(args: argparse.Namespace) -> Options:
         if chosen is not None:
             setattr(sizes, f"growth_{sweep}", chosen)
     profile = None if args.profile is None else args.profile.resolve()
-    return Options(args.src.resolve(), sizes, args.fanout_procs, profile, args.rss_limit_mb)
+    return Options(
+        args.src.resolve(),
+        sizes,
+        args.fanout_procs,
+        profile,
+        redis_workers=args.redis_workers,
+        rss_limit_mb=args.rss_limit_mb,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,9 +98,9 @@ async def _runs(server: Server, n: int, steady: float) -> dict[str, Any]:
     await asyncio.gather(*(connect() for _ in range(n)))
     await asyncio.sleep(0.5)
     rss0 = server.rss_kib()
-    sampler = CpuSampler(server.pid, every=0.1)
+    sampler = CpuSampler(server.pid, every=0.1, read=server.cpu)
     sampler.start()
-    memory = RssSampler(server.pid)
+    memory = RssSampler(server.pid, read=server.rss_kib)
     memory.start()
     streams = []
     for i, c in enumerate(conns):
@@ -170,9 +170,9 @@ async def _fanout(server: Server, n: int, steady: float, procs: int) -> dict[str
         assert status == 201, made
         path = f"/v1/broadcasts/{made['run_id']}/stream"
     rss0 = server.rss_kib()
-    sampler = CpuSampler(server.pid, every=0.1)
+    sampler = CpuSampler(server.pid, every=0.1, read=server.cpu)
     sampler.start()
-    memory = RssSampler(server.pid)
+    memory = RssSampler(server.pid, read=server.rss_kib)
     memory.start()
     loop = asyncio.get_running_loop()
     shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
@@ -253,7 +253,7 @@ async def _idle(server: Server, n: int, hold: float, ping: float) -> dict[str, A
     t0 = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(n)))
     opened = time.perf_counter() - t0
-    sampler = CpuSampler(server.pid, every=0.5)
+    sampler = CpuSampler(server.pid, every=0.5, read=server.cpu)
     sampler.start()
     await asyncio.sleep(hold)
     rss1 = server.rss_kib()
@@ -310,7 +310,7 @@ async def _on(
     """``what(server, *args)`` on a fresh server of ``kind``; a size that fails is recorded as
     ``{"error": ...}`` and the sweep goes on (a 10,000-stream size must not cost the others)."""
     try:
-        async with running(kind, opts.src, env=env) as server:
+        async with running(kind, opts.src, env=env, workers=opts.redis_workers) as server:
             result: dict[str, Any] = await what(server, *args)
             return result
     except Exception as exc:

@@ -68,5 +68,8 @@ class Options:
     """Client processes of the fan-out measurement."""
     profile: Path | None = None
     """Also cProfile the ``low`` throughput case, writing the stats here."""
+    redis_workers: int = 0
+    """The growth sweeps' streamctl servers: 0 on SQLite (one process), N on a private Redis
+    with ``--workers N``."""
     rss_limit_mb: int = 3072
     """The firehose's server is killed once its RSS passes this (reported as exceeded)."""

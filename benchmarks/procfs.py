@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -46,6 +47,27 @@ def proc_rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def tree(pid: int) -> list[int]:
+    """A process and its children (``serve --workers N``: the parent and its N workers)."""
+    pids = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids += [int(child) for child in children.read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children."""
+    return sum(proc_cpu(p) for p in tree(pid))
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of a process and its children."""
+    return sum(proc_rss_kib(p) for p in tree(pid))
+
+
 def machine_busy() -> float:
     """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
     with open("/proc/stat") as f:
@@ -68,9 +90,13 @@ class CpuSampler:
     every: float = 0.2
     samples: list[tuple[float, float, float]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
+    read: Callable[[], float] | None = None
+    """The server's CPU seconds (default: ``proc_cpu(pid)``; ``Server.cpu`` counts its workers
+    and its Redis too)."""
 
     def sample(self) -> None:
-        self.samples.append((time.perf_counter(), proc_cpu(self.pid), time.process_time()))
+        cpu = self.read() if self.read is not None else proc_cpu(self.pid)
+        self.samples.append((time.perf_counter(), cpu, time.process_time()))
 
     async def _loop(self) -> None:
         while True:
@@ -107,15 +133,18 @@ class CpuSampler:
 class RssSampler:
     """A process's VmRSS every ``every`` seconds in the background; its peak in a window."""
 
-    def __init__(self, pid: int, every: float = 0.25) -> None:
+    def __init__(
+        self, pid: int, every: float = 0.25, read: Callable[[], int] | None = None
+    ) -> None:
         self.pid = pid
         self.every = every
+        self.read = read or (lambda: proc_rss_kib(pid))
         self.samples: list[tuple[float, int]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _loop(self) -> None:
         while True:
-            self.samples.append((time.perf_counter(), proc_rss_kib(self.pid)))
+            self.samples.append((time.perf_counter(), self.read()))
             await asyncio.sleep(self.every)
 
     def start(self) -> None:
@@ -129,4 +158,4 @@ class RssSampler:
 
     def peak(self, t0: float, t1: float) -> int:
         inside = [rss for t, rss in self.samples if t0 <= t <= t1]
-        return max(inside) if inside else proc_rss_kib(self.pid)
+        return max(inside) if inside else self.read()

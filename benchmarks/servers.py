@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from benchmarks.client import HOST, request
-from benchmarks.procfs import proc_cpu, proc_rss_kib
+from benchmarks.procfs import proc_cpu, tree_cpu, tree_rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 """The checkout holding this package (the baseline server imports it from here)."""
@@ -104,8 +104,13 @@ class Server:
         profile: Path | None = None,
         env: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        redis: Redis | None = None,
+        workers: int = 1,
     ) -> None:
         self.kind = kind
+        self.redis = redis
+        """With a Redis server: ``--backend redis`` and ``--workers``, its CPU counted as ours."""
+        self.workers = workers
         self.src = src
         self.profile = profile
         self.env = STREAMCTL_ENV if env is None else env
@@ -128,6 +133,9 @@ class Server:
         if self.kind == "streamctl":
             args = ["serve", "--port", str(self.port), "--db", str(self.db)]
             args += ["--log-level", "warning"]
+            if self.redis is not None:
+                args += ["--backend", "redis", "--redis-url", self.redis.url]
+                args += ["--workers", str(self.workers)]
             if self.profile is not None:
                 cmd = [sys.executable, "-c", _PROFILED_SERVER, str(self.profile), *args]
             else:
@@ -167,10 +175,13 @@ class Server:
             return ""
 
     def cpu(self) -> float:
-        return proc_cpu(self.pid)
+        """CPU seconds of the server, its workers and its Redis (the whole serving system)."""
+        redis = proc_cpu(self.redis.pid) if self.redis is not None else 0.0
+        return tree_cpu(self.pid) + redis
 
     def rss_kib(self) -> int:
-        return proc_rss_kib(self.pid)
+        """VmRSS of the server and its workers (not Redis: the store, like SQLite's file)."""
+        return tree_rss_kib(self.pid)
 
     def send_signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -199,6 +210,37 @@ class Server:
             self.tmp.rmdir()
 
 
+class Redis:
+    """A private ``redis-server`` on a free port, no persistence (``scripts/bench_redis.py``'s)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://{HOST}:{self.port}/0"
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+        args = ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.tmp), "--logfile", str(self.tmp / "redis.log")]
+        self.proc = subprocess.Popen(args)
+        self.pid = self.proc.pid
+
+    async def wait_ready(self) -> None:
+        deadline = time.perf_counter() + 10
+        while True:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1):
+                    return
+            except OSError:
+                if time.perf_counter() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        for path in self.tmp.iterdir():
+            path.unlink()
+        self.tmp.rmdir()
+
+
 @contextlib.asynccontextmanager
 async def running(
     kind: str,
@@ -206,14 +248,27 @@ async def running(
     profile: Path | None = None,
     env: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
+    workers: int = 0,
 ) -> AsyncIterator[Server]:
-    server = Server(kind, src, profile, env, headers)
+    """A server of ``kind``; with ``workers`` (streamctl only), on a fresh private Redis with
+    that many worker processes instead of its SQLite file."""
+    redis: Redis | None = None
+    if workers and kind == "streamctl":
+        redis = Redis()
+        try:
+            await redis.wait_ready()
+        except BaseException:
+            redis.stop()
+            raise
+    server = Server(kind, src, profile, env, headers, redis, max(workers, 1))
     server.start()
     try:
         await server.wait_ready()
         yield server
     finally:
         server.stop()
+        if redis is not None:
+            redis.stop()
 
 
 def created_at(db: Path, run_id: str) -> dict[int, float]:

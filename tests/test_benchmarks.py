@@ -6,13 +6,14 @@ that the firehose reader relies on to find the ``done`` of a stream of millions 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import charts, growth, spy
+from benchmarks import charts, growth, procfs, spy
 from benchmarks.growth import schedule_lags
 from benchmarks.report import Row, combine, render
 from benchmarks.response import HEAD_BYTES, Response
@@ -160,3 +161,16 @@ def test_py_spy_stacks_are_summed_by_own_and_inclusive_time() -> None:
     assert "60.0 %  wait" in own and "30.0 %  send" in own
     assert "100.0 %  main" in inclusive and "90.0 %  loop" in inclusive
     assert spy.summarize("") == "no samples"
+
+
+def test_a_servers_cost_counts_its_workers() -> None:
+    # `serve --workers N` is a parent and N children: CPU and memory are the tree's.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        me = os.getpid()
+        assert child.pid in procfs.tree(me)
+        assert procfs.tree_rss_kib(me) > procfs.proc_rss_kib(me)
+        assert procfs.tree_cpu(me) >= procfs.proc_cpu(me)
+    finally:
+        child.kill()
+        child.wait()
