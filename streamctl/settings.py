@@ -76,7 +76,7 @@ class Settings(BaseModel):
         2000, ge=0, description="Reconnection delay sent to clients as `retry:` (milliseconds)."
     )
     tail_events: int = Field(
-        256,
+        64,
         ge=16,
         description="Events of a live run kept in memory; older ones come from SQLite.",
     )
