@@ -37,9 +37,10 @@ async def connect(path: Path) -> aiosqlite.Connection:
 
 
 async def in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn`` on the connection in its own thread, in one hop (aiosqlite's queue-a-function
-    call, which each of its methods makes once: a batch of N statements through them is N hops
-    to the thread and back, each waiting for the GIL behind a busy event loop)."""
+    """Run ``fn`` on the connection in its own thread, in one hop. This is aiosqlite's private
+    ``_execute``, the call each of its methods makes once: a batch of N statements through those
+    is N hops to the thread and back, each waiting for the GIL behind a busy event loop. Every
+    commit goes through here, so any aiosqlite that changed it fails the whole suite."""
     return await conn._execute(lambda: fn(conn._conn))  # type: ignore[no-any-return,no-untyped-call]
 
 
