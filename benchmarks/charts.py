@@ -47,6 +47,9 @@ def value(result: dict[str, Any], key: str) -> float:
     found: Any = result
     if "error" in result:
         return float("nan")
+    if result.get("stopped_at_time_cap") and not key.startswith("rate"):
+        # Its runs never all went (the window fell back to 1 s): only its rate means anything.
+        return float("nan")
     for part in key.split("."):
         found = found.get(part, float("nan")) if isinstance(found, dict) else float("nan")
     return float(found)

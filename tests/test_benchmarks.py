@@ -6,6 +6,7 @@ that the firehose reader relies on to find the ``done`` of a stream of millions 
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -174,3 +175,11 @@ def test_a_servers_cost_counts_its_workers() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_size_stopped_at_the_time_cap_charts_only_its_rate() -> None:
+    # Its window fell back to 1 s with one word per run: a lag of 0 there is no figure.
+    capped = {"stopped_at_time_cap": True, "lag_ms": {"p99": -0.0}, "rate_min_pct_of_nominal": 0.0}
+    assert math.isnan(charts.value(capped, "lag_ms.p99"))
+    assert charts.value(capped, "rate_min_pct_of_nominal") == 0.0
+    assert charts.value({**capped, "stopped_at_time_cap": False}, "lag_ms.p99") == 0.0
