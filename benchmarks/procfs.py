@@ -60,12 +60,21 @@ def tree(pid: int) -> list[int]:
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds of a process and its children."""
-    return sum(proc_cpu(p) for p in tree(pid))
+    return sum(proc_cpu(p) for p in tree(pid) if _alive(p))
 
 
 def tree_rss_kib(pid: int) -> int:
-    """VmRSS of a process and its children."""
-    return sum(proc_rss_kib(p) for p in tree(pid))
+    """VmRSS of a process and its children (a child that has exited counts nothing)."""
+    return sum(proc_rss_kib(p) for p in tree(pid) if _alive(p))
+
+
+def _alive(pid: int) -> bool:
+    """Not exited: a zombie has no VmRSS."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def machine_busy() -> float:

@@ -261,8 +261,8 @@ async def running(
             redis.stop()
             raise
     server = Server(kind, src, profile, env, headers, redis, max(workers, 1))
-    server.start()
     try:
+        server.start()
         await server.wait_ready()
         yield server
     finally:

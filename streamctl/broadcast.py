@@ -52,6 +52,7 @@ class RunLog:
         "_max",
         "_max_bytes",
         "_shared",
+        "_unpublished",
         "bytes",
         "closed",
         "committed_seq",
@@ -90,6 +91,9 @@ class RunLog:
         self._groups: list[anyio.Event] = [anyio.Event()]
         """The waiters of the next publish, in groups of ``WAKE_BATCH`` takers each."""
         self._filled = 0
+        self._unpublished = 0
+        """Frames added since the last publish: a trim keeps them, so that a subscriber caught up
+        at that publish finds the whole next commit in memory, however many events it holds."""
         self._shared: dict[tuple[int, bytes], tuple[bytes, int, int]] = {}
         """(cursor, id prefix) -> (joined SSE bytes, last seq, events): what subscribers at that
         cursor send now; emptied by every ``add``."""
@@ -112,6 +116,7 @@ class RunLog:
     def add(self, frame: Frame) -> None:
         """Record a committed frame. Subscribers learn of it at the next ``publish``."""
         self._frames.append(frame)
+        self._unpublished += 1
         if self._shared:
             self._shared = {}
         self.bytes += len(frame.sse)
@@ -123,10 +128,13 @@ class RunLog:
 
     def _trim(self) -> None:
         # Drop older frames until both bounds are halved, so trimming costs O(1) per event
-        # amortised. The newest frame always stays.
+        # amortised. The frames not published yet always stay (the newest one at least): a
+        # commit of more events than the tail would otherwise send every subscriber that was
+        # caught up to the store for it. The tail may so hold one commit beyond its bounds.
         frames, drop, size = self._frames, 0, self.bytes
         keep_events, keep_bytes = self._max // 2, self._max_bytes // 2
-        while drop < len(frames) - 1 and (len(frames) - drop > keep_events or size > keep_bytes):
+        last = len(frames) - max(1, self._unpublished)
+        while drop < last and (len(frames) - drop > keep_events or size > keep_bytes):
             size -= len(frames[drop].sse)
             drop += 1
         del frames[:drop]
@@ -141,6 +149,7 @@ class RunLog:
         """Wake every subscriber waiting on this log: the first ``WAKE_BATCH`` at once, then
         one more group per turn of the event loop."""
         self.last_publish = time.monotonic()
+        self._unpublished = 0
         groups, self._groups, self._filled = self._groups, [anyio.Event()], 0
         groups[0].set()
         if len(groups) > 1:

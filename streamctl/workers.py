@@ -2,9 +2,10 @@
 
 The parent binds the port once, then starts N ordinary ``streamctl serve`` processes with the
 same settings (passed as ``STREAMCTL_*`` variables) and that listening socket, and waits for
-them. The workers accept from the one socket, so a connection goes to a worker free to take it
-(with ``SO_REUSEPORT``, one socket each, the kernel hashed connections over them: a burst of 96
-was spread 41 / 55), and a port already in use is the parent's error, before any worker starts.
+them. The workers accept from the one socket: a worker waiting in its event loop takes the next
+connections, a busy one does not (with ``SO_REUSEPORT``, one socket each, the kernel hashed
+connections over them: a burst of 96 was spread 41 / 55); and a port already in use is the
+parent's error, before any worker starts.
 A run lives in the process that started it; any other one reads, streams and stops it through
 the store, as another node would (docs/redis.md). That needs a store several processes share:
 SQLite is one process's file, so it is refused.
@@ -33,10 +34,12 @@ the parent sets it)."""
 
 def worker_socket() -> list[socket.socket] | None:
     """The listening socket a worker was given, or None for a lone server."""
-    fd = os.environ.get(LISTEN_FD)
+    fd = os.environ.pop(LISTEN_FD, None)  # not passed on to what the worker starts
     if not fd:
         return None
-    return [socket.socket(fileno=int(fd))]
+    sock = socket.socket(fileno=int(fd))
+    sock.set_inheritable(False)  # an agent's subprocess must not keep the port open
+    return [sock]
 
 
 def listen(settings: Settings) -> socket.socket:
@@ -58,7 +61,7 @@ def serve_workers(settings: Settings) -> int:
             " belongs to one process"
         )
     if settings.port == 0:
-        raise SettingsError("--workers needs a fixed --port (each worker binds the same one)")
+        raise SettingsError("--workers needs a fixed --port (the workers share it)")
     env = dict(os.environ)
     for name, value in settings.model_dump(mode="json").items():
         if value is not None:
@@ -71,9 +74,17 @@ def serve_workers(settings: Settings) -> int:
     env[ENV_PREFIX + "WORKERS"] = "1"
     env[LISTEN_FD] = str(sock.fileno())
     command = [sys.executable, "-m", "streamctl", "serve"]
-    fds = (sock.fileno(),)
-    workers = [subprocess.Popen(command, env=env, pass_fds=fds) for _ in range(settings.workers)]
-    sock.close()  # the workers hold it now
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(settings.workers):
+            workers.append(subprocess.Popen(command, env=env, pass_fds=(sock.fileno(),)))
+    except OSError:
+        for worker in workers:  # none is left serving the port without its parent
+            worker.kill()
+            worker.wait()
+        raise
+    finally:
+        sock.close()  # the workers hold it now
 
     def forward(sig: int, frame: FrameType | None) -> None:
         for worker in workers:

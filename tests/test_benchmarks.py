@@ -171,7 +171,6 @@ def test_a_servers_cost_counts_its_workers() -> None:
         me = os.getpid()
         assert child.pid in procfs.tree(me)
         assert procfs.tree_rss_kib(me) > procfs.proc_rss_kib(me)
-        assert procfs.tree_cpu(me) >= procfs.proc_cpu(me)
     finally:
         child.kill()
         child.wait()

@@ -88,10 +88,28 @@ async def test_add_publish_and_frames_after() -> None:
     assert log.closed and log.committed_seq == 4
 
 
+async def test_a_commit_larger_than_the_tail_stays_in_memory_until_published() -> None:
+    # A subscriber caught up at one publish must find the whole next commit in memory, however
+    # many events it holds: else every such subscriber reads the store for each large commit.
+    log = RunLog("r1", tail_events=16)
+    for seq in range(1, 11):
+        log.add(frame(seq))
+    log.publish()
+    for seq in range(11, 111):  # one commit of 100 events
+        log.add(frame(seq))
+    log.publish()
+    after = log.frames_after(10, limit=1000)
+    assert after is not None and [f.seq for f in after] == list(range(11, 111))
+    log.add(frame(111))  # the next commit trims back to the bound
+    log.publish()
+    assert len(log._frames) <= 16 and log.frames_after(10) is None
+
+
 async def test_tail_is_bounded_and_older_cursors_get_none() -> None:
     log = RunLog("r1", tail_events=16)
     for seq in range(1, 1001):
         log.add(frame(seq))
+        log.publish()  # the store publishes once per commit
         assert len(log._frames) <= 16
         first = log.first_seq
         assert [f.seq for f in log._frames] == list(range(first, seq + 1))
@@ -129,6 +147,7 @@ async def test_subscribers_at_one_cursor_share_one_bytes_object() -> None:
     assert after is not None and after[1:] == (4, 3)
     for seq in range(5, 41):
         log.add(frame(seq))
+        log.publish()
     assert log.shared(0, b"") is None  # only in the store now: each subscriber reads it
 
 
@@ -217,8 +236,9 @@ async def test_subscriber_behind_the_tail_reads_sqlite_without_gap_or_duplicate(
     async with Store(db_path) as store:
         log = RunLog("r1", tail_events=16)
         writer = Writer(store, log)
-        writer.chunks(100)
-        await store.flush()
+        for _ in range(10):  # ten commits: the tail keeps the last one, at least
+            writer.chunks(10)
+            await store.flush()
         assert log.first_seq > 38  # the cursors below are only in SQLite
 
         streams = [follow(store, "r1", log, cursor, ping_interval=60) for cursor in (0, 37)]

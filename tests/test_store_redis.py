@@ -258,6 +258,23 @@ async def test_a_refused_end_leaves_the_run_to_the_sweepers(
             assert client.zscore(keys.ENDED, "r1") is not None
 
 
+async def test_an_ended_run_whose_end_was_not_indexed_is_indexed_by_a_sweep(
+    redis_url: str, client: redis.Redis
+) -> None:
+    # The index update after a stored end failed (the connection dropped): the run is ended
+    # but still listed as active. A sweep must list it as ended, or retention never purges it.
+    async with RedisStore(redis_url) as store:
+        store.create_run(new_run())
+        store.append("r1", chunk_frame(1), None, Sink())
+        store.finish_run("r1", FinalState("completed", None, None, 0, 1, {}, 2.0))
+        await store.flush()
+        client.zadd(keys.ACTIVE, {"r1": 0})
+        client.zrem(keys.ENDED, "r1")
+        assert await store.claim_orphans() == []
+        assert client.zscore(keys.ACTIVE, "r1") is None
+        assert client.zscore(keys.ENDED, "r1") == 2.0
+
+
 async def test_a_retried_append_is_already_applied_and_a_different_one_conflicts(
     redis_url: str, client: redis.Redis
 ) -> None:

@@ -282,6 +282,17 @@ class RedisStore(RedisReads, RedisIdempotency):
         for script in self._scripts.values():
             script.sha = await self.redis.script_load(script.script)
 
+    async def _index_ended(self, run_id: str) -> None:
+        """A run in the index of active runs that is not active: gone from the store, or ended
+        without its end indexed (the ``then`` call after its final record failed): index it as
+        ended, so that retention purges it."""
+        ended_at, owner = await self.redis.hmget(k.meta(run_id), "ended_at", "owner")
+        if ended_at is None:
+            await self.redis.zrem(k.ACTIVE, run_id)
+            return
+        keys = [k.ACTIVE, k.ENDED, k.owner_live((owner or b"").decode())]
+        await self._scripts["INDEX_END"](keys, [run_id, ended_at.decode()])
+
     async def claim_orphans(self) -> list[Orphan]:
         """Claim the active runs whose lease has expired (each atomically: one store wins)."""
 
@@ -296,7 +307,7 @@ class RedisStore(RedisReads, RedisIdempotency):
                 keys = [k.meta(run_id), k.lease(run_id)]
                 fence = int(await self._scripts["CLAIM"](keys, [self.node, self.lease_ms]))
                 if fence == -1:
-                    await self.redis.zrem(k.ACTIVE, run_id)
+                    await self._index_ended(run_id)
                 elif fence > 0:
                     self.leases.owned[run_id] = fence
                     thread_id, owner = await self.redis.hmget(k.meta(run_id), "thread_id", "owner")

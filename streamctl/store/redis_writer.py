@@ -276,10 +276,13 @@ class RoundWriter:
 
     async def _then(self, calls: list[Call]) -> None:
         """Send the ``then`` scripts of the statements stored. They index what is already
-        stored (a run's end): if they fail, a sweep finds the ended run and drops it from the
-        index of active runs, so this is logged and not the statements' failure."""
+        stored (a run's end): if they fail, a sweep finds the ended run in the index of active runs
+        and indexes it as ended, so this is logged and not the statements' failure."""
         try:
             replies = await self._pipeline(calls)
+            if any(isinstance(r, NoScriptError) for r in replies):
+                await self._load_scripts()
+                replies = await self._pipeline(calls)
         except RedisError:
             logger.exception("indexing %d stored statements failed", len(calls))
             return

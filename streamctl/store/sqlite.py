@@ -135,7 +135,9 @@ class SqliteStore(SqliteReads):
             logger.error("the store did not commit within %g s; closing anyway", self.close_timeout)
             self._abandoned = True
             if self._commit_scope is not None:
-                self._commit_scope.cancel()  # the writer gives up its batch and returns
+                # The writer stops waiting for its batch and returns (the batch counts as lost);
+                # the writer's thread may still finish that commit before the connection closes.
+                self._commit_scope.cancel()
         assert self._tg is not None
         await self._tg.__aexit__(None, None, None)
         with anyio.move_on_after(self.close_timeout, shield=True):
