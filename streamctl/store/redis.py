@@ -105,7 +105,7 @@ class RedisStore(RedisReads, RedisIdempotency):
             self._load_scripts,
             self.stats,
             self._stored,
-            self._disowned,
+            self.abandon,
         )
         self.leases = Leases(
             self.node,
@@ -179,18 +179,10 @@ class RedisStore(RedisReads, RedisIdempotency):
     def _stored(self, run_id: str, sink: CommitSink) -> None:
         self.leases.stored(run_id, sink)  # the sink to tell if the run's lease is lost
 
-    def _ended(self, run_id: str) -> None:
-        """The run's final row is stored: its lease is no longer renewed."""
-        self.leases.give_back(run_id)
-        self._owners.pop(run_id, None)
-
-    def _disowned(self, run_id: str) -> None:
-        """Redis refused the run's writes for good: stop renewing it (its sink is told)."""
-        self.leases.give_back(run_id)
-        self._owners.pop(run_id, None)
-
     def abandon(self, run_id: str) -> None:
-        # Not renewed any more: its lease lapses and a sweeper (this node's too) claims it.
+        """Stop renewing the run's lease. Called once its final row is stored (after FINISH),
+        when Redis refused its writes for good (taken over, lost), and when its start or end
+        could not be stored: then its lease lapses and a sweeper (this node's too) ends it."""
         self.leases.give_back(run_id)
         self._owners.pop(run_id, None)
 
@@ -259,7 +251,7 @@ class RedisStore(RedisReads, RedisIdempotency):
                 [k.meta(run_id), k.lease(run_id)],
                 [fence, final.last_seq, *k.flat(fields)],
             ),
-            after=partial(self._ended, run_id),
+            after=partial(self.abandon, run_id),
             then=[
                 (
                     self._scripts["INDEX_END"],
