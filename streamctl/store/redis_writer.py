@@ -224,11 +224,6 @@ class RoundWriter:
             return errors
         try:
             replies = await self._pipeline(calls)
-            if any(isinstance(r, NoScriptError) for r in replies):
-                # The server lost its scripts (restarted, SCRIPT FLUSH): load them, send again.
-                # Every script is idempotent, so what did run answers "already done".
-                await self._load_scripts()
-                replies = await self._pipeline(calls)
         except RedisError as exc:
             logger.exception("a round of %d calls to redis failed", len(sent))
             lost = {run_id: appended[0].sink for run_id, appended in sent if appended}
@@ -280,9 +275,6 @@ class RoundWriter:
         and indexes it as ended, so this is logged and not the statements' failure."""
         try:
             replies = await self._pipeline(calls)
-            if any(isinstance(r, NoScriptError) for r in replies):
-                await self._load_scripts()
-                replies = await self._pipeline(calls)
         except RedisError:
             logger.exception("indexing %d stored statements failed", len(calls))
             return
@@ -291,7 +283,16 @@ class RoundWriter:
                 logger.error("indexing a stored statement failed: %s", reply)
 
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
-        """Run scripts in one round trip (without redis-py's SCRIPT EXISTS before each one)."""
+        """Run scripts in one round trip (without redis-py's SCRIPT EXISTS before each one).
+        If the server lost its scripts (restarted, SCRIPT FLUSH): load them, send again. Every
+        script is idempotent, so what did run answers "already done"."""
+        replies = await self._send_scripts(calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await self._load_scripts()
+            replies = await self._send_scripts(calls)
+        return replies
+
+    async def _send_scripts(self, calls: list[Call]) -> list[Any]:
         pipe = self._client().pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
