@@ -46,7 +46,9 @@ BACKLOG_SHARE = 8
 """In a batch that serves short lanes, long lanes give at most ``max_rows`` / this."""
 
 EVENT_OVERHEAD = 64
-"""Bytes an event row costs besides its JSON payload (ids, type, time), for the byte cap."""
+"""Bytes an event row costs besides its SSE block (run id, time), for the byte cap. The block
+stands in for the row's JSON payload: a few bytes more (its ``id:`` and ``event:`` lines), and
+its length is known without a search, twice per event (queued, taken)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ def size_of(item: Item) -> int:
     """What an item weighs against the byte caps."""
     if isinstance(item, Statement):
         return item.size
-    return item[1].data_size + EVENT_OVERHEAD
+    return len(item[1].sse) + EVENT_OVERHEAD
 
 
 class Lane:
