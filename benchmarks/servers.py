@@ -211,7 +211,8 @@ class Server:
 
 
 class Redis:
-    """A private ``redis-server`` on a free port, no persistence (``scripts/bench_redis.py``'s)."""
+    """A private ``redis-server`` on a free port, no persistence, ready once constructed (the
+    growth sweeps' with ``--redis-workers``, and ``scripts/bench_redis*.py``'s)."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -221,17 +222,16 @@ class Redis:
         args += ["--dir", str(self.tmp), "--logfile", str(self.tmp / "redis.log")]
         self.proc = subprocess.Popen(args)
         self.pid = self.proc.pid
-
-    async def wait_ready(self) -> None:
-        deadline = time.perf_counter() + 10
+        deadline = time.perf_counter() + 10  # it listens within milliseconds
         while True:
             try:
                 with socket.create_connection((HOST, self.port), timeout=1):
                     return
             except OSError:
                 if time.perf_counter() > deadline:
+                    self.stop()
                     raise
-                await asyncio.sleep(0.02)
+                time.sleep(0.02)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -255,11 +255,6 @@ async def running(
     redis: Redis | None = None
     if workers and kind == "streamctl":
         redis = Redis()
-        try:
-            await redis.wait_ready()
-        except BaseException:
-            redis.stop()
-            raise
     server = Server(kind, src, profile, env, headers, redis, max(workers, 1))
     try:
         server.start()

@@ -41,7 +41,7 @@ import redis
 from benchmarks.client import Conn
 from benchmarks.fanout import _fanout_lags
 from benchmarks.response import Response
-from benchmarks.servers import run_async
+from benchmarks.servers import Redis, run_async
 from streamctl.store import redis_keys as keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,23 +72,15 @@ class Processes:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.redises: list[Redis] = []
+        self.redis_pid = 0
 
     def redis(self) -> str:
-        port = free_port()
-        args = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
-        args += ["--dir", str(self.tmp), "--logfile", str(self.tmp / "redis.log")]
-        proc = subprocess.Popen(args)
-        self.procs.append(proc)
-        end = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.02)
-        return f"redis://127.0.0.1:{port}/0"
+        """Start a private ``redis-server``; its URL (its pid: ``self.redis_pid``)."""
+        server = Redis()
+        self.redises.append(server)
+        self.redis_pid = server.pid
+        return server.url
 
     def serve(self, *args: str, env: dict[str, str] | None = None) -> tuple[str, Any]:
         port = free_port()
@@ -110,6 +102,8 @@ class Processes:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for server in self.redises:  # after the servers that use them
+            server.stop()
 
 
 def body(**demo: Any) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def workers_bench(procs: Processes, args: argparse.Namespace) -> dict[str, list[
     """Workers 1 and 2 alternately, ``--repeat`` times each, on one Redis (emptied each time);
     beside each rate, the CPU µs per event spent by Redis and by the serving processes."""
     redis_url = procs.redis()
-    redis_pid = procs.procs[-1].pid
+    redis_pid = procs.redis_pid
     results: dict[str, list[float]] = {"1": [], "2": []}
     for _ in range(args.repeat):
         for workers in (1, 2):
