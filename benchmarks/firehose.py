@@ -36,7 +36,7 @@ from benchmarks.client import request, start_run
 from benchmarks.options import Options
 from benchmarks.principals import Keys, Probe, probe_for, read_stream, ready
 from benchmarks.report import Row
-from benchmarks.servers import Server, demo_body, running
+from benchmarks.servers import Server, demo_body, running, stored_events
 from benchmarks.stats import dist_ms
 
 STOP_AFTER_S = 0.5
@@ -84,13 +84,11 @@ def _stored_events(db: Path, run_id: str) -> int | None:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            sql = "SELECT count(*) FROM events WHERE run_id = ?"
-            row = conn.execute(sql, (run_id,)).fetchone()
+            return len(stored_events(conn, run_id))
         finally:
             conn.close()
     except sqlite3.Error:
         return None
-    return int(row[0])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from benchmarks.client import HOST, request
 from benchmarks.procfs import proc_cpu, tree_cpu, tree_rss_kib
+from streamctl.store.chunks import stored_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 """The checkout holding this package (the baseline server imports it from here)."""
@@ -266,15 +267,22 @@ async def running(
             redis.stop()
 
 
+def stored_events(conn: sqlite3.Connection, run_id: str) -> list[tuple[int, str, float]]:
+    """(seq, type, created_at) of a run's stored events, in the file of the revision measured
+    (``--src``): chunks and journal, or the one-row-per-event table before migration 0005."""
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone()
+    if found is not None:
+        query = "SELECT seq, type, created_at FROM events WHERE run_id = ? ORDER BY seq"
+        rows = conn.execute(query, (run_id,))
+        return [(int(seq), str(kind), float(at)) for seq, kind, at in rows]
+    return [(f.seq, f.type, f.created_at) for f in stored_frames(conn, run_id)]
+
+
 def created_at(db: Path, run_id: str) -> dict[int, float]:
     """seq -> created_at (the server's emit time, wall clock) of a run's message_chunk events."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        rows = conn.execute(
-            "SELECT seq, created_at FROM events WHERE run_id = ? AND type = 'message_chunk'",
-            (run_id,),
-        )
-        return {int(seq): float(at) for seq, at in rows}
+        return {seq: at for seq, kind, at in stored_events(conn, run_id) if kind == "message_chunk"}
     finally:
         conn.close()
 

@@ -40,6 +40,7 @@ def test_migrate_applies_once(db_path: Path) -> None:
             (2,),
             (3,),
             (4,),
+            (5,),
         ]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 

@@ -29,6 +29,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from .support import ServerProcess, run_body, wait_until
+from .support.stored import frames_in_file
 
 Spawn = Callable[..., ServerProcess]
 
@@ -141,13 +142,11 @@ def integrity_check(db: Path) -> list[tuple[Any, ...]]:
 
 
 def done_rows(db: Path) -> dict[str, int]:
-    """Number of stored ``done`` events of every run."""
+    """Number of stored ``done`` events of every run (chunked or still in the journal)."""
     with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT runs.run_id, count(events.seq) FROM runs LEFT JOIN events"
-            " ON events.run_id = runs.run_id AND events.type = 'done' GROUP BY runs.run_id"
-        ).fetchall()
-    return {run_id: n for run_id, n in rows}
+        run_ids = [run_id for (run_id,) in conn.execute("SELECT run_id FROM runs")]
+    stored = frames_in_file(db)
+    return {run: sum(f.type == "done" for f in stored.get(run, [])) for run in run_ids}
 
 
 def rss_kib(pid: int) -> int:

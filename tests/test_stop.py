@@ -27,7 +27,7 @@ from streamctl.store import Store
 from streamctl.supervisor import Supervisor
 
 from .support import Server, StartServer, ask, chunks, data, next_events, read_sse, supervisor_of
-from .support.stored import assert_one_done, stored_events
+from .support.stored import assert_one_done, frames_in_file, stored_events
 
 pytestmark = pytest.mark.anyio
 
@@ -314,20 +314,18 @@ async def test_a_storm_of_stops_ends_every_run_once_and_leaks_nothing(serve: Sta
                         tg.start_soon(stop, "POST", f"/v1/runs/{run_id}/stop", None)
                         tg.start_soon(stop, "POST", "/stop", {"run_id": run_id})
                         tg.start_soon(stop, "POST", f"/v1/threads/storm-{i}/stop", None)
-            dones = await sqlite_of(sup).fetch_all(
-                "SELECT run_id, count(*) AS n, max(seq) AS seq, max(data) AS data FROM events"
-                " WHERE type = 'done' GROUP BY run_id"
-            )
+            stored = frames_in_file(sqlite_of(sup).path)
             runs = await sqlite_of(sup).fetch_all("SELECT run_id, status, last_seq FROM runs")
+    dones = {run: [f for f in frames if f.type == "done"] for run, frames in stored.items()}
     assert len(answers) == 3 * n
     for answer in answers:
         assert answer.status_code == 200, answer.text
         assert answer.json()["status"] == "cancelled" and answer.json()["stopping"] is False
-    assert len(dones) == n and {d["run_id"] for d in dones} == set(run_ids.values())
-    for done in dones:  # exactly one done per run, and it is the run's last event
-        assert done["n"] == 1 and orjson.loads(done["data"])["status"] == "cancelled"
+    assert set(dones) == set(run_ids.values())
+    for run, ends in dones.items():  # exactly one done per run, and it is the run's last event
+        assert ends == [stored[run][-1]] and orjson.loads(ends[0].data)["status"] == "cancelled"
     assert {(r["run_id"], r["status"], r["last_seq"]) for r in runs} == {
-        (d["run_id"], "cancelled", d["seq"]) for d in dones
+        (run, "cancelled", ends[0].seq) for run, ends in dones.items()
     }
     assert len(streamed) == n // 4
     for events in streamed.values():  # every stream got its done and closed

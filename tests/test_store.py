@@ -16,6 +16,8 @@ from streamctl.events import Frame, MessageChunk
 from streamctl.store import NewRun, Store, migrate_file, migrations_dir
 from streamctl.store.sqlite import MAX_BATCH_EVENTS
 
+from .support.stored import frames_in_file
+
 pytestmark = pytest.mark.anyio
 
 
@@ -47,9 +49,7 @@ def plain(db_path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def committed_seqs(db_path: Path, run_id: str = "r1") -> list[int]:
-    with plain(db_path) as conn:
-        rows = conn.execute("SELECT seq FROM events WHERE run_id = ? ORDER BY seq", (run_id,))
-        return [seq for (seq,) in rows]
+    return [frame.seq for frame in frames_in_file(db_path, run_id).get(run_id, [])]
 
 
 # -- migrations ------------------------------------------------------------------------------
@@ -80,7 +80,8 @@ async def test_migrate_file_applies_everything_then_nothing(tmp_path: Path) -> N
     assert await migrate_file(path) == []
     with plain(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"threads", "runs", "events", "schema_migrations"} <= tables
+    assert {"threads", "runs", "event_journal", "event_chunks", "schema_migrations"} <= tables
+    assert "events" not in tables  # migration 0005 moved its rows
 
 
 async def test_a_failing_migration_leaves_no_trace(
@@ -192,11 +193,9 @@ async def test_sink_sees_an_event_only_after_it_is_committed(db_path: Path) -> N
 
     class CheckingSink(RecordingSink):
         def committed(self, frame: Frame, event: object) -> None:
-            with plain(db_path) as conn:
-                row = conn.execute(
-                    "SELECT data FROM events WHERE run_id = 'r1' AND seq = ?", (frame.seq,)
-                ).fetchone()
-            seen.append((frame.seq, row is not None and row[0] == frame.data))
+            stored = {f.seq: f for f in frames_in_file(db_path, "r1").get("r1", [])}
+            row = stored.get(frame.seq)
+            seen.append((frame.seq, row is not None and row.data == frame.data))
             super().committed(frame, event)
 
     sink = CheckingSink()
@@ -259,8 +258,8 @@ async def test_failing_batch_raises_delivers_nothing_and_store_recovers(db_path:
         other = RecordingSink()
         store.append("r2", chunk_frame(1), None, other)  # innocent, but in the same batch
         store.append("r1", chunk_frame(2), None, sink)
-        store.append("r1", chunk_frame(1, "duplicate"), None, sink)  # PRIMARY KEY (run_id, seq)
-        with pytest.raises(StoreError, match="UNIQUE"):
+        store.append("r1", chunk_frame(1, "duplicate"), None, sink)  # a seq taken twice
+        with pytest.raises(StoreError, match="run r1: event 1 does not follow event 2"):
             await store.flush()
         assert store.stats.batches == batches
         assert [f.seq for f in sink.frames] == [1]
@@ -273,9 +272,14 @@ async def test_failing_batch_raises_delivers_nothing_and_store_recovers(db_path:
         assert [f.seq for f in sink.frames] == [1, 2, 3]
         assert store.stats.batches == batches + 1
     assert committed_seqs(db_path) == [1, 2, 3]
-    with plain(db_path) as conn:
-        (data,) = conn.execute("SELECT data FROM events WHERE run_id='r1' AND seq=1").fetchone()
-    assert data == chunk_frame(1).data
+    assert frames_in_file(db_path, "r1")["r1"][0].data == chunk_frame(1).data
+
+
+REFUSE_WORD = (
+    "CREATE TRIGGER refuse BEFORE INSERT ON event_journal WHEN instr(NEW.frame, 'refused')"
+    " BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+)
+"""Makes the file refuse events holding the word "refused": a commit that fails in SQLite."""
 
 
 async def test_flush_reports_a_failure_of_the_batch_in_flight(db_path: Path) -> None:
@@ -284,12 +288,14 @@ async def test_flush_reports_a_failure_of_the_batch_in_flight(db_path: Path) -> 
         store.append("r1", chunk_frame(1), None, sink)
         await store.flush()
         with plain(db_path) as blocker:
+            blocker.execute(REFUSE_WORD)
+            blocker.commit()
             # Hold SQLite's write lock, so the writer's next commit waits (busy_timeout=5 s).
             blocker.execute("BEGIN IMMEDIATE")
-            store.append("r1", chunk_frame(1, "duplicate"), None, sink)  # will fail
+            store.append("r1", chunk_frame(2, "refused"), None, sink)  # will fail
             await anyio.wait_all_tasks_blocked()  # the writer is committing it, blocked on us
             assert store._inflight is not None
-            store.append("r1", chunk_frame(2), None, sink)  # dropped: r1 must not number on
+            store.append("r1", chunk_frame(3), None, sink)  # dropped: r1 must not number on
             other = RecordingSink()
             store.append("r2", chunk_frame(1), None, other)  # another run's: still commits
             async with anyio.create_task_group() as tg:

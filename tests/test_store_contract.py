@@ -7,10 +7,8 @@ the store under test.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from streamctl.store.base import IdempotencyKey
 from streamctl.store.redis import RedisStore
 
 from .support.redis_server import RedisServer, redis_server
+from .support.stored import frames_in_file
 
 pytestmark = pytest.mark.anyio
 __all__ = ["redis_server"]  # a fixture this module uses
@@ -44,11 +43,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         path = tmp_path / "contract.db"
 
         def sqlite_seqs(run_id: str) -> list[int]:
-            with closing(sqlite3.connect(path)) as conn:
-                rows = conn.execute(
-                    "SELECT seq FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
-                )
-                return [seq for (seq,) in rows]
+            return [frame.seq for frame in frames_in_file(path, run_id).get(run_id, [])]
 
         yield Backend("sqlite", lambda: SqliteStore(path), sqlite_seqs)
         return

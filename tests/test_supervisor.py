@@ -22,6 +22,7 @@ from streamctl.store import RunRecord, Store
 from streamctl.supervisor import Supervisor
 
 from .support import chunks, tool_call
+from .support.stored import frames_in_file
 from .support.supervisors import USER, finish, request, supervisor
 
 pytestmark = pytest.mark.anyio
@@ -343,8 +344,8 @@ async def test_crash_recovery_of_hand_written_rows(db_path: Path) -> None:
             )
         for frame in (Frame.encode(1, started, 0.0), Frame.encode(2, chunk, 0.0)):
             conn.execute(
-                "INSERT INTO events VALUES ('r1', ?, ?, ?, ?)",
-                (frame.seq, frame.type, frame.data, frame.created_at),
+                "INSERT INTO event_journal (run_id, created_at, frame) VALUES ('r1', ?, ?)",
+                (frame.created_at, frame.sse),
             )
         conn.commit()
 
@@ -411,10 +412,11 @@ async def test_cancelled_start_leaves_no_run_without_done(db_path: Path) -> None
                     blocker.rollback()
         await store.flush()
         rows = await store.fetch_all("SELECT run_id, status FROM runs")
-        dones = await store.fetch_all("SELECT run_id FROM events WHERE type = 'done'")
+        stored = frames_in_file(store.path)
+        dones = [run for run, frames in stored.items() for frame in frames if frame.type == "done"]
     # Either the start never happened, or the run (a resource, not a connection) ends properly.
     assert [r["status"] for r in rows] in ([], ["completed"], ["cancelled"], ["interrupted"])
-    assert [d["run_id"] for d in dones] == [r["run_id"] for r in rows]
+    assert dones == [r["run_id"] for r in rows]
 
 
 async def test_two_principals_starting_the_same_thread_id_get_a_thread_each(

@@ -35,6 +35,7 @@ import anyio
 from ..events import Frame
 from ..stats import StoreStats
 from .base import CommitSink
+from .chunks import Chunking
 
 Pending = tuple[str, Frame, object, CommitSink]
 """An event waiting for its commit: run id, frame, event, the sink told once it is durable."""
@@ -100,6 +101,10 @@ class Batch:
     lanes: dict[Lane, list[int]] = field(default_factory=dict)
     """How many items, and how many bytes, each lane gave."""
     bytes: int = 0
+    journal_id: int = 0
+    """The journal id of its first event (the SQLite store's; ``chunks.py``)."""
+    chunking: Chunking | None = None
+    """Runs' journaled events this commit chunks too (the SQLite store's)."""
 
     @property
     def rows(self) -> int:

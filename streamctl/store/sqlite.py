@@ -18,6 +18,7 @@ their owner.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from .base import (
     NewRun,
     Orphan,
 )
+from .chunks import Unchunked, recover
 from .lock import DatabaseLock
 from .migrate import connect, in_thread, migrate
 from .queue import Batch, Pending, Statement, WriteQueue
@@ -59,9 +61,9 @@ MAX_BATCH_EVENTS = 500
 MAX_BATCH_BYTES = 1024 * 1024
 """Default cap on the bytes of one transaction."""
 
-INSERT_CHUNK = 16
-"""Events inserted by one statement of a group commit (the rest of a batch: one each)."""
-_INSERT_CHUNK = sql.INSERT_EVENT + ", (?, ?, ?, ?, ?)" * (INSERT_CHUNK - 1)
+ROWS_PER_INSERT = 16
+"""Journal rows inserted by one statement of a group commit (the rest of a batch: one each)."""
+_INSERT_ROWS = sql.INSERT_JOURNAL + ", (?, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
 
 
 class SqliteStore(SqliteReads):
@@ -82,6 +84,10 @@ class SqliteStore(SqliteReads):
         self._tg: TaskGroup | None = None
         self.stats = StoreStats()
         self._queue = WriteQueue(max_batch_events, max_batch_bytes, self.stats)
+        self._unchunked = Unchunked()
+        """Each run's events in the journal, not chunked yet (``chunks.py``)."""
+        self._journal_id = 0
+        """The last journal id given (the journal is empty once ``recover`` has run)."""
         self._inflight: Batch | None = None
         """The batch being committed, if any."""
         self._commit_scope: anyio.CancelScope | None = None
@@ -103,6 +109,7 @@ class SqliteStore(SqliteReads):
             self._writer = await connect(self.path)
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await migrate(self._writer)
+            await in_thread(self._writer, recover)
             self._reader = await connect(self.path)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
@@ -240,17 +247,25 @@ class SqliteStore(SqliteReads):
                 queue.abandon(StoreError("the store closed before committing"))
                 return
             if not queue:
-                if self._closing:
-                    return
-                self._wake = anyio.Event()
-                self._idle = True
-                await self._wake.wait()
-                self._idle = False
+                due = self._unchunked.due()
+                if self._closing or (due is not None and due <= time.monotonic()):
+                    if due is not None:  # nothing else to write: chunk what is due (all, closing)
+                        await self._chunk_only(conn, self._closing)
+                    if self._closing:
+                        return
+                    continue
+                await self._idle_until(math.inf if due is None else due - time.monotonic())
                 continue
             batch = self._inflight = queue.take()
+            batch.journal_id = self._journal_id + 1
+            self._journal_id += len(batch.events)
+            batch.chunking = self._unchunked.take(time.monotonic())
+            out_of_order = self._unchunked.out_of_order(batch.events)
             began = time.perf_counter()
             error: BaseException | None = None
             try:
+                if out_of_order is not None:  # as a key on (run_id, seq) would refuse it
+                    raise sqlite3.IntegrityError(out_of_order)
                 # Shielded: a cancelled caller must not abandon a commit halfway. Only closing
                 # the store cancels it (``__aexit__``, past its bound).
                 with anyio.CancelScope(shield=True) as scope:
@@ -268,6 +283,7 @@ class SqliteStore(SqliteReads):
             if error is None:
                 self._count(batch, time.perf_counter() - began)
                 queue.settle(batch, None)
+                self._journaled(batch)
                 _deliver(batch.events)
             else:
                 dropped = queue.settle(batch, error)
@@ -286,9 +302,48 @@ class SqliteStore(SqliteReads):
         stats.max_batch_rows = max(stats.max_batch_rows, batch.rows)
         stats.max_batch_bytes = max(stats.max_batch_bytes, batch.bytes)
 
+    async def _idle_until(self, seconds: float) -> None:
+        """Wait for something to write, at most ``seconds``."""
+        self._wake = anyio.Event()
+        self._idle = True
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+        self._idle = False
+
+    def _journaled(self, batch: Batch) -> None:
+        """A batch is committed: its chunking's frames left the journal, its events joined it."""
+        unchunked = self._unchunked
+        if batch.chunking is not None:
+            unchunked.settle(batch.chunking)
+        now = time.monotonic()
+        for journal_id, (run_id, frame, _, _) in enumerate(batch.events, batch.journal_id):
+            unchunked.add(run_id, frame, journal_id, now)
+
     @staticmethod
     async def _commit(conn: aiosqlite.Connection, batch: Batch) -> None:
         await in_thread(conn, partial(_commit_batch, batch))
+
+    async def _chunk_only(self, conn: aiosqlite.Connection, everything: bool) -> None:
+        """A commit of chunks alone (the queue is empty); a failure is logged, and the frames
+        stay in the journal for a later commit (or the next start) to chunk."""
+        chunking = self._unchunked.take(time.monotonic(), everything)
+        if chunking is None:
+            return
+        try:
+            # Shielded like any commit; closing bounds it as it bounds the last flush.
+            with anyio.CancelScope(shield=True) as scope:
+                if everything:
+                    scope.deadline = anyio.current_time() + self.close_timeout
+                await self._commit(conn, Batch(chunking=chunking))
+            if scope.cancelled_caught:
+                raise sqlite3.OperationalError("the store closed before the commit ended")
+        except sqlite3.Error as exc:
+            logger.error("chunking the events of %d runs failed: %s", len(chunking.runs), exc)
+            self.stats.failed_batches += 1
+            if not everything:
+                await self._idle_until(1.0)  # not in a loop of failures
+            return
+        self._unchunked.settle(chunking)
 
     # -- maintenance -----------------------------------------------------------------------------
 
@@ -303,7 +358,9 @@ class SqliteStore(SqliteReads):
     async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
         rows = await self.fetch_all(sql.PURGEABLE_RUNS, (ended_before, limit))
         for row in rows:
-            self._execute_later("", sql.DELETE_EVENTS, (row["run_id"],))
+            self._unchunked.drop(row["run_id"])  # before the deletes are queued: see chunks.py
+            self._execute_later("", sql.DELETE_CHUNKS, (row["run_id"],))
+            self._execute_later("", sql.DELETE_JOURNALED, (row["run_id"],))
             self._execute_later("", sql.MARK_PURGED, (now, row["run_id"]))
         await self.flush()
         return len(rows)
@@ -333,21 +390,28 @@ class SqliteStore(SqliteReads):
 
 
 def _commit_batch(batch: Batch, db: sqlite3.Connection) -> None:
-    """One transaction, in the writer's thread: the batch's statements, then its events."""
+    """One transaction, in the writer's thread: the batch's statements, its events appended to
+    the journal (ids from ``batch.journal_id``), then the chunks of its chunking."""
     try:
         for statement in batch.statements:
             db.execute(statement.sql, statement.params)
-        rows = [(run_id, f.seq, f.type, f.data, f.created_at) for run_id, f, _, _ in batch.events]
-        # Rows go INSERT_CHUNK to a statement: the sqlite3 module releases the GIL around each
+        rows = [
+            (journal_id, run_id, f.created_at, f.sse)
+            for journal_id, (run_id, f, _, _) in enumerate(batch.events, batch.journal_id)
+        ]
+        # Rows go ROWS_PER_INSERT to a statement: the sqlite3 module releases the GIL around each
         # statement it steps and takes it back after, and while the event loop is busy each
         # take-back waits up to the switch interval (5 ms). Per row, a 500-row batch took 35 ms
         # median with the loop busy; 16 rows a statement, 2 ms (docs/benchmarks.md).
-        whole = len(rows) - len(rows) % INSERT_CHUNK
+        whole = len(rows) - len(rows) % ROWS_PER_INSERT
         if whole:
-            chunks = (rows[i : i + INSERT_CHUNK] for i in range(0, whole, INSERT_CHUNK))
-            db.executemany(_INSERT_CHUNK, [list(chain(*chunk)) for chunk in chunks])
+            groups = (rows[i : i + ROWS_PER_INSERT] for i in range(0, whole, ROWS_PER_INSERT))
+            db.executemany(_INSERT_ROWS, [list(chain(*group)) for group in groups])
         if whole < len(rows):
-            db.executemany(sql.INSERT_EVENT, rows[whole:])
+            db.executemany(sql.INSERT_JOURNAL, rows[whole:])
+        if batch.chunking is not None:
+            db.executemany(sql.INSERT_EVENT_CHUNK, batch.chunking.rows())
+            db.execute(sql.DELETE_JOURNAL, (batch.chunking.delete_upto,))
         db.commit()
     except sqlite3.Error:
         db.rollback()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import aiosqlite
@@ -16,13 +17,15 @@ import aiosqlite
 from ..errors import StoreError
 from ..events import Frame
 from . import statements as sql
-from .base import RunRecord, ThreadRecord
+from .base import ACTIVE_STATUSES, RunRecord, ThreadRecord
+from .chunks import Unchunked, decode_chunk, select
 
 
 class SqliteReads:
     """The reading half of ``SqliteStore``."""
 
     _reader: aiosqlite.Connection | None
+    _unchunked: Unchunked
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         """One row of any query (for inspection and tests; the domain asks through the methods
@@ -31,24 +34,34 @@ class SqliteReads:
         return rows[0] if rows else None
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in await self.fetch_rows(sql, params)]
+
+    async def fetch_rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         assert self._reader is not None, "store is not open"
         try:
-            rows = await self._reader.execute_fetchall(sql, params)
+            return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StoreError(f"read failed: {exc}") from exc
-        return [dict(row) for row in rows]
 
     async def read_frames(self, run_id: str, after: int, upto: int | None = None) -> list[Frame]:
-        """Committed events of a run with ``after < seq <= upto``, in order."""
+        """Committed events of a run with ``after < seq <= upto``, in order: its chunks, then its
+        newest events, which the store holds in memory while they are in the journal."""
+        journaled = self._unchunked.frames(run_id)  # taken first: see below
+        if journaled and journaled[0].seq <= after + 1:
+            return select(journaled, after, upto)
         if upto is None:
-            rows = await self.fetch_all(sql.FRAMES_AFTER, (run_id, after))
+            rows = await self.fetch_rows(sql.CHUNKS_AFTER, (run_id, after))
         else:
-            rows = await self.fetch_all(sql.FRAMES_BETWEEN, (run_id, after, upto))
-        return [Frame.build(r["seq"], r["type"], r["data"], r["created_at"]) for r in rows]
+            rows = await self.fetch_rows(sql.CHUNKS_BETWEEN, (run_id, after, upto))
+        frames = select((f for row in rows for f in decode_chunk(*row)), after, upto)
+        # Frames chunked while the chunks were read are in both: what was journaled before the
+        # read is in memory (taken before) or chunked by then, so nothing falls between.
+        last = frames[-1].seq if frames else after
+        return frames + select(journaled, last, upto)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         row = await self.fetch_one(sql.RUN, (run_id,))
-        return None if row is None else sql.run_record(row)
+        return None if row is None else self._record(row)
 
     async def list_runs(
         self,
@@ -63,7 +76,7 @@ class SqliteReads:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER, (owner, limit))
         else:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))
-        return [sql.run_record(row) for row in rows]
+        return [self._record(row) for row in rows]
 
     async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None:
         row = await self.fetch_one(sql.THREAD, (owner, thread_id))
@@ -79,8 +92,16 @@ class SqliteReads:
         else:
             page = -1 if limit is None else limit  # LIMIT -1: no limit
             rows = await self.fetch_all(sql.LATEST_RUNS_ON_THREAD, (owner, thread_id, before, page))
-        return [sql.run_record(row) for row in rows]
+        return [self._record(row) for row in rows]
 
     async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
         row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (owner, thread_id, run_id))
         return None if row is None else str(row["run_id"])
+
+    def _record(self, row: dict[str, Any]) -> RunRecord:
+        record = sql.run_record(row)
+        if record.status in ACTIVE_STATUSES:  # its newest events may not be chunked yet
+            journaled = self._unchunked.last_seq(record.run_id)
+            if journaled is not None and journaled > record.last_seq:
+                return replace(record, last_seq=journaled)
+        return record

@@ -13,7 +13,11 @@ assert all(f"'{status}'" in _ACTIVE for status in ACTIVE_STATUSES)
 
 # -- writes (queued, then committed by the group commit) --------------------------------------
 
-INSERT_EVENT = "INSERT INTO events (run_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)"
+INSERT_JOURNAL = "INSERT INTO event_journal (id, run_id, created_at, frame) VALUES (?, ?, ?, ?)"
+INSERT_EVENT_CHUNK = (
+    "INSERT INTO event_chunks (run_id, first_seq, last_seq, times, frames) VALUES (?, ?, ?, ?, ?)"
+)
+DELETE_JOURNAL = "DELETE FROM event_journal WHERE id <= ?"
 INSERT_THREAD = "INSERT OR IGNORE INTO threads (thread_id, owner, created_at) VALUES (?, ?, ?)"
 INSERT_RUN = (
     "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at, started_at)"
@@ -24,7 +28,8 @@ FINAL_UPDATE = (
     "UPDATE runs SET status = ?, ended_at = ?, last_seq = ?, error = ?, usage = ?, snapshot = ?"
     " WHERE run_id = ?"
 )
-DELETE_EVENTS = "DELETE FROM events WHERE run_id = ?"
+DELETE_CHUNKS = "DELETE FROM event_chunks WHERE run_id = ?"
+DELETE_JOURNALED = "DELETE FROM event_journal WHERE run_id = ?"
 # A key is taken unless its binding is younger than the window: one statement, so of two claims
 # the writer commits one after the other and the second finds the first's binding.
 CLAIM_KEY = (
@@ -39,19 +44,29 @@ MARK_PURGED = "UPDATE runs SET purged_at = ? WHERE run_id = ?"
 
 # -- reads ------------------------------------------------------------------------------------
 
-FRAMES_AFTER = (
-    "SELECT seq, type, data, created_at FROM events WHERE run_id = ? AND seq > ? ORDER BY seq"
+# A run's events: its chunks (chunks.py), then what it has in the journal (the store keeps those
+# in memory too, and reads them there; the journal is read only out of band and at recovery).
+CHUNKS_AFTER = (
+    "SELECT first_seq, last_seq, times, frames FROM event_chunks WHERE run_id = ? AND last_seq > ?"
+    " ORDER BY last_seq"
 )
-FRAMES_BETWEEN = (
-    "SELECT seq, type, data, created_at FROM events WHERE run_id = ? AND seq > ? AND seq <= ?"
-    " ORDER BY seq"
+# The chunks from the one after ``after`` to the one holding ``upto`` (the first whose last_seq
+# reaches it), both ends on the index: a page of a long run's events reads a few chunks.
+CHUNKS_BETWEEN = (
+    "SELECT first_seq, last_seq, times, frames FROM event_chunks WHERE run_id = ?1"
+    " AND last_seq > ?2 AND last_seq <= ifnull((SELECT min(last_seq) FROM event_chunks"
+    " WHERE run_id = ?1 AND last_seq >= ?3), ?3) ORDER BY last_seq"
 )
+JOURNAL_OF_RUN = "SELECT created_at, frame FROM event_journal WHERE run_id = ? ORDER BY id"
+JOURNAL_BY_RUN = "SELECT run_id, created_at, frame FROM event_journal ORDER BY run_id, id"
+LAST_CHUNKED = "SELECT ifnull(max(last_seq), 0) FROM event_chunks WHERE run_id = ?"
 _RUN_COLUMNS = (
-    f"runs.*, CASE WHEN {_ACTIVE} THEN (SELECT ifnull(max(seq), 0) FROM events"
-    " WHERE events.run_id = runs.run_id) END AS stored_seq"
+    f"runs.*, CASE WHEN {_ACTIVE} THEN (SELECT ifnull(max(last_seq), 0) FROM event_chunks"
+    " WHERE event_chunks.run_id = runs.run_id) END AS stored_seq"
 )
-"""A run's row; for an active one, also its last stored seq (the row's ``last_seq`` is written
-only when the run ends, and a run whose owner could not end it must not show 0)."""
+"""A run's row; for an active one, also its last chunked seq (the row's ``last_seq`` is written
+only when the run ends, and a run whose owner could not end it must not show 0). The store
+raises it to the seq of the run's newest journaled event, which it holds in memory."""
 
 RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
 RUNS_OF_OWNER = (

@@ -1,0 +1,279 @@
+"""The SQLite store's event layout (``store/chunks.py``): events journaled at commit, chunked per
+run a little later, read back alike from either; recovery of what a stopped store left in the
+journal; the migration of the old one-row-per-event table."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+import anyio
+import pytest
+
+import streamctl.store.chunks
+import streamctl.store.migrate
+from streamctl.errors import StoreError
+from streamctl.events import Done, Frame, MessageChunk, RunStarted, ToolEnd
+from streamctl.store import FinalState, NewRun, Store, migrate_file, migrations_dir
+from streamctl.store.chunks import Chunking, Unchunked, decode_chunk, encode_chunk
+
+from .support.stored import frames_in_file
+
+pytestmark = pytest.mark.anyio
+
+DONE = Done(run_id="r1", thread_id="t1", status="completed", reason="end")
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def committed(self, frame: Frame, event: object) -> None:
+        self.frames.append(frame)
+
+    def publish(self) -> None:
+        pass
+
+
+def frame(seq: int, text: str = "", at: float = 0.0) -> Frame:
+    event = MessageChunk(content=text or f"w{seq} ", message_id="m1")
+    return Frame.encode(seq, event, at or 1_764_500_000.123456 + seq / 1000)
+
+
+def rows(db_path: Path, table: str) -> int:
+    with closing(sqlite3.connect(db_path)) as conn:
+        (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        return int(n)
+
+
+class Chunked:
+    """Chunking sooner (50 ms after a commit instead of a second), and a way to wait for it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(streamctl.store.chunks, "CHUNK_AGE", 0.05)
+        self.settled = anyio.Event()
+        settle = Unchunked.settle
+
+        def settled(unchunked: Unchunked, chunking: Chunking) -> None:
+            settle(unchunked, chunking)
+            self.settled.set()
+
+        monkeypatch.setattr(Unchunked, "settle", settled)
+
+    async def until(self, db_path: Path, journal_left: int = 0) -> None:
+        """Until the journal in the file holds ``journal_left`` rows."""
+        with anyio.fail_after(10):
+            while rows(db_path, "event_journal") != journal_left:
+                await self.settled.wait()
+                self.settled = anyio.Event()
+
+
+@pytest.fixture
+def chunk_soon(monkeypatch: pytest.MonkeyPatch) -> Chunked:
+    return Chunked(monkeypatch)
+
+
+def test_a_chunk_gives_back_its_frames_exactly() -> None:
+    frames = [
+        Frame.encode(7, RunStarted(run_id="r1", thread_id="t1"), 1.5),
+        Frame.encode(
+            8,
+            MessageChunk(content='line\nnext "quoted" \u00e9\U0001f600\n\n', message_id="m"),
+            2.25,
+        ),
+        Frame.encode(9, ToolEnd(call_id="c", name="x", output="a\n\nb"), 1_764_500_000.987654),
+        Frame.build(10, "custom_type", b'{"k":[1,2]}', 3.0),
+        Frame.encode(11, DONE, 4.0),
+    ]
+    run_id, first, last, times, blob = encode_chunk("r1", frames)
+    assert (run_id, first, last) == ("r1", 7, 11)
+    assert decode_chunk(first, last, times, blob) == frames  # seq, type, created_at, SSE bytes
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda t, b: (t, b[:-1]),  # a frame cut short
+        lambda t, b: (t[:-8], b),  # a time missing
+        lambda t, b: (t + t[:8], b),  # a time too many
+        lambda t, b: (t, b + b"id: 9\nevent: done\ndata: {}\n\n"),  # a frame too many
+    ],
+)
+def test_a_damaged_chunk_is_a_store_error(damage: object) -> None:
+    _, first, last, times, blob = encode_chunk("r1", [frame(1), frame(2)])
+    times, blob = damage(times, blob)  # type: ignore[operator]
+    with pytest.raises(StoreError, match=r"chunk of events 1\.\.2 is damaged"):
+        decode_chunk(first, last, times, blob)
+
+
+async def test_events_move_from_journal_to_chunks_and_read_the_same(
+    db_path: Path, chunk_soon: Chunked
+) -> None:
+    sink = Sink()
+    async with Store(db_path) as store:
+        for seq in range(1, 6):
+            store.append("r1", frame(seq), None, sink)
+        await store.flush()
+        assert rows(db_path, "event_journal") == 5  # committed: journaled, not chunked yet
+        await chunk_soon.until(db_path)  # the idle writer chunks them once they are due
+        assert rows(db_path, "event_chunks") == 1
+        for seq in range(6, 9):
+            store.append("r1", frame(seq), None, sink)
+        await store.flush()
+        assert rows(db_path, "event_journal") == 3
+        expected = [frame(seq) for seq in range(1, 9)]
+        # Every window, across the chunk and the journal (read from memory), as one log.
+        for after in range(0, 9):
+            for upto in [None, *range(after, 9)]:
+                got = await store.read_frames("r1", after, upto)
+                want = [f for f in expected if f.seq > after and (upto is None or f.seq <= upto)]
+                assert got == want, (after, upto)
+        assert sink.frames == expected
+    assert frames_in_file(db_path, "r1")["r1"] == expected
+    assert rows(db_path, "event_journal") == 0  # closing chunks what is left
+
+
+async def test_many_runs_commit_to_the_journal_and_are_chunked_a_row_per_run(
+    db_path: Path, chunk_soon: Chunked
+) -> None:
+    sink = Sink()
+    async with Store(db_path) as store:
+        for seq in range(1, 21):
+            for run in range(50):
+                store.append(f"r{run}", frame(seq), None, sink)
+            await store.flush()
+        await chunk_soon.until(db_path)
+        assert rows(db_path, "event_chunks") <= 100  # per run one or two, not 20
+        for run in range(50):
+            got = await store.read_frames(f"r{run}", 0)
+            assert [f.seq for f in got] == list(range(1, 21))
+        record = await store.get_run("r1")
+    assert record is None  # events alone make no run
+
+
+async def test_an_active_runs_last_seq_counts_its_journaled_events(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        store.create_run(NewRun("r1", "t1", "u", "running", {"messages": []}, {}, 1.0, 1.0))
+        for seq in range(1, 4):
+            store.append("r1", frame(seq), None, Sink())
+        await store.flush()
+        assert rows(db_path, "event_chunks") == 0
+        record = await store.get_run("r1")
+        assert record is not None and record.last_seq == 3
+        (listed,) = await store.list_runs("u")
+        assert listed.last_seq == 3
+
+
+async def test_a_seq_skipped_or_repeated_fails_its_batch(db_path: Path) -> None:
+    sink = Sink()
+    async with Store(db_path) as store:
+        store.append("r1", frame(1), None, sink)
+        await store.flush()
+        store.append("r1", frame(3), None, sink)  # 2 skipped
+        with pytest.raises(StoreError, match="run r1: event 3 does not follow event 1"):
+            await store.flush()
+        store.append("r1", frame(2), None, sink)
+        store.append("r1", frame(2), None, sink)  # in the same batch
+        with pytest.raises(StoreError, match="run r1: event 2 does not follow event 2"):
+            await store.flush()
+        store.append("r1", frame(2), None, sink)
+        await store.flush()
+    assert [f.seq for f in frames_in_file(db_path, "r1")["r1"]] == [1, 2]
+
+
+async def test_opening_chunks_what_the_journal_held(db_path: Path) -> None:
+    """A store killed before it chunked: its journal rows (some chunked already, their delete
+    not committed) become chunks at the next start, once each, before anything is read."""
+    await migrate_file(db_path)
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute(
+            "INSERT INTO event_chunks VALUES (?, ?, ?, ?, ?)",
+            encode_chunk("r1", [frame(1), frame(2)]),
+        )
+        for seq in (1, 2, 3, 4):  # 1 and 2 also chunked
+            conn.execute(
+                "INSERT INTO event_journal (run_id, created_at, frame) VALUES ('r1', ?, ?)",
+                (frame(seq).created_at, frame(seq).sse),
+            )
+        conn.execute(
+            "INSERT INTO event_journal (run_id, created_at, frame) VALUES ('r2', ?, ?)",
+            (frame(1).created_at, frame(1).sse),
+        )
+    async with Store(db_path) as store:
+        assert rows(db_path, "event_journal") == 0
+        assert await store.read_frames("r1", 0) == [frame(s) for s in (1, 2, 3, 4)]
+        assert await store.read_frames("r2", 0) == [frame(1)]
+        sink = Sink()
+        store.append("r1", frame(5), None, sink)  # the journal's ids start again: no clash
+        await store.flush()
+        assert [f.seq for f in await store.read_frames("r1", 3)] == [4, 5]
+
+
+async def test_migration_5_moves_every_stored_event_unchanged(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / "old-migrations"
+    old.mkdir()
+    for path in sorted(migrations_dir().glob("*.sql")):
+        if int(path.name[:4]) < 5:
+            (old / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    with monkeypatch.context() as patch:
+        patch.setattr(streamctl.store.migrate, "migrations_dir", lambda: old)
+        await migrate_file(db_path)
+    stored = {
+        "a": [
+            Frame.encode(1, RunStarted(run_id="a", thread_id="t"), 1_764_500_000.123456),
+            Frame.encode(2, MessageChunk(content='é "q" \n😀', message_id="m"), 1_764_500_000.5),
+            Frame.encode(3, DONE, 1_764_500_001.0),
+        ],
+        "b": [frame(seq) for seq in range(1, 40)],
+    }
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        for run_id, frames in stored.items():
+            for f in reversed(frames):  # inserted out of order: the migration orders them
+                conn.execute(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                    (run_id, f.seq, f.type, f.data, f.created_at),
+                )
+    async with Store(db_path) as store:
+        for run_id, frames in stored.items():
+            assert await store.read_frames(run_id, 0) == frames
+    with closing(sqlite3.connect(db_path)) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert "events" not in tables and rows(db_path, "event_journal") == 0
+
+
+async def test_a_purge_drops_a_runs_chunks_and_journal(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        for run_id in ("old", "new"):
+            store.create_run(NewRun(run_id, "t", "u", "running", {"messages": []}, {}, 1.0, 1.0))
+            for seq in range(1, 4):
+                store.append(run_id, frame(seq), None, Sink())
+        await store.flush()
+        await store.read_frames("old", 0)  # journaled: in memory, not chunked
+        now = time.time()
+        store.finish_run("old", FinalState("completed", None, None, 3, 3, {}, now - 10))
+        await store.flush()
+        assert await store.purge(ended_before=now, now=now) == 1
+        assert await store.read_frames("old", 0) == []
+        assert [f.seq for f in await store.read_frames("new", 0)] == [1, 2, 3]
+    assert set(frames_in_file(db_path)) == {"new"}
+
+
+async def test_every_window_reads_the_same_across_many_chunks(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streamctl.store.chunks, "CHUNK_EVENTS", 3)  # a run with 3 is chunked
+    expected = [frame(seq) for seq in range(1, 15)]
+    async with Store(db_path) as store:
+        for f in expected:  # a commit each: each commit chunks what the last one filled
+            store.append("r1", f, None, Sink())
+            await store.flush()
+        assert rows(db_path, "event_chunks") == 4 and rows(db_path, "event_journal") == 2
+        for after in range(0, 15):
+            for upto in [None, *range(after, 16)]:
+                got = await store.read_frames("r1", after, upto)
+                want = [f for f in expected if f.seq > after and (upto is None or f.seq <= upto)]
+                assert got == want, (after, upto)
