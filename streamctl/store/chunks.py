@@ -223,13 +223,23 @@ def _insert_chunks(db: sqlite3.Connection, run_id: str | None, frames: list[Fram
 
 
 def stored_frames(db: sqlite3.Connection, run_id: str) -> list[Frame]:
-    """A run's stored events read straight from the file (chunks, then the journal): for tools and
-    tests that look at a database out of band."""
-    frames: list[Frame] = []
-    for row in db.execute(sql.CHUNKS_AFTER, (run_id, 0)):
-        frames.extend(decode_chunk(*row))
+    """A run's stored events read straight from the file (chunks, then the journal), for tools
+    and tests that look at a database out of band, also while a store writes it: both are read
+    in one transaction, one snapshot (else a chunking committed between the two reads would
+    hide its events from both)."""
+    began = not db.in_transaction
+    if began:
+        db.execute("BEGIN")
+    try:
+        frames: list[Frame] = []
+        for row in db.execute(sql.CHUNKS_AFTER, (run_id, 0)):
+            frames.extend(decode_chunk(*row))
+        journaled = _journaled(db, run_id)
+    finally:
+        if began:
+            db.execute("COMMIT")
     last = frames[-1].seq if frames else 0
-    return frames + [frame for frame in _journaled(db, run_id) if frame.seq > last]
+    return frames + [frame for frame in journaled if frame.seq > last]
 
 
 def _journaled(db: sqlite3.Connection, run_id: str) -> list[Frame]:
