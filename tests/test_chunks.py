@@ -277,3 +277,34 @@ async def test_every_window_reads_the_same_across_many_chunks(
                 got = await store.read_frames("r1", after, upto)
                 want = [f for f in expected if f.seq > after and (upto is None or f.seq <= upto)]
                 assert got == want, (after, upto)
+
+
+def test_a_chunk_read_from_the_middle_parses_only_what_it_returns() -> None:
+    frames = [frame(seq) for seq in range(5, 15)]
+    _, first, last, times, blob = encode_chunk("r1", frames)
+    assert decode_chunk(first, last, times, blob, after=8, upto=10) == frames[4:6]
+    assert decode_chunk(first, last, times, blob, after=13) == frames[9:]
+    assert decode_chunk(first, last, times, blob, after=0, upto=4) == []
+    with pytest.raises(StoreError, match="damaged"):  # a frame whose id is not its place
+        decode_chunk(first, last, times, blob.replace(b"id: 9\n", b"id: 7\n"), after=6)
+
+
+def test_small_commits_leave_chunking_to_the_idle_writer_unless_overdue() -> None:
+    """A light load's commits (a run's first event) do not carry chunking they do not need; a
+    busy store's do; the idle writer takes a group of runs due within half the age."""
+    unchunked = Unchunked()
+    unchunked.add("r1", frame(1), 1, now=0.0)
+    unchunked.add("r2", frame(1), 2, now=0.4)
+    unchunked.add("r3", frame(1), 3, now=0.9)
+    age = streamctl.store.chunks.CHUNK_AGE
+    assert unchunked.take_with(1, now=age + 0.5) is None  # r1 due, not overdue
+    busy = unchunked.take_with(64, now=age + 0.5)
+    assert busy is not None and sorted(r for r, _ in busy.runs) == ["r1", "r2"]
+    assert busy.delete_upto == 2  # r3's journal row stays
+    overdue = unchunked.take_with(1, now=2 * age)  # r1 overdue: every run due goes
+    assert overdue is not None and sorted(r for r, _ in overdue.runs) == ["r1", "r2", "r3"]
+    assert overdue.delete_upto == 3
+    idle = unchunked.take_idle(now=age)  # r1 due; r2 due within half the age
+    assert idle is not None and sorted(r for r, _ in idle.runs) == ["r1", "r2"]
+    unchunked.settle(idle)
+    assert unchunked.frames("r3") == [frame(1)] and unchunked.frames("r1") == []

@@ -31,6 +31,11 @@ CHUNK_EVENTS = 1024
 """A run with this many events in the journal is chunked at the next commit, whatever their age."""
 CHUNK_BYTES = 256 * 1024
 """The same, for the bytes of their SSE blocks."""
+CHUNK_WITH_EVENTS = 64
+"""A batch of at least this many events also chunks the runs that are due (a busy store); a
+smaller one only the full runs and those overdue (twice ``CHUNK_AGE``), and the idle writer
+chunks the rest in groups: a run's first event is not committed behind chunking it does not need
+(a light load's commits stay short)."""
 
 _TYPES = {b"run": "run", b"message_chunk": "message_chunk", b"done": "done"}
 
@@ -53,23 +58,40 @@ def encode_chunk(run_id: str, frames: Sequence[Frame]) -> tuple[str, int, int, b
     return run_id, frames[0].seq, frames[-1].seq, times.tobytes(), blob
 
 
-def decode_chunk(first_seq: int, last_seq: int, times: bytes, blob: bytes) -> list[Frame]:
-    """The frames of one ``event_chunks`` row, in order."""
+def decode_chunk(
+    first_seq: int,
+    last_seq: int,
+    times: bytes,
+    blob: bytes,
+    after: int = 0,
+    upto: int | None = None,
+) -> list[Frame]:
+    """The frames of one ``event_chunks`` row with ``after < seq <= upto``, in order. The frames
+    before ``after`` are skipped without being parsed (a resume wants the end of a chunk)."""
     stamps = array("d")
     stamps.frombytes(times)
     if sys.byteorder == "big":
         stamps.byteswap()
+    stop = last_seq if upto is None else min(upto, last_seq)
     frames: list[Frame] = []
     start = 0
+    seq = first_seq
     try:
-        for created_at in stamps:
+        if len(stamps) != last_seq - first_seq + 1:
+            raise ValueError("one time per event")
+        while seq <= stop:
             end = blob.index(b"\n\n", start) + 2  # data is one line: JSON escapes its newlines
-            frames.append(parse_frame(blob[start:end], created_at))
+            if seq > after:
+                frame = parse_frame(blob[start:end], stamps[seq - first_seq])
+                if frame.seq != seq:
+                    raise ValueError("not the seq expected")
+                frames.append(frame)
             start = end
-    except ValueError:
-        frames = []
-    if len(frames) != last_seq - first_seq + 1 or frames[-1].seq != last_seq or start != len(blob):
-        raise StoreError(f"the stored chunk of events {first_seq}..{last_seq} is damaged")
+            seq += 1
+        if stop == last_seq and start != len(blob):
+            raise ValueError("more than its events")
+    except ValueError as exc:
+        raise StoreError(f"the stored chunk of events {first_seq}..{last_seq} is damaged") from exc
     return frames
 
 
@@ -157,12 +179,24 @@ class Unchunked:
             return entry.since + CHUNK_AGE
         return None
 
-    def take(self, now: float, everything: bool = False) -> Chunking | None:
-        """The runs due for chunking (all, with ``everything``), or None."""
+    def take_with(self, events: int, now: float) -> Chunking | None:
+        """What a commit of ``events`` events chunks besides them (see ``CHUNK_WITH_EVENTS``)."""
+        due = self.due()
+        busy = events >= CHUNK_WITH_EVENTS or (due is not None and due + CHUNK_AGE <= now)
+        return self.take(now if busy else None)
+
+    def take_idle(self, now: float) -> Chunking | None:
+        """What the idle writer chunks: the runs due, and those due within half ``CHUNK_AGE``
+        (so that it commits chunks for groups of runs, not for each run as it comes due)."""
+        return self.take(now + CHUNK_AGE / 2)
+
+    def take(self, due_by: float | None, everything: bool = False) -> Chunking | None:
+        """The full runs and those due by ``due_by`` (None: none; all, with ``everything``), as
+        one chunking, or None."""
         runs = self._runs
         chosen = set(self._full)
         for run_id, entry in runs.items():  # in the order of their first frame: a prefix is due
-            if not everything and entry.since + CHUNK_AGE > now:
+            if not everything and (due_by is None or entry.since + CHUNK_AGE > due_by):
                 break
             chosen.add(run_id)
         if not chosen:

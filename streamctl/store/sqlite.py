@@ -259,7 +259,7 @@ class SqliteStore(SqliteReads):
             batch = self._inflight = queue.take()
             batch.journal_id = self._journal_id + 1
             self._journal_id += len(batch.events)
-            batch.chunking = self._unchunked.take(time.monotonic())
+            batch.chunking = self._unchunked.take_with(len(batch.events), time.monotonic())
             out_of_order = self._unchunked.out_of_order(batch.events)
             began = time.perf_counter()
             error: BaseException | None = None
@@ -326,7 +326,8 @@ class SqliteStore(SqliteReads):
     async def _chunk_only(self, conn: aiosqlite.Connection, everything: bool) -> None:
         """A commit of chunks alone (the queue is empty); a failure is logged, and the frames
         stay in the journal for a later commit (or the next start) to chunk."""
-        chunking = self._unchunked.take(time.monotonic(), everything)
+        unchunked, now = self._unchunked, time.monotonic()
+        chunking = unchunked.take(now, everything=True) if everything else unchunked.take_idle(now)
         if chunking is None:
             return
         try:

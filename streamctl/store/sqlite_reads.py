@@ -53,7 +53,11 @@ class SqliteReads:
             rows = await self.fetch_rows(sql.CHUNKS_AFTER, (run_id, after))
         else:
             rows = await self.fetch_rows(sql.CHUNKS_BETWEEN, (run_id, after, upto))
-        frames = select((f for row in rows for f in decode_chunk(*row)), after, upto)
+        frames = [
+            frame
+            for first, last, times, blob in rows
+            for frame in decode_chunk(first, last, times, blob, after, upto)
+        ]
         # Frames chunked while the chunks were read are in both: what was journaled before the
         # read is in memory (taken before) or chunked by then, so nothing falls between.
         last = frames[-1].seq if frames else after
