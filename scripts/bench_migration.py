@@ -75,9 +75,13 @@ def main() -> None:
             old_database(path, args.runs, args.events)
             size = path.stat().st_size / 2**20
             seconds = asyncio.run(first_open(path, args.events))
+            after = path.stat().st_size / 2**20
         times.append(seconds)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"try {attempt + 1}: {seconds:.2f} s ({size:.0f} MiB file; peak RSS {peak:.0f} MiB)")
+        print(
+            f"try {attempt + 1}: {seconds:.2f} s (file {size:.0f} MiB before, {after:.0f} MiB"
+            f" after; peak RSS {peak:.0f} MiB)"
+        )
     print(
         f"{args.runs * args.events:,} events: first open {statistics.median(times):.2f} s"
         f" median ({min(times):.2f}..{max(times):.2f})"

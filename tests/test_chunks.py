@@ -308,3 +308,50 @@ def test_small_commits_leave_chunking_to_the_idle_writer_unless_overdue() -> Non
     assert idle is not None and sorted(r for r, _ in idle.runs) == ["r1", "r2"]
     unchunked.settle(idle)
     assert unchunked.frames("r3") == [frame(1)] and unchunked.frames("r1") == []
+
+
+async def test_a_seq_taken_again_after_its_run_was_chunked_fails_its_batch(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streamctl.store.chunks, "CHUNK_EVENTS", 2)
+    sink = Sink()
+    async with Store(db_path) as store:
+        for seq in (1, 2, 3):
+            store.append("r1", frame(seq), None, sink)
+            await store.flush()
+        assert store._unchunked.frames("r1") == [frame(3)]  # 1 and 2 are chunked
+        store.append("r1", frame(2), None, sink)
+        with pytest.raises(StoreError, match="run r1: event 2 does not follow event 3"):
+            await store.flush()
+    assert [f.seq for f in frames_in_file(db_path, "r1")["r1"]] == [1, 2, 3]
+
+
+async def test_a_failed_purge_keeps_the_runs_events_while_others_are_chunked(
+    db_path: Path, chunk_soon: Chunked
+) -> None:
+    async with Store(db_path) as store:
+        store.create_run(NewRun("old", "t", "u", "running", {"messages": []}, {}, 1.0, 1.0))
+        for seq in range(1, 4):
+            store.append("old", frame(seq), None, Sink())
+        now = time.time()
+        store.finish_run("old", FinalState("completed", None, None, 3, 3, {}, now - 10))
+        await store.flush()
+        with closing(sqlite3.connect(db_path)) as conn, conn:
+            conn.execute(  # the purge's transaction fails at its last statement
+                "CREATE TRIGGER keep BEFORE UPDATE OF purged_at ON runs"
+                " BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            )
+        with pytest.raises(StoreError, match="refused by a trigger"):
+            await store.purge(ended_before=now, now=now)
+        # A busy commit of another run chunks what is due and moves the watermark on: the
+        # run whose purge failed is chunked like any other, and nothing of it is lost.
+        for seq in range(1, 65):
+            store.append("new", frame(seq), None, Sink())
+        await store.flush()
+        await chunk_soon.until(db_path)
+        assert await store.read_frames("old", 0) == [frame(s) for s in (1, 2, 3)]
+        with closing(sqlite3.connect(db_path)) as conn, conn:
+            conn.execute("DROP TRIGGER keep")
+        assert await store.purge(ended_before=now, now=now) == 1
+        assert await store.read_frames("old", 0) == []
+    assert set(frames_in_file(db_path)) == {"new"}

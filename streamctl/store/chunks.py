@@ -132,6 +132,12 @@ class Unchunked:
     def __init__(self) -> None:
         self._runs: dict[str, _Journaled] = {}
         """In the order of their first journal id: runs leave when chunked and come back last."""
+        self._last: dict[str, int] = {}
+        """Each run's last journaled seq, chunked or not, until its final row is committed (or
+        it is purged): what its next event must follow, and its ``last_seq`` while active."""
+        self._purging: set[str] = set()
+        """Runs whose events are being deleted: never chunked, but their journal rows stay (they
+        hold the watermark back) until the delete is committed, or failed."""
         self._full: set[str] = set()
         self.last_id = 0
         """The newest journal id of a committed frame."""
@@ -145,6 +151,7 @@ class Unchunked:
             entry = self._runs[run_id] = _Journaled(journal_id, now)
         entry.frames.append(frame)
         entry.bytes += len(frame.sse)
+        self._last[run_id] = frame.seq
         if len(entry.frames) >= CHUNK_EVENTS or entry.bytes >= CHUNK_BYTES:
             self._full.add(run_id)
         self.last_id = journal_id
@@ -155,19 +162,23 @@ class Unchunked:
         return [] if entry is None else list(entry.frames)
 
     def last_seq(self, run_id: str) -> int | None:
-        entry = self._runs.get(run_id)
-        return entry.frames[-1].seq if entry is not None else None
+        return self._last.get(run_id)
+
+    def last_seqs(self) -> dict[str, int]:
+        """A copy of every unfinished run's last journaled seq."""
+        return dict(self._last)
 
     def out_of_order(self, events: Iterable[tuple[str, Frame, object, object]]) -> str | None:
         """Why a batch's events would not follow their runs' committed ones densely (a seq
         repeated or skipped), if they would not. The journal has no key on ``(run_id, seq)`` to
-        refuse them; this checks what memory knows: a run's journaled events, and the batch."""
+        refuse them; this checks each run this store journaled and has not finished (a run
+        ended by an earlier process numbers on from what it finds stored)."""
         last: dict[str, int] = {}
-        runs = self._runs
+        known = self._last
         for run_id, frame, _, _ in events:
             before = last.get(run_id)
-            if before is None and (entry := runs.get(run_id)) is not None:
-                before = entry.frames[-1].seq
+            if before is None:
+                before = known.get(run_id)
             if before is not None and frame.seq != before + 1:
                 return f"run {run_id}: event {frame.seq} does not follow event {before}"
             last[run_id] = frame.seq
@@ -193,12 +204,13 @@ class Unchunked:
     def take(self, due_by: float | None, everything: bool = False) -> Chunking | None:
         """The full runs and those due by ``due_by`` (None: none; all, with ``everything``), as
         one chunking, or None."""
-        runs = self._runs
-        chosen = set(self._full)
+        runs, purging = self._runs, self._purging
+        chosen = self._full - purging
         for run_id, entry in runs.items():  # in the order of their first frame: a prefix is due
             if not everything and (due_by is None or entry.since + CHUNK_AGE > due_by):
                 break
-            chosen.add(run_id)
+            if run_id not in purging:
+                chosen.add(run_id)
         if not chosen:
             return None
         kept = (entry.first_id for run_id, entry in runs.items() if run_id not in chosen)
@@ -212,10 +224,23 @@ class Unchunked:
             self._runs.pop(run_id, None)
             self._full.discard(run_id)
 
-    def drop(self, run_id: str) -> None:
-        """Forget a run's frames (its events are being purged)."""
-        self._runs.pop(run_id, None)
-        self._full.discard(run_id)
+    def ended(self, run_id: str) -> None:
+        """The run's final row is committed: nothing follows its last event."""
+        self._last.pop(run_id, None)
+
+    def purging(self, run_ids: Iterable[str]) -> None:
+        """These runs' events are being deleted: chunk none of them from now on (a chunk
+        committed after the delete would bring them back), yet keep them until ``purged``."""
+        self._purging.update(run_ids)
+
+    def purged(self, run_ids: Iterable[str], deleted: bool) -> None:
+        """The delete of their events was committed (or failed: they stay, to chunk later)."""
+        for run_id in run_ids:
+            self._purging.discard(run_id)
+            if deleted:
+                self._runs.pop(run_id, None)
+                self._full.discard(run_id)
+                self._last.pop(run_id, None)
 
 
 def recover(db: sqlite3.Connection) -> int:

@@ -58,6 +58,8 @@ class Statement:
 
     sql: str
     params: Sequence[Any]
+    ends_run: str | None = None
+    """The run whose final row this writes (the SQLite store forgets its seq once committed)."""
 
     @property
     def size(self) -> int:

@@ -204,12 +204,15 @@ class SqliteStore(SqliteReads):
                 orjson.dumps({"reason": final.reason, "output": final.output}),
                 run_id,
             ),
+            ends_run=run_id,
         )
         self._owned.discard(run_id)
 
-    def _execute_later(self, lane: str, sql: str, params: Sequence[Any] = ()) -> None:
+    def _execute_later(
+        self, lane: str, sql: str, params: Sequence[Any] = (), ends_run: str | None = None
+    ) -> None:
         """Queue a statement in a lane (a run's: in order with its events)."""
-        self._queue.put(lane, Statement(sql, params))
+        self._queue.put(lane, Statement(sql, params, ends_run))
         if self._idle:
             self._idle = False
             self._wake.set()
@@ -318,6 +321,9 @@ class SqliteStore(SqliteReads):
         now = time.monotonic()
         for journal_id, (run_id, frame, _, _) in enumerate(batch.events, batch.journal_id):
             unchunked.add(run_id, frame, journal_id, now)
+        for statement in batch.statements:  # after its events: a lane keeps their order
+            if statement.ends_run is not None:
+                unchunked.ended(statement.ends_run)
 
     @staticmethod
     async def _commit(conn: aiosqlite.Connection, batch: Batch) -> None:
@@ -331,8 +337,10 @@ class SqliteStore(SqliteReads):
         if chunking is None:
             return
         try:
-            # Shielded like any commit; closing bounds it as it bounds the last flush.
+            # Shielded like any commit; closing cancels it past its bound (``__aexit__``), and
+            # bounds the chunking of what is left at close as it bounds the last flush.
             with anyio.CancelScope(shield=True) as scope:
+                self._commit_scope = scope
                 if everything:
                     scope.deadline = anyio.current_time() + self.close_timeout
                 await self._commit(conn, Batch(chunking=chunking))
@@ -344,6 +352,8 @@ class SqliteStore(SqliteReads):
             if not everything:
                 await self._idle_until(1.0)  # not in a loop of failures
             return
+        finally:
+            self._commit_scope = None
         self._unchunked.settle(chunking)
 
     # -- maintenance -----------------------------------------------------------------------------
@@ -358,12 +368,20 @@ class SqliteStore(SqliteReads):
 
     async def purge(self, ended_before: float, now: float, limit: int = 500) -> int:
         rows = await self.fetch_all(sql.PURGEABLE_RUNS, (ended_before, limit))
-        for row in rows:
-            self._unchunked.drop(row["run_id"])  # before the deletes are queued: see chunks.py
-            self._execute_later("", sql.DELETE_CHUNKS, (row["run_id"],))
-            self._execute_later("", sql.DELETE_JOURNALED, (row["run_id"],))
-            self._execute_later("", sql.MARK_PURGED, (now, row["run_id"]))
-        await self.flush()
+        run_ids = [row["run_id"] for row in rows]
+        # Before the deletes are queued, none of these runs is chunked any more (a chunk committed
+        # after its delete would bring its events back); its frames stay until the delete is.
+        self._unchunked.purging(run_ids)
+        for run_id in run_ids:
+            self._execute_later("", sql.DELETE_CHUNKS, (run_id,))
+            self._execute_later("", sql.DELETE_JOURNALED, (run_id,))
+            self._execute_later("", sql.MARK_PURGED, (now, run_id))
+        try:
+            await self.flush()
+        except BaseException:
+            self._unchunked.purged(run_ids, deleted=False)
+            raise
+        self._unchunked.purged(run_ids, deleted=True)
         return len(rows)
 
     async def claim_idempotency_key(

@@ -64,8 +64,9 @@ class SqliteReads:
         return frames + select(journaled, last, upto)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
+        journaled = self._unchunked.last_seq(run_id)  # taken first: see ``_record``
         row = await self.fetch_one(sql.RUN, (run_id,))
-        return None if row is None else self._record(row)
+        return None if row is None else self._record(row, {run_id: journaled or 0})
 
     async def list_runs(
         self,
@@ -74,13 +75,14 @@ class SqliteReads:
         limit: int = 50,
         status: str | None = None,
     ) -> list[RunRecord]:
+        journaled = self._unchunked.last_seqs()  # taken first: see ``_record``
         if status is not None:
             rows = await self.fetch_all(sql.RUNS_FILTERED, (owner, thread_id, status, limit))
         elif thread_id is None:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER, (owner, limit))
         else:
             rows = await self.fetch_all(sql.RUNS_OF_OWNER_ON_THREAD, (owner, thread_id, limit))
-        return [self._record(row) for row in rows]
+        return [self._record(row, journaled) for row in rows]
 
     async def get_thread(self, owner: str, thread_id: str) -> ThreadRecord | None:
         row = await self.fetch_one(sql.THREAD, (owner, thread_id))
@@ -91,21 +93,26 @@ class SqliteReads:
     async def thread_runs(
         self, owner: str, thread_id: str, *, limit: int | None = None, before: str | None = None
     ) -> list[RunRecord]:
+        journaled = self._unchunked.last_seqs()  # taken first: see ``_record``
         if limit is None and before is None:
             rows = await self.fetch_all(sql.RUNS_ON_THREAD, (owner, thread_id))
         else:
             page = -1 if limit is None else limit  # LIMIT -1: no limit
             rows = await self.fetch_all(sql.LATEST_RUNS_ON_THREAD, (owner, thread_id, before, page))
-        return [self._record(row) for row in rows]
+        return [self._record(row, journaled) for row in rows]
 
     async def next_run_on_thread(self, owner: str, thread_id: str, run_id: str) -> str | None:
         row = await self.fetch_one(sql.NEXT_RUN_ON_THREAD, (owner, thread_id, run_id))
         return None if row is None else str(row["run_id"])
 
-    def _record(self, row: dict[str, Any]) -> RunRecord:
+    @staticmethod
+    def _record(row: dict[str, Any], journaled: dict[str, int]) -> RunRecord:
+        """The run's record; an active one's ``last_seq`` is its last journaled seq if higher
+        than its last chunked one. ``journaled`` is taken before the row is read: a chunking
+        committed in between is in the row then, and one later left the seqs in memory."""
         record = sql.run_record(row)
-        if record.status in ACTIVE_STATUSES:  # its newest events may not be chunked yet
-            journaled = self._unchunked.last_seq(record.run_id)
-            if journaled is not None and journaled > record.last_seq:
-                return replace(record, last_seq=journaled)
+        if record.status in ACTIVE_STATUSES:
+            seq = journaled.get(record.run_id, 0)
+            if seq > record.last_seq:
+                return replace(record, last_seq=seq)
         return record
