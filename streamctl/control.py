@@ -167,6 +167,15 @@ class RunControl:
                 active.run_id,
                 "its runs did not stop within stop_timeout, or another run started meanwhile",
             )
+        if all(run.log.closed for run in queue):
+            # Their `done` is committed (its client may have it, and start the next run on
+            # seeing it): only their final bookkeeping is left, which does not hold the thread.
+            with anyio.move_on_after(self.settings.stop_timeout):
+                for run in queue:
+                    await run.finished.wait()
+            queue = self.live.on_thread(owner, thread_id)
+            if not queue:
+                return []
         raise ThreadBusy(thread_id, queue[0].run_id)
 
     async def _run_task(

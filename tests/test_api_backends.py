@@ -130,7 +130,8 @@ async def test_a_thread_carries_its_history_across_runs(
             for n in range(3):
                 body: dict[str, Any] = {"thread_id": "t-h"}
                 body["input"] = {"messages": [{"role": "user", "content": f"q{n}"}]}
-                _, events = await read_sse(client, "POST", "/v1/runs/stream", json=body)
+                resp, events = await read_sse(client, "POST", "/v1/runs/stream", json=body)
+                assert events, (n, resp.status_code, resp.text)
                 assert data(events[-1])["status"] == "completed"
             thread = (await client.get("/v1/threads/t-h")).json()
             runs = (await client.get("/v1/runs", params={"thread_id": "t-h"})).json()

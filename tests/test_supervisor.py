@@ -236,6 +236,40 @@ async def test_client_cannot_raise_the_recursion_cap(db_path: Path) -> None:
         assert agent.runs[1].recursion_limit == 3
 
 
+async def test_a_run_whose_done_is_committed_does_not_hold_its_thread(db_path: Path) -> None:
+    """A client that starts the next run as soon as it has ``done`` is not refused: the ended
+    run's last bookkeeping (its final row's flush, held here) is waited for, not a 409."""
+    async with supervisor(db_path, ScriptedAgent(chunks(1))) as sup:
+        store = sqlite_of(sup)
+        held = anyio.Event()
+        release = anyio.Event()
+        flush = store.flush
+        first: list[Run] = []
+
+        async def slow_flush(run_id: str | None = None) -> None:
+            await flush(run_id)
+            if first and first[0].log.closed and not release.is_set():
+                held.set()
+                await release.wait()  # `done` is committed; the run has not let go yet
+
+        store.flush = slow_flush  # type: ignore[method-assign]
+        with anyio.fail_after(5):
+            first.append(await sup.control.start(request(thread_id="t1"), USER))
+            await held.wait()
+            async with anyio.create_task_group() as tg:
+                second: list[Run] = []
+
+                async def start_next() -> None:
+                    second.append(await sup.control.start(request(thread_id="t1"), USER))
+
+                tg.start_soon(start_next)
+                await anyio.wait_all_tasks_blocked()
+                assert not second and not first[0].finished.is_set()  # waiting, not refused
+                release.set()
+            await finish(second[0])
+        assert second[0].snapshot()["status"] == "completed"
+
+
 async def test_multitask_reject_and_interrupt(db_path: Path) -> None:
     gate = anyio.Event()
     agent = ScriptedAgent([*chunks(1), Wait(gate), *chunks(1, "m2")])
