@@ -355,3 +355,19 @@ async def test_a_failed_purge_keeps_the_runs_events_while_others_are_chunked(
         assert await store.purge(ended_before=now, now=now) == 1
         assert await store.read_frames("old", 0) == []
     assert set(frames_in_file(db_path)) == {"new"}
+
+
+def test_a_run_being_purged_is_never_due() -> None:
+    """Else the idle writer, woken for it, would take nothing and loop without waiting."""
+    unchunked = Unchunked()
+    unchunked.add("old", frame(1), 1, now=0.0)
+    unchunked.add("new", frame(1), 2, now=0.5)
+    age = streamctl.store.chunks.CHUNK_AGE
+    unchunked.purging(["old"])
+    assert unchunked.due() == 0.5 + age
+    assert unchunked.take_idle(now=age / 2) is None  # "old" is due, but not to be chunked
+    later = unchunked.take_idle(now=age)
+    assert later is not None and [r for r, _ in later.runs] == ["new"]
+    assert later.delete_upto == 0  # "old"'s journal row stays until its delete commits
+    unchunked.purged(["old"], deleted=False)
+    assert unchunked.due() == age

@@ -185,9 +185,12 @@ class Unchunked:
         return None
 
     def due(self) -> float | None:
-        """When the oldest run's frames are due for chunking (monotonic), if any run has some."""
-        for entry in self._runs.values():
-            return entry.since + CHUNK_AGE
+        """When the oldest run's frames are due for chunking (monotonic), if any run has some.
+        Runs being purged are never due: the idle writer must not wake for them (it would find
+        nothing to take, again and again, until their delete is committed)."""
+        for run_id, entry in self._runs.items():
+            if run_id not in self._purging:
+                return entry.since + CHUNK_AGE
         return None
 
     def take_with(self, events: int, now: float) -> Chunking | None:
