@@ -16,9 +16,10 @@ import streamctl.store.chunks
 import streamctl.store.migrate
 from streamctl.errors import StoreError
 from streamctl.events import Done, Frame, MessageChunk, RunStarted, ToolEnd
-from streamctl.store import FinalState, NewRun, Store, migrate_file, migrations_dir
+from streamctl.store import FinalState, NewRun, Store, migrate_file
 from streamctl.store.chunks import Chunking, Unchunked, decode_chunk, encode_chunk
 
+from .support.migrations import migrate_below
 from .support.stored import frames_in_file
 
 pytestmark = pytest.mark.anyio
@@ -75,6 +76,17 @@ def chunk_soon(monkeypatch: pytest.MonkeyPatch) -> Chunked:
     return Chunked(monkeypatch)
 
 
+async def assert_every_window(store: Store, run_id: str, expected: list[Frame]) -> None:
+    """``read_frames`` gives the events ``after < seq <= upto`` of ``expected``, for every pair
+    (and ``upto`` None or past the end)."""
+    last = expected[-1].seq
+    for after in range(0, last + 1):
+        for upto in [None, *range(after, last + 2)]:
+            got = await store.read_frames(run_id, after, upto)
+            want = [f for f in expected if f.seq > after and (upto is None or f.seq <= upto)]
+            assert got == want, (after, upto)
+
+
 def test_a_chunk_gives_back_its_frames_exactly() -> None:
     frames = [
         Frame.encode(7, RunStarted(run_id="r1", thread_id="t1"), 1.5),
@@ -125,11 +137,7 @@ async def test_events_move_from_journal_to_chunks_and_read_the_same(
         assert rows(db_path, "event_journal") == 3
         expected = [frame(seq) for seq in range(1, 9)]
         # Every window, across the chunk and the journal (read from memory), as one log.
-        for after in range(0, 9):
-            for upto in [None, *range(after, 9)]:
-                got = await store.read_frames("r1", after, upto)
-                want = [f for f in expected if f.seq > after and (upto is None or f.seq <= upto)]
-                assert got == want, (after, upto)
+        await assert_every_window(store, "r1", expected)
         assert sink.frames == expected
     assert frames_in_file(db_path, "r1")["r1"] == expected
     assert rows(db_path, "event_journal") == 0  # closing chunks what is left
@@ -212,16 +220,9 @@ async def test_opening_chunks_what_the_journal_held(db_path: Path) -> None:
 
 
 async def test_migration_5_moves_every_stored_event_unchanged(
-    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    old = tmp_path / "old-migrations"
-    old.mkdir()
-    for path in sorted(migrations_dir().glob("*.sql")):
-        if int(path.name[:4]) < 5:
-            (old / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
-    with monkeypatch.context() as patch:
-        patch.setattr(streamctl.store.migrate, "migrations_dir", lambda: old)
-        await migrate_file(db_path)
+    await migrate_below(db_path, 5, monkeypatch)
     stored = {
         "a": [
             Frame.encode(1, RunStarted(run_id="a", thread_id="t"), 1_764_500_000.123456),
@@ -272,11 +273,7 @@ async def test_every_window_reads_the_same_across_many_chunks(
             store.append("r1", f, None, Sink())
             await store.flush()
         assert rows(db_path, "event_chunks") == 4 and rows(db_path, "event_journal") == 2
-        for after in range(0, 15):
-            for upto in [None, *range(after, 16)]:
-                got = await store.read_frames("r1", after, upto)
-                want = [f for f in expected if f.seq > after and (upto is None or f.seq <= upto)]
-                assert got == want, (after, upto)
+        await assert_every_window(store, "r1", expected)
 
 
 def test_a_chunk_read_from_the_middle_parses_only_what_it_returns() -> None:

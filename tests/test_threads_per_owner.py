@@ -16,14 +16,14 @@ from typing import Any
 import anyio
 import pytest
 
-import streamctl.store.migrate
 from streamctl.agents import Agent, Message, ScriptedAgent
 from streamctl.inputs import RunCreate
 from streamctl.settings import Settings
-from streamctl.store import NewRun, Store, migrate_file, migrations_dir
+from streamctl.store import NewRun, Store
 from streamctl.supervisor import Supervisor
 
 from .support import StartServer, chunks, run_body
+from .support.migrations import migrate_below
 
 pytestmark = pytest.mark.anyio
 
@@ -46,16 +46,9 @@ async def supervisor(db_path: Path, agent: Agent, **settings: Any) -> AsyncItera
 
 
 async def test_migration_re_keys_threads_and_keeps_every_row(
-    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    old = tmp_path / "old-migrations"
-    old.mkdir()
-    for path in sorted(migrations_dir().glob("*.sql")):
-        if int(path.name[:4]) < 3:
-            (old / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
-    with monkeypatch.context() as patch:
-        patch.setattr(streamctl.store.migrate, "migrations_dir", lambda: old)
-        await migrate_file(db_path)
+    await migrate_below(db_path, 3, monkeypatch)
     run = "INSERT INTO runs (run_id, thread_id, owner, status, input, config, created_at,"
     with closing(sqlite3.connect(db_path)) as conn, conn:
         conn.executemany(
