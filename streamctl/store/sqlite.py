@@ -380,6 +380,7 @@ class SqliteStore(SqliteReads):
             await self.flush()
         except BaseException:
             self._unchunked.purged(run_ids, deleted=False)
+            self._wake.set()  # they may be due for chunking again: an idle writer waits for nothing
             raise
         self._unchunked.purged(run_ids, deleted=True)
         return len(rows)
