@@ -23,7 +23,6 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from functools import partial
-from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -48,7 +47,8 @@ from .base import (
 from .chunks import Unchunked, recover
 from .lock import DatabaseLock
 from .migrate import connect, in_thread, migrate
-from .queue import Batch, Pending, Statement, WriteQueue
+from .queue import Batch, Statement, WriteQueue
+from .sqlite_commit import commit_batch, deliver, tell_failed
 from .sqlite_reads import SqliteReads
 
 logger = logging.getLogger("streamctl.store")
@@ -60,10 +60,6 @@ MAX_BATCH_EVENTS = 500
 """Default cap on the rows of one transaction (see ``queue.py``)."""
 MAX_BATCH_BYTES = 1024 * 1024
 """Default cap on the bytes of one transaction."""
-
-ROWS_PER_INSERT = 16
-"""Journal rows inserted by one statement of a group commit (the rest of a batch: one each)."""
-_INSERT_ROWS = sql.INSERT_JOURNAL + ", (?, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
 
 
 class SqliteStore(SqliteReads):
@@ -287,10 +283,10 @@ class SqliteStore(SqliteReads):
                 self._count(batch, time.perf_counter() - began)
                 queue.settle(batch, None)
                 self._journaled(batch)
-                _deliver(batch.events)
+                deliver(batch.events)
             else:
                 dropped = queue.settle(batch, error)
-                _tell_failed(batch.events + dropped, error)
+                tell_failed(batch.events + dropped, error)
             # One batch per turn of the loop: with a firehose queued, the event loop (other
             # runs, their streams, stops) gets a turn between two transactions.
             await anyio.lowlevel.checkpoint()
@@ -327,7 +323,7 @@ class SqliteStore(SqliteReads):
 
     @staticmethod
     async def _commit(conn: aiosqlite.Connection, batch: Batch) -> None:
-        await in_thread(conn, partial(_commit_batch, batch))
+        await in_thread(conn, partial(commit_batch, batch))
 
     async def _chunk_only(self, conn: aiosqlite.Connection, everything: bool) -> None:
         """A commit of chunks alone (the queue is empty); a failure is logged, and the frames
@@ -407,59 +403,3 @@ class SqliteStore(SqliteReads):
         self._execute_later("", sql.PURGE_KEYS, (created_before,))
         await self.flush()
         return int(row["n"]) if row else 0
-
-
-def _commit_batch(batch: Batch, db: sqlite3.Connection) -> None:
-    """One transaction, in the writer's thread: the batch's statements, its events appended to
-    the journal (ids from ``batch.journal_id``), then the chunks of its chunking."""
-    try:
-        for statement in batch.statements:
-            db.execute(statement.sql, statement.params)
-        rows = [
-            (journal_id, run_id, f.created_at, f.sse)
-            for journal_id, (run_id, f, _, _) in enumerate(batch.events, batch.journal_id)
-        ]
-        # Rows go ROWS_PER_INSERT to a statement: the sqlite3 module releases the GIL around each
-        # statement it steps and takes it back after, and while the event loop is busy each
-        # take-back waits up to the switch interval (5 ms). Per row, a 500-row batch took 35 ms
-        # median with the loop busy; 16 rows a statement, 2 ms (docs/benchmarks.md).
-        whole = len(rows) - len(rows) % ROWS_PER_INSERT
-        if whole:
-            groups = (rows[i : i + ROWS_PER_INSERT] for i in range(0, whole, ROWS_PER_INSERT))
-            db.executemany(_INSERT_ROWS, [list(chain(*group)) for group in groups])
-        if whole < len(rows):
-            db.executemany(sql.INSERT_JOURNAL, rows[whole:])
-        if batch.chunking is not None:
-            db.executemany(sql.INSERT_EVENT_CHUNK, batch.chunking.rows())
-            db.execute(sql.DELETE_JOURNAL, (batch.chunking.delete_upto,))
-        db.commit()
-    except sqlite3.Error:
-        db.rollback()
-        raise
-
-
-def _tell_failed(events: list[Pending], error: BaseException) -> None:
-    """Tell each run whose events were lost (once): it must stop numbering past the hole."""
-    sinks = {id(sink): sink for _, _, _, sink in events}
-    for sink in sinks.values():
-        failed = getattr(sink, "failed", None)
-        if failed is not None:
-            try:
-                failed(error)
-            except Exception:
-                logger.exception("telling a run of its lost events failed")
-
-
-def _deliver(events: list[Pending]) -> None:
-    sinks: dict[int, CommitSink] = {}
-    for run_id, frame, event, sink in events:
-        try:
-            sink.committed(frame, event)
-        except Exception:  # a broken sink must not take the writer (and every run) down
-            logger.exception("run %s: delivering committed event %d failed", run_id, frame.seq)
-        sinks[id(sink)] = sink
-    for sink in sinks.values():
-        try:
-            sink.publish()
-        except Exception:
-            logger.exception("waking subscribers failed")
