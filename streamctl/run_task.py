@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -127,7 +128,8 @@ class RunTask:
                     # they cannot resume past; its terminal events are retried below, unless
                     # the refusal is final (taken over, lost: the end is not ours to write).
                     logger.error("run %s: its end could not be stored: %s", run.run_id, exc)
-                    run.streams_failed(exc)
+                    if not run.log.closed:  # else its `done` is stored and its streams ended
+                        run.streams_failed(exc)
                     lost = exc
         if lost is not None and not lost.final:
             await self._retry_finish(run, lost)
@@ -283,11 +285,9 @@ class RunTask:
         while time.monotonic() + delay <= give_up:
             await anyio.sleep(delay)
             delay = min(delay * 2, _RETRY_BACKOFF[1])
-            # Whatever the last attempt queued is lost: number on from the last stored event.
-            run.last_seq, run.broken = run.output.last_seq, None
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._terminal(run, "failed", _STORE_LOST, error)
+                    await self._retry_end(run, error)
             except StreamctlError as exc:
                 if exc.final:  # taken over or lost meanwhile: the end is not ours to write
                     return
@@ -299,6 +299,19 @@ class RunTask:
         why = "run %s: the store failed for %g s; it is left to be finalised as interrupted"
         logger.error(why, run.run_id, self.settings.store_retry_seconds)
         self.store.abandon(run.run_id)
+
+    async def _retry_end(self, run: Run, error: dict[str, str]) -> None:
+        """One more try at the run's end. When its ``done`` is stored and only its final row
+        was lost (a batch cap put the row in a later batch, and that one failed), only the row
+        is written again: a second ``done`` would follow the first in the run's log."""
+        output = run.output
+        if run.log.closed:
+            self._final_row(run, output.status, output.reason, output.error)
+            await self.store.flush(run.run_id)
+            return
+        # Whatever the last attempt queued is lost: number on from the last stored event.
+        run.last_seq, run.broken = output.last_seq, None
+        await self._terminal(run, "failed", _STORE_LOST, error)
 
     async def _terminal(
         self,
@@ -321,19 +334,7 @@ class RunTask:
             usage=run.usage or None,
         )
         run.emit(done)
-        store.finish_run(
-            run.run_id,
-            FinalState(
-                status=status,
-                reason=reason,
-                error=error,
-                tokens=run.output.tokens,
-                last_seq=run.last_seq,
-                output=run.output.as_json(),
-                ended_at=run.ended_at,
-                usage=run.usage,
-            ),
-        )
+        self._final_row(run, status, reason, error)
         await store.flush(run.run_id)
         logger.info(
             "run ended",
@@ -345,6 +346,29 @@ class RunTask:
                 "duration": round(run.ended_at - run.created_at, 3),
                 "events": run.last_seq,
             },
+        )
+
+    def _final_row(
+        self,
+        run: Run,
+        status: str,
+        reason: str | None,
+        error: dict[str, Any] | None,
+    ) -> None:
+        """Queue the run's final row: its status and output as of its ``done``."""
+        assert run.ended_at is not None
+        self.store.finish_run(
+            run.run_id,
+            FinalState(
+                status=status,
+                reason=reason,
+                error=error,
+                tokens=run.output.tokens,
+                last_seq=run.last_seq,
+                output=run.output.as_json(),
+                ended_at=run.ended_at,
+                usage=run.usage,
+            ),
         )
 
     async def _watch(self, run: Run) -> None:

@@ -525,6 +525,37 @@ async def test_a_failed_final_commit_is_contained_and_retried(db_path: Path) -> 
         assert again.recovered_runs == 0
 
 
+async def test_a_lost_final_row_after_a_stored_done_is_retried_alone(db_path: Path) -> None:
+    """A batch cap puts a run's `done` and its final row in two batches, and only the second one
+    fails: the retry writes the row again, not a second `done` (one `done`, dense ids), and the
+    row ends as the `done` said (invariants 2 and 6)."""
+    agent = ScriptedAgent(chunks(2))
+    failing = True
+    async with Store(db_path, max_batch_events=1) as store:  # one item per batch
+        commit = store._commit
+
+        async def fail_the_final_row(conn: Any, batch: Any) -> None:
+            nonlocal failing
+            if failing and any(statement.ends_run for statement in batch.statements):
+                failing = False
+                raise sqlite3.OperationalError("disk I/O error (simulated)")
+            await commit(conn, batch)
+
+        store._commit = fail_the_final_row  # type: ignore[method-assign]
+        async with Supervisor(store, agent, Settings.from_env({}, db=db_path)) as sup:
+            run = await sup.control.start(request(), USER)
+            await finish(run)
+            assert not failing  # the final row's batch did fail once
+            log = await events(sup, run.run_id)
+            stored = await row(sup, run.run_id)
+    assert_one_terminal_done(log, "completed")
+    assert types(log).count("error") == 0
+    assert stored.status == "completed" and stored.last_seq == len(log)
+    assert stored.output is not None and stored.output["text"] == "".join(
+        event[2]["content"] for event in log if event[1] == CHUNK
+    )
+
+
 async def test_a_lost_batch_ends_its_run_with_dense_ids(db_path: Path) -> None:
     """A group commit fails mid-run: the lost events were never sent, so the run ends `failed`
     (error `store_error`) numbering on from its last stored event: no gap (invariant 2)."""
