@@ -232,7 +232,10 @@ class RunTask:
                 emitted += 1
                 if emitted == 1:
                     run.first_event_at = run.last_event_at
-                if run.backlogged:  # the store is behind: the agent waits (backpressure)
+                    # The first event goes to the writer (and the stream) at once, not after
+                    # whatever the agent emits before it next awaits: time to first event.
+                    await anyio.lowlevel.checkpoint()
+                elif run.backlogged:  # the store is behind: the agent waits (backpressure)
                     await run.backlog_drained()
                 elif emitted % _CHECKPOINT_EVERY == 0:
                     # An agent that never awaits (a burst, a cached answer) would otherwise hold

@@ -28,11 +28,17 @@ def migrations_dir() -> Path:
     return package.parent / "migrations"
 
 
+BUSY_TIMEOUT_MS = 5000
+"""How long a statement waits for a lock another connection holds."""
+
+
 async def connect(path: Path) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path)
+    # Not bound to aiosqlite's thread: the writer commits small batches on the event loop's
+    # thread while its own thread is idle (``SqliteStore._commit``); never both at once.
+    conn = await aiosqlite.connect(path, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     await conn.execute("PRAGMA synchronous=NORMAL")
-    await conn.execute("PRAGMA busy_timeout=5000")
+    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
 
 

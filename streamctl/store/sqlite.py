@@ -48,7 +48,18 @@ from .chunks import Unchunked, recover
 from .lock import DatabaseLock
 from .migrate import connect, in_thread, migrate
 from .queue import Batch, Statement, WriteQueue
-from .sqlite_commit import commit_batch, deliver, tell_failed
+from .sqlite_commit import (
+    INLINE_MODE,
+    INLINE_STREAK,
+    THREAD_MODE,
+    commit_batch,
+    commit_in_thread,
+    deliver,
+    inline,
+    is_busy,
+    set_mode,
+    tell_failed,
+)
 from .sqlite_reads import SqliteReads
 
 logger = logging.getLogger("streamctl.store")
@@ -92,6 +103,10 @@ class SqliteStore(SqliteReads):
         """True while the writer waits on ``_wake`` (a plain flag: appends check it per event)."""
         self._closing = False
         self._abandoned = False
+        self._inline_streak = 0
+        """Inline commits since the last one in the writer's thread (``_commit``)."""
+        self._mode = THREAD_MODE
+        """The writer connection's pragmas: for commits inline or in its thread (``_commit``)."""
         self._owned: set[str] = set()
         """Runs this store created and has not finished: their owner is alive."""
         self.lock = DatabaseLock(self.path)
@@ -321,9 +336,28 @@ class SqliteStore(SqliteReads):
             if statement.ends_run is not None:
                 unchunked.ended(statement.ends_run)
 
-    @staticmethod
-    async def _commit(conn: aiosqlite.Connection, batch: Batch) -> None:
-        await in_thread(conn, partial(commit_batch, batch))
+    async def _commit(self, conn: aiosqlite.Connection, batch: Batch) -> None:
+        """Commit ``batch``: a small one on the event loop's thread (``inline``), any other in
+        the connection's thread. Only the writer task uses the writer's connection once open, one
+        commit at a time, so the thread is idle while an inline commit runs."""
+        if inline(batch) and self._inline_streak < INLINE_STREAK:
+            db = conn._conn
+            if self._mode is not INLINE_MODE:
+                set_mode(db, INLINE_MODE)
+                self._mode = INLINE_MODE
+            try:
+                commit_batch(batch, db)
+            except sqlite3.Error as exc:
+                if not is_busy(exc):
+                    raise
+                # Another connection holds the lock: wait for it in the thread, not on the loop.
+            else:
+                self._inline_streak += 1
+                return
+        self._inline_streak = 0
+        switch = self._mode is not THREAD_MODE
+        self._mode = THREAD_MODE
+        await in_thread(conn, partial(commit_in_thread, batch, switch))
 
     async def _chunk_only(self, conn: aiosqlite.Connection, everything: bool) -> None:
         """A commit of chunks alone (the queue is empty); a failure is logged, and the frames

@@ -1,6 +1,7 @@
-"""One group commit of the SQLite store (``sqlite.py``): the transaction its writer runs in the
-connection's thread, then, back in the event loop, the hand-over of what it committed to each
-run's log (commit before send), or the news of what it lost."""
+"""One group commit of the SQLite store (``sqlite.py``): its transaction, run on the event loop's
+thread when the batch is small (``inline``) and in the connection's thread otherwise, each with
+the connection's pragmas for it; then, in the event loop, the hand-over of what it committed to
+each run's log (commit before send), or the news of what it lost."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from itertools import chain
 
 from . import statements as sql
 from .base import CommitSink
+from .migrate import BUSY_TIMEOUT_MS
 from .queue import Batch, Pending
 
 logger = logging.getLogger("streamctl.store")
@@ -19,9 +21,51 @@ ROWS_PER_INSERT = 16
 _INSERT_ROWS = sql.INSERT_JOURNAL + ", (?, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
 
 
+INLINE_ROWS = 16
+"""A batch of at most this many rows, with no chunking, is committed on the event loop's own
+thread: its transaction (tens of microseconds) costs less than the two thread hops around it,
+which were most of a lone event's commit latency (the time to first event)."""
+INLINE_BYTES = 64 * 1024
+"""Nor more bytes than this (a long run's final row carries its whole output)."""
+INLINE_STREAK = 256
+"""After this many inline commits in a row the next one goes to the writer's thread anyway, so
+that the WAL's checkpoint (only ever run there) keeps the WAL bounded under a light load too."""
+BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+INLINE_MODE = ("PRAGMA wal_autocheckpoint=0", "PRAGMA busy_timeout=0")
+"""The writer's connection while it commits on the event loop's thread: it must not block the
+loop, so it never checkpoints (with ``synchronous=NORMAL`` a checkpoint syncs the files) and
+never waits for a lock another connection holds (the commit goes to the thread instead)."""
+THREAD_MODE = ("PRAGMA wal_autocheckpoint=1000", f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+"""The writer's connection while it commits in its own thread: SQLite's automatic checkpoint at
+its default 1,000 pages, and the store's busy timeout (``connect``)."""
+
+
+def inline(batch: Batch) -> bool:
+    """Whether ``batch`` is small enough to commit on the event loop's thread."""
+    return batch.rows <= INLINE_ROWS and batch.bytes <= INLINE_BYTES and batch.chunking is None
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says another connection holds the lock (the commit can be retried)."""
+    return getattr(exc, "sqlite_errorcode", None) in BUSY_CODES
+
+
+def set_mode(db: sqlite3.Connection, mode: tuple[str, ...]) -> None:
+    for pragma in mode:
+        db.execute(pragma)
+
+
+def commit_in_thread(batch: Batch, switch: bool, db: sqlite3.Connection) -> None:
+    """``commit_batch`` in the writer's thread, first setting ``THREAD_MODE`` when ``switch``."""
+    if switch:
+        set_mode(db, THREAD_MODE)
+    commit_batch(batch, db)
+
+
 def commit_batch(batch: Batch, db: sqlite3.Connection) -> None:
-    """One transaction, in the writer's thread: the batch's statements, its events appended to
-    the journal (ids from ``batch.journal_id``), then the chunks of its chunking."""
+    """One transaction: the batch's statements, its events appended to the journal (ids from
+    ``batch.journal_id``), then the chunks of its chunking."""
     try:
         for statement in batch.statements:
             db.execute(statement.sql, statement.params)

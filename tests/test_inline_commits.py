@@ -1,0 +1,153 @@
+"""Small batches are committed on the event loop's own thread (``SqliteStore._commit``): the WAL
+stays bounded all the same, a lock held by another connection sends the commit to the writer's
+thread instead of blocking the loop, and a run's first event is committed before the agent's
+next ones."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import streamctl.store.chunks
+import streamctl.store.sqlite
+import streamctl.store.sqlite_commit
+from streamctl.agents import ScriptedAgent
+from streamctl.events import Frame, MessageChunk
+from streamctl.settings import Settings
+from streamctl.store import Store
+from streamctl.supervisor import Supervisor
+
+from .support import chunks
+from .support.stored import frames_in_file
+from .support.supervisors import USER, finish, request
+
+pytestmark = pytest.mark.anyio
+
+PAGE = 4096
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+
+    def committed(self, frame: Frame, event: object) -> None:
+        self.seqs.append(frame.seq)
+
+    def publish(self) -> None:
+        pass
+
+
+def event(seq: int) -> tuple[Frame, MessageChunk]:
+    chunk = MessageChunk(content=f"word {seq} " * 8, message_id="m1")
+    return Frame.encode(seq, chunk, 1_764_500_000.0 + seq / 1000), chunk
+
+
+def wal_pages(db_path: Path) -> int:
+    wal = db_path.with_name(db_path.name + "-wal")
+    return wal.stat().st_size // PAGE if wal.exists() else 0
+
+
+async def commit_one_by_one(store: Store, runs: int, per_run: int) -> None:
+    sinks = [Sink() for _ in range(runs)]
+    for seq in range(1, per_run + 1):
+        for number, sink in enumerate(sinks):
+            frame, chunk = event(seq)
+            store.append(f"run-{number}", frame, chunk, sink)
+            await store.flush()  # one commit of one event, small enough to be inline
+    assert all(sink.seqs == list(range(1, per_run + 1)) for sink in sinks)
+
+
+@pytest.fixture
+def no_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No chunking commit (always in the thread) that would checkpoint on the side."""
+    monkeypatch.setattr(streamctl.store.chunks, "CHUNK_AGE", 3600.0)
+    monkeypatch.setattr(streamctl.store.chunks, "CHUNK_EVENTS", 10**9)
+
+
+BOUND = 1000 + 4 * 256
+"""SQLite's automatic checkpoint (1,000 pages), plus a streak of ``INLINE_STREAK`` one-event
+commits of a few pages each: what the WAL may reach under inline commits."""
+
+
+@pytest.mark.usefixtures("no_chunking")
+async def test_inline_commits_keep_the_wal_bounded(db_path: Path) -> None:
+    """Inline commits never checkpoint (it syncs the files: not on the loop); every
+    ``INLINE_STREAK``-th commit goes to the thread, where SQLite's automatic checkpoint keeps the
+    WAL near its 1,000 pages."""
+    assert streamctl.store.sqlite_commit.INLINE_STREAK == 256
+    async with Store(db_path) as store:
+        await commit_one_by_one(store, runs=10, per_run=300)
+        assert store.stats.batches >= 3000
+        assert wal_pages(db_path) <= BOUND
+    assert sum(len(frames) for frames in frames_in_file(db_path).values()) == 3000
+
+
+@pytest.mark.usefixtures("no_chunking")
+async def test_the_wal_grows_without_the_threads_checkpoints(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound above is the streak's doing: with every commit inline, nothing checkpoints
+    and the same 3,000 commits grow the WAL past it."""
+    monkeypatch.setattr(streamctl.store.sqlite, "INLINE_STREAK", 10**9)
+    async with Store(db_path) as store:
+        await commit_one_by_one(store, runs=10, per_run=300)
+        assert wal_pages(db_path) > BOUND
+
+
+async def test_a_lock_held_elsewhere_sends_a_small_commit_to_the_thread(db_path: Path) -> None:
+    """Another connection holds the write lock: the small commit does not wait for it on the
+    event loop (SQLite's busy wait would block every run and stream for up to 5 s) but in the
+    writer's thread, and lands once the lock is released."""
+    async with Store(db_path) as store:
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the write lock, held
+        sink, flushed = Sink(), anyio.Event()
+        frame, chunk = event(1)
+        store.append("run-1", frame, chunk, sink)
+
+        async def flush() -> None:
+            await store.flush()
+            flushed.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(flush)
+                # A loop blocked in the busy wait would run nothing here for 5 s.
+                with anyio.fail_after(2):
+                    while store._inflight is None:  # the writer took the batch
+                        await anyio.wait_all_tasks_blocked()
+                    await anyio.sleep(0.01)  # and the loop goes on meanwhile
+                assert not flushed.is_set() and sink.seqs == []  # still waiting for the lock
+                blocker.rollback()
+                with anyio.fail_after(10):
+                    await flushed.wait()
+        finally:
+            blocker.close()
+        assert sink.seqs == [1]
+    assert [f.seq for f in frames_in_file(db_path)["run-1"]] == [1]
+
+
+async def test_a_runs_first_event_is_committed_before_its_next_ones(db_path: Path) -> None:
+    """An agent that emits without awaiting (a cached answer): its first event is committed on
+    its own, not with the next 31 (time to first event); the rest follow in batches."""
+    batches: list[list[int]] = []
+    async with Store(db_path) as store:
+        commit = store._commit
+
+        async def record(conn: Any, batch: Any) -> None:
+            seqs = [f.seq for _, f, _, _ in batch.events if f.type == "message_chunk"]
+            if seqs:
+                batches.append(seqs)
+            await commit(conn, batch)
+
+        store._commit = record  # type: ignore[method-assign]
+        settings = Settings.from_env({}, db=db_path)
+        async with Supervisor(store, ScriptedAgent(chunks(40)), settings) as sup:
+            run = await sup.control.start(request(), USER)
+            await finish(run)
+    assert batches[0] == [2]
+    assert sorted(seq for seqs in batches for seq in seqs) == list(range(2, 42))
