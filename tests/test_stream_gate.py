@@ -202,6 +202,11 @@ async def test_embedded_gate_serves_a_prefix_and_hands_on_under_host_auth(db_pat
         assert events[-1].event == "done" and (gate.served, gate.declined) == (1, 0)
         unprefixed = await client.get(f"/v1/runs/{run['run_id']}/stream", headers=bearer(ALICE))
         assert unprefixed.status_code == 404 and gate.served == 1
+        # An embedded gate leaves the starts to the host's chain (its middleware sees them).
+        _, started = await read_sse(
+            client, "POST", "/agent/v1/runs/stream", json=run_body(), headers=bearer(ALICE)
+        )
+        assert started[-1].event == "done" and gate.served == 1
 
     hosted = Streamctl(
         agent=ScriptedAgent(chunks(2)),
@@ -243,7 +248,7 @@ async def test_the_gate_probes_its_streams_own_connection(serve: StartServer) ->
                     for stream in streams:
                         assert stream.probe is not None and stream.probe() >= 0
                 hold.set()
-    assert searched == [] and gate_of(server).served == 1
+    assert searched == [] and gate_of(server).served == 2  # the start and the GET
     assert unsent_probe(None) is None
 
 
@@ -263,8 +268,9 @@ class CountSends:
 
 
 async def test_a_chain_streams_body_goes_straight_to_the_server(serve: StartServer) -> None:
-    # POST /v1/runs/stream is answered by its route, through the chain: its head (status,
-    # headers: CORS) through every middleware, its thousands of writes around them.
+    # A stream answered by its route through the chain (a protocol's, here the AI SDK's chat):
+    # its head (status, headers: CORS) through every middleware, its thousands of writes around
+    # them. POST /v1/runs/stream skips the chain altogether (the gate answers it).
     server = await serve(agent=ScriptedAgent(chunks(20)), cors_origins=APP)
     app = cast(GatedApp, server.uvicorn.config.app)
     counting: list[CountSends] = []
@@ -274,13 +280,22 @@ async def test_a_chain_streams_body_goes_straight_to_the_server(serve: StartServ
         return counting[-1]
 
     app.add_middleware(count)
+    chat = {
+        "id": "t1",
+        "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+    }
     async with server.client() as client:
         with anyio.fail_after(20):
             response, events = await read_sse(
+                client, "POST", "/v1/ai-sdk/chat", json=chat, headers={"Origin": APP}
+            )
+            started, run_events = await read_sse(
                 client, "POST", "/v1/runs/stream", json=run_body(), headers={"Origin": APP}
             )
     assert response.headers["access-control-allow-origin"] == APP
-    assert events[-1].event == "done" and len(events) >= 20
+    assert started.headers["access-control-allow-origin"] == APP
+    assert len(events) >= 20 and run_events[-1].event == "done"
     (counter,) = counting
     streamed = [t for t in counter.seen if t.startswith("http.response")]
-    assert streamed == ["http.response.start", "http.response.body"]  # the head, the `retry:`
+    assert streamed == ["http.response.start"]  # the chat's head only: its body went around
+    assert gate_of(server).served == 1  # the run stream's start, wholly on the gate

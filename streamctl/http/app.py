@@ -5,7 +5,8 @@ A ``Streamctl`` (``embedding.py``) holds the parts a host application includes: 
 protocols' ``ai_sdk``, ``ag_ui``, ``agentflow``). The
 application adds what a whole application owns: the body limit, CORS when configured, and the
 error handlers of what no route answers (404, 405), and in front of all that the raw ASGI path
-of the stream GETs (``stream_gate.py``). ``ROUTERS`` lists routers added beside
+of the stream GETs and of ``POST /v1/runs/stream`` (``stream_gate.py``, ``start_gate.py``).
+``ROUTERS`` lists routers added beside
 ``sc.router``: they find the ``Services`` in ``app.state``.
 """
 
@@ -68,8 +69,11 @@ def create_app(settings: Settings | None = None, *, agent: Agent | None = None) 
         app.add_middleware(CORSMiddleware, **cors)
 
     def gate_for(chain: ASGIApp) -> StreamGate:
-        # The stream GETs skip the chain: the gate adds the same CORS headers itself.
-        return StreamGate(chain, sc, cors=CORSMiddleware(chain, **cors) if origins else None)
+        # The stream GETs and POST /v1/runs/stream skip the chain: the gate adds the same CORS
+        # headers itself.
+        return StreamGate(
+            chain, sc, cors=CORSMiddleware(chain, **cors) if origins else None, starts=True
+        )
 
     app.gate_for = gate_for
     install_error_handlers(app)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import anyio
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -34,59 +34,76 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in _NO_BODY:
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
+        read = await read_body(scope, receive, self.max_bytes, self.timeout)
+        if read is None:
+            return  # the client left before sending its body: nobody to answer
+        if isinstance(read, Response):
+            await read(scope, receive, send)
             return
-        body = bytearray()
-        more = True
-        while more:
-            message: Message | None = None
-            with anyio.move_on_after(self.timeout):
-                message = await receive()
-            if message is None:
-                await self._timed_out(scope, receive, send)
-                return
-            if message["type"] == "http.disconnect":
-                return  # the client left before sending its body: nobody to answer
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-        replayed = False
+        await self.app(scope, replaying(read, receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        await self.app(scope, replay, send)
+async def read_body(
+    scope: Scope, receive: Receive, max_bytes: int, stall: float
+) -> bytes | Response | None:
+    """The request's whole body; or the answer to a body over ``max_bytes`` (413, declared or
+    sent) or one of which nothing comes for ``stall`` seconds (408); or None if the client left
+    meanwhile."""
+    declared = Headers(scope=scope).get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        return _too_large(max_bytes)
+    body = bytearray()
+    more = True
+    while more:
+        message: Message | None = None
+        with anyio.move_on_after(stall):
+            message = await receive()
+        if message is None:
+            return _timed_out(stall)
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(body) > max_bytes:
+            return _too_large(max_bytes)
+    return bytes(body)
 
-    async def _timed_out(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {
-                "error": {
-                    "code": "body_timeout",
-                    "message": f"no part of the request body came for {self.timeout:g} s",
-                }
-            },
-            status_code=408,
-            headers={"Connection": "close"},
-        )
-        await response(scope, receive, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {
-                "error": {
-                    "code": "body_too_large",
-                    "message": f"the request body is larger than {self.max_bytes} bytes",
-                }
-            },
-            status_code=413,
-            headers={"Connection": "close"},
-        )
-        await response(scope, receive, send)
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for an application after ``body`` was read: the body once, then the rest."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _timed_out(timeout: float) -> Response:
+    return JSONResponse(
+        {
+            "error": {
+                "code": "body_timeout",
+                "message": f"no part of the request body came for {timeout:g} s",
+            }
+        },
+        status_code=408,
+        headers={"Connection": "close"},
+    )
+
+
+def _too_large(max_bytes: int) -> Response:
+    return JSONResponse(
+        {
+            "error": {
+                "code": "body_too_large",
+                "message": f"the request body is larger than {max_bytes} bytes",
+            }
+        },
+        status_code=413,
+        headers={"Connection": "close"},
+    )

@@ -16,6 +16,9 @@ slow-client probe needs no search among all connections) and the server's own ``
 (``RAW_SEND_KEY``) in the scope: a stream answered through the chain (``POST /v1/runs/stream``)
 sends its head through every middleware and its body straight to the server (``EventStream``).
 
+With ``starts`` (``create_app``) the gate answers ``POST /v1/runs/stream`` too: see
+``start_gate.py``, whose refusals and errors follow its own rules.
+
 Whatever the gate does not answer itself goes to the full application, unchanged: any other
 request, a query it does not recognise exactly (unknown or repeated parameters, a bad
 ``granularity``), a host's own ``authenticate`` (a FastAPI dependency), and *every error*. An
@@ -42,6 +45,7 @@ from ..shaping import GRANULARITIES, Granularity
 from ..sse import RAW_SEND_KEY, parse_cursor, parse_thread_cursor
 from .auth import authenticate, authenticate_reader
 from .services import Services
+from .start_gate import START_STREAM, serve_start
 from .streams import TRANSPORT_KEY, event_stream
 from .threads import thread_owner
 
@@ -73,7 +77,8 @@ class StreamGate:
 
     ``prefix``: where the host mounted ``sc.router``. ``cors``: the application's CORS
     middleware, whose headers the gate's answers carry (None: no CORS). ``served`` and
-    ``declined`` count the stream GETs it answered and handed on."""
+    ``declined`` count the requests it answered (a start's errors from the start on included)
+    and those it handed on."""
 
     def __init__(
         self,
@@ -82,11 +87,14 @@ class StreamGate:
         *,
         prefix: str = "",
         cors: CORSMiddleware | None = None,
+        starts: bool = False,
     ) -> None:
         self.app = app
         self.sc = sc
         self.prefix = prefix.rstrip("/")
         self.cors = cors
+        self.starts = starts
+        """Also answer ``POST /v1/runs/stream`` (``start_gate.py``; ``create_app`` only)."""
         self.served = 0
         self.declined = 0
         # ``auth._outlived`` recognises the run stream by its route, as the router sets it.
@@ -107,6 +115,9 @@ class StreamGate:
         # A stream answered through the chain (``POST /v1/runs/stream``) sends its head through
         # it, and its body to the server directly (``EventStream``).
         scope[RAW_SEND_KEY] = send
+        if scope["method"] == "POST" and self.starts and self._path(scope) == START_STREAM:
+            await serve_start(self, scope, receive, send)
+            return
         if scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
@@ -124,21 +135,44 @@ class StreamGate:
             logger.exception("the stream fast path failed: the application answers instead")
             response = None
         if response is None:
-            self.declined += 1
-            await self.app(scope, receive, send)
+            await self.hand_on(scope, receive, send)
             return
         self.served += 1
+        await self.respond(response, Headers(scope=scope), scope, receive, send)
+
+    @property
+    def services(self) -> Services:
+        return self.sc.services
+
+    async def hand_on(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The application answers this request (in its one JSON shape, if an error)."""
+        self.declined += 1
+        await self.app(scope, receive, send)
+
+    async def respond(
+        self, response: Response, headers: Headers, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Send ``response``, with the CORS headers the application's middleware would add."""
+        if self.cors is not None and "origin" in headers:
+            response.raw_headers = await _with_cors(self.cors, response, headers)
         await response(scope, receive, send)
 
-    def _match(self, scope: Scope) -> tuple[str, str] | None:
-        """``("run" | "thread", id)`` for a stream GET under the prefix, else None."""
+    def _path(self, scope: Scope) -> str:
+        """The request's path below the root path and the prefix ("" if outside the prefix)."""
         path: str = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        if not path.startswith(self.prefix + "/v1/") or not path.endswith("/stream"):
+        if not path.startswith(self.prefix + "/"):
+            return ""
+        return path[len(self.prefix) :]
+
+    def _match(self, scope: Scope) -> tuple[str, str] | None:
+        """``("run" | "thread", id)`` for a stream GET under the prefix, else None."""
+        path = self._path(scope)
+        if not path.startswith("/v1/") or not path.endswith("/stream"):
             return None
-        parts = path[len(self.prefix) + 4 : -len("/stream")].split("/")
+        parts = path[4 : -len("/stream")].split("/")
         if len(parts) != 2 or not parts[1] or parts[0] not in ("runs", "threads"):
             return None
         return ("run" if parts[0] == "runs" else "thread"), parts[1]
@@ -179,10 +213,7 @@ class StreamGate:
             thread_cursor = parse_thread_cursor(last_event_id)
             whose = thread_owner(me, owner, ident)
             stream = await sup.reads.subscribe_thread(whose, ident, thread_cursor, shaped)
-        response = event_stream(request, services, sup, me, stream)  # takes the slot: last
-        if self.cors is not None and "origin" in headers:
-            response.raw_headers = await _with_cors(self.cors, response, headers)
-        return response
+        return event_stream(request, services, sup, me, stream)  # takes the slot: last
 
 
 def _query(scope: Scope, known: frozenset[str]) -> dict[str, str]:
