@@ -84,26 +84,19 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 
 
 def _timed_out(timeout: float) -> Response:
-    return JSONResponse(
-        {
-            "error": {
-                "code": "body_timeout",
-                "message": f"no part of the request body came for {timeout:g} s",
-            }
-        },
-        status_code=408,
-        headers={"Connection": "close"},
-    )
+    message = f"no part of the request body came for {timeout:g} s"
+    return _refused(408, "body_timeout", message)
 
 
 def _too_large(max_bytes: int) -> Response:
+    message = f"the request body is larger than {max_bytes} bytes"
+    return _refused(413, "body_too_large", message)
+
+
+def _refused(status: int, code: str, message: str) -> Response:
+    """The answer to a body refused: the connection closes (the rest of the body is not read)."""
     return JSONResponse(
-        {
-            "error": {
-                "code": "body_too_large",
-                "message": f"the request body is larger than {max_bytes} bytes",
-            }
-        },
-        status_code=413,
+        {"error": {"code": code, "message": message}},
+        status_code=status,
         headers={"Connection": "close"},
     )

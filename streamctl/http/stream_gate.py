@@ -13,8 +13,9 @@ send watch and the slow-client cut, and CORS headers computed by the application
 
 For every HTTP request the gate also puts the connection's transport (``TRANSPORT_KEY``: the
 slow-client probe needs no search among all connections) and the server's own ``send``
-(``RAW_SEND_KEY``) in the scope: a stream answered through the chain (``POST /v1/runs/stream``)
-sends its head through every middleware and its body straight to the server (``EventStream``).
+(``RAW_SEND_KEY``) in the scope: a stream answered through the chain (a protocol's POST, or
+``POST /v1/runs/stream`` when embedded) sends its head through every middleware and its body
+straight to the server (``EventStream``).
 
 With ``starts`` (``create_app``) the gate answers ``POST /v1/runs/stream`` too: see
 ``start_gate.py``, whose refusals and errors follow its own rules.
@@ -108,12 +109,12 @@ class StreamGate:
             return
         # The server's send is its connection's (uvicorn: a method of the request's cycle, which
         # holds the transport): every stream's slow-client probe, on this path or through the
-        # chain (``POST /v1/runs/stream``), finds it here instead of searching all connections.
+        # chain (a protocol's POST), finds it here instead of searching all connections.
         transport = getattr(getattr(send, "__self__", None), "transport", None)
         if transport is not None:
             scope[TRANSPORT_KEY] = transport
-        # A stream answered through the chain (``POST /v1/runs/stream``) sends its head through
-        # it, and its body to the server directly (``EventStream``).
+        # A stream answered through the chain (a protocol's POST) sends its head through it, and
+        # its body to the server directly (``EventStream``).
         scope[RAW_SEND_KEY] = send
         if scope["method"] == "POST" and self.starts and self._path(scope) == START_STREAM:
             await serve_start(self, scope, receive, send)

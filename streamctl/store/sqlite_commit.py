@@ -26,7 +26,7 @@ INLINE_ROWS = 16
 thread: its transaction (tens of microseconds) costs less than the two thread hops around it,
 which were most of a lone event's commit latency (the time to first event)."""
 INLINE_BYTES = 64 * 1024
-"""Nor more bytes than this (a long run's final row carries its whole output)."""
+"""Nor with more bytes than this (a long run's final row carries its whole output)."""
 INLINE_STREAK = 256
 """After this many inline commits in a row the next one goes to the writer's thread anyway, so
 that the WAL's checkpoint (only ever run there) keeps the WAL bounded under a light load too."""
