@@ -105,6 +105,11 @@ class Collector:
         yield CounterMetricFamily(
             "streamctl_commits", "Group commits (transactions) of the store.", value=store.batches
         )
+        yield CounterMetricFamily(
+            "streamctl_commits_inline",
+            "Group commits made on the event loop's thread (small ones; SQLite).",
+            value=store.inline_batches,
+        )
         yield histogram(
             "streamctl_commit_batch_events", "Events per group commit.", store.batch_sizes
         )

@@ -67,6 +67,8 @@ class StoreStats:
 
     batches: int = 0
     """Transactions committed."""
+    inline_batches: int = 0
+    """Of those, the ones committed on the event loop's thread (small ones, SQLite)."""
     committed_events: int = 0
     batch_sizes: Buckets = field(
         default_factory=lambda: Buckets((1, 2, 5, 10, 50, 100, 500, 1000, 5000, 20000))

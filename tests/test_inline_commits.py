@@ -81,7 +81,9 @@ async def test_inline_commits_keep_the_wal_bounded(db_path: Path) -> None:
     assert streamctl.store.sqlite_commit.INLINE_STREAK == 256
     async with Store(db_path) as store:
         await commit_one_by_one(store, runs=10, per_run=300)
-        assert store.stats.batches >= 3000
+        stats = store.stats
+        assert stats.batches >= 3000
+        assert 0 < stats.batches - stats.inline_batches <= stats.batches // 256 + 1
         assert wal_pages(db_path) <= BOUND
     assert sum(len(frames) for frames in frames_in_file(db_path).values()) == 3000
 
@@ -128,6 +130,7 @@ async def test_a_lock_held_elsewhere_sends_a_small_commit_to_the_thread(db_path:
         finally:
             blocker.close()
         assert sink.seqs == [1]
+        assert (store.stats.batches, store.stats.inline_batches) == (1, 0)  # in the thread
     assert [f.seq for f in frames_in_file(db_path)["run-1"]] == [1]
 
 

@@ -353,6 +353,7 @@ class SqliteStore(SqliteReads):
                 # Another connection holds the lock: wait for it in the thread, not on the loop.
             else:
                 self._inline_streak += 1
+                self.stats.inline_batches += 1
                 return
         self._inline_streak = 0
         switch = self._mode is not THREAD_MODE
