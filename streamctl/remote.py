@@ -21,8 +21,8 @@ from contextlib import aclosing
 import anyio
 from anyio.abc import TaskGroup
 
-from .broadcast import RunLog
 from .errors import RunLost, StreamctlError
+from .run_log import RunLog
 from .runs import error_sse
 from .store.base import SharedStore
 

@@ -18,9 +18,9 @@ from typing import Any
 import anyio
 import orjson
 
-from .broadcast import RunLog
 from .errors import StoreError, StreamctlError
 from .events import ErrorEvent, Frame, RunStatus, TerminalStatus, _Event
+from .run_log import RunLog
 from .store.base import RunRecord, RunStore
 
 

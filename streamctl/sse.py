@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -109,6 +110,87 @@ class SendWatch:
                     stream.cut_off()
 
 
+class _Rest:
+    """Awaitable: the rest of a coroutine that suspended while it was driven outside a task (a
+    send an ``Outlet`` began); the awaiting task passes on what it waits for, and back."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Generator[Any, Any, None], waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self.coro, self.waiting
+        while True:
+            try:
+                value = yield waiting
+            except BaseException as exc:  # cancelled (cut off, disconnected): the send is too
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = coro.send(value)
+            except StopIteration:
+                return
+
+
+class SendOutlet:
+    """An ``EventStream``'s writes made outside its task (``run_log.Outlet``): the log of a run
+    writes a caught-up stream's next frames here as they are committed. A send that does not
+    end at once (the client's socket is full, the server waits for it to drain) is left
+    ``pending`` and ended by the stream's task, under the send watch like any write."""
+
+    __slots__ = ("closed", "error", "pending", "send", "stream")
+
+    def __init__(self, stream: EventStream, send: Send) -> None:
+        self.stream = stream
+        self.send = send
+        self.pending: _Rest | None = None
+        self.error: BaseException | None = None
+        self.closed = False
+
+    def write(self, data: bytes) -> bool:
+        if self.closed or self.pending is not None or self.error is not None:
+            return False  # the log hands the reader back: its task knows what to do
+        self.stream._written += len(data)
+        message = {"type": "http.response.body", "body": data, "more_body": True}
+        coro = self.send(message).__await__()
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return True
+        except BaseException as exc:  # the server refused the write: the task raises it
+            self.error = exc
+            return False
+        self.pending = _Rest(coro, waiting)
+        return False
+
+    async def finish(self) -> None:
+        """End a send ``write`` began and could not end; raise what a write raised."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        if self.pending is None:
+            return
+        rest, stream = self.pending, self.stream
+        stream.sending_since = time.monotonic()
+        try:
+            await rest
+        finally:
+            self.pending = None
+            stream.sending_since = None
+
+    def close(self) -> None:
+        """The response is over: no more writes (a send left under way is dropped)."""
+        self.closed = True
+        if self.pending is not None:
+            self.pending.coro.close()
+            self.pending = None
+
+
 class EventStream(Response):
     """A ``text/event-stream`` response fed by an async iterator of ready-made SSE bytes."""
 
@@ -180,6 +262,7 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnected = False
+        outlet: SendOutlet | None = None
 
         async def watch_disconnect() -> None:
             nonlocal disconnected
@@ -203,9 +286,28 @@ class EventStream(Response):
                     )
                 # The head went through the application's middleware (CORS headers, "response
                 # started" flags); the body, thousands of writes, goes straight to the server
-                # where ``StreamGate`` handed its send down (``RAW_SEND_KEY``).
-                send = scope.get(RAW_SEND_KEY, send)
-                async for chunk in self.body_iter:
+                # where ``StreamGate`` handed its send down (``RAW_SEND_KEY``). Its send can also
+                # be driven from outside this task: a body that takes the outlet (``follow``)
+                # has its log write it while it is caught up.
+                raw = scope.get(RAW_SEND_KEY)
+                send = raw if raw is not None else send
+                body = self.body_iter
+                if raw is not None and isinstance(body, AsyncGenerator):
+                    outlet = SendOutlet(self, raw)
+                taken = body.__anext__()
+                while True:
+                    try:
+                        chunk = await taken
+                    except StopAsyncIteration:
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        break
+                    if outlet is not None:
+                        await outlet.finish()
+                        taken = body.asend(outlet)  # type: ignore[attr-defined]
+                    else:
+                        taken = body.__anext__()
+                    if not chunk:
+                        continue
                     # The server's send waits while the client's socket is full (backpressure):
                     # the subscriber falls behind by a cursor, not a queue. A client that accepts
                     # nothing for send_timeout is cut off; it can resume with Last-Event-ID.
@@ -221,13 +323,13 @@ class EventStream(Response):
                         if timer.cancelled_caught:
                             self._slow = True
                             break
-                else:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
         except* OSError:  # the server reports a write to a closed socket (from the task group)
             disconnected = True
         finally:
             self.sending_since = None
+            if outlet is not None:
+                outlet.close()
             if self.watch is not None:
                 self.watch.streams.discard(self)
             with anyio.CancelScope(shield=True):

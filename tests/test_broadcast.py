@@ -9,10 +9,11 @@ import anyio
 import pytest
 
 from streamctl.agents import ScriptedAgent, Wait
-from streamctl.broadcast import PING, WAKE_BATCH, RunLog, follow, reframe
+from streamctl.broadcast import follow
 from streamctl.errors import CursorOutOfRange
 from streamctl.events import Done, Frame, MessageChunk, RunStarted
 from streamctl.inputs import RunCreate
+from streamctl.run_log import PING, WAKE_BATCH, RunLog, reframe
 from streamctl.settings import Settings
 from streamctl.store import Store
 from streamctl.supervisor import Supervisor
