@@ -95,6 +95,11 @@ class Collector:
             "streamctl_stream_writes", "Socket writes to subscribers.", value=counters.writes
         )
         yield CounterMetricFamily(
+            "streamctl_stream_writes_direct",
+            "Of the writes to subscribers, those a run's log made to a caught-up stream itself.",
+            value=counters.direct_writes,
+        )
+        yield CounterMetricFamily(
             "streamctl_heartbeats", "`: ping` comments sent to idle streams.", value=counters.pings
         )
         yield CounterMetricFamily(

@@ -22,6 +22,7 @@ for it as it does for any write).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Protocol
 
@@ -30,6 +31,8 @@ import anyio
 from .events import Frame
 from .shaping import LAG_MERGE_FRAMES
 from .stats import Counters
+
+logger = logging.getLogger("streamctl.broadcast")
 
 PING = b": ping\n"
 """A comment line, ended by one newline (a blank line would dispatch an empty event)."""
@@ -208,6 +211,11 @@ class RunLog:
             else:
                 self._rewrite = True
 
+    @property
+    def parked(self) -> int:
+        """Readers parked on this log now."""
+        return len(self._readers)
+
     def park(self, reader: Reader) -> None:
         """From now on each publish writes what ``reader`` has not sent yet to its outlet, until
         the log sets ``reader.woken``: the reader's task takes over again."""
@@ -219,17 +227,25 @@ class RunLog:
     def _write_readers(self, readers: list[Reader], start: int) -> None:
         now = time.monotonic()
         parked = self._readers
-        for reader in readers[start : start + WAKE_BATCH]:
-            if reader in parked:
-                self._write_reader(reader, now)
-        loop = asyncio.get_running_loop()
-        if start + WAKE_BATCH < len(readers):
-            loop.call_soon(self._write_readers, readers, start + WAKE_BATCH)
-        elif self._rewrite and parked:
-            self._rewrite = False  # published again meanwhile: one more pass
-            loop.call_soon(self._write_readers, list(parked), 0)
-        else:
-            self._rewrite = None
+        try:
+            for reader in readers[start : start + WAKE_BATCH]:
+                if reader not in parked:
+                    continue
+                try:
+                    self._write_reader(reader, now)
+                except Exception:  # a broken stream must not stop the others' writes
+                    logger.exception("run %s: writing to a caught-up stream failed", self.run_id)
+                    if reader in parked:
+                        self._hand_back(reader)
+        finally:
+            loop = asyncio.get_running_loop()
+            if start + WAKE_BATCH < len(readers):
+                loop.call_soon(self._write_readers, readers, start + WAKE_BATCH)
+            elif self._rewrite and parked:
+                self._rewrite = False  # published again meanwhile: one more pass
+                loop.call_soon(self._write_readers, list(parked), 0)
+            else:
+                self._rewrite = None
 
     def _write_reader(self, reader: Reader, now: float) -> None:
         """Write to one parked reader what it has not sent; hand it back to its task when that
@@ -247,6 +263,7 @@ class RunLog:
             reader.cursor, reader.last_write = last, now
             counters = reader.counters
             counters.writes += 1
+            counters.direct_writes += 1
             counters.events_sent += events
             if not written or self.closed:
                 self._hand_back(reader)  # a send under way, or the run's end: its task ends it

@@ -35,6 +35,8 @@ class Counters:
     writes: int = 0
     events_sent: int = 0
     """Socket writes handed to the server (one per wake with something to send)."""
+    direct_writes: int = 0
+    """Of ``writes``, those a run's log made to a parked stream (``run_log.py``), no task woken."""
     pings: int = 0
     slow_closed: int = 0
     """Streams closed because their client accepted no write within ``send_timeout``."""

@@ -65,6 +65,11 @@ async def test_metrics_follow_a_run(serve: StartServer) -> None:
     assert after[("streamctl_first_event_seconds_count", ())] == 1
     assert after[("streamctl_events_committed_total", ())] == 7  # run, 5 chunks, done
     assert after[("streamctl_commit_batch_events_sum", ())] == 7
+    # The stream was caught up when the agent went on: its log wrote the rest to it directly.
+    assert (
+        1 <= after[("streamctl_stream_writes_direct_total", ())]
+        < after[("streamctl_stream_writes_total", ())]
+    )
     # A lone run's commits are small: made on the event loop's thread (the start's at least).
     assert (
         1 <= after[("streamctl_commits_inline_total", ())] <= after[("streamctl_commits_total", ())]

@@ -1,0 +1,323 @@
+"""Caught-up ``low`` streams parked on their run's log, which writes each commit to them itself
+(``run_log.py``), and the response's side of it (``sse.SendOutlet``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from starlette.types import Message, Scope
+
+from streamctl.broadcast import follow
+from streamctl.events import Frame, MessageChunk
+from streamctl.run_log import PING, WAKE_BATCH, Outlet, RunLog
+from streamctl.shaping import LAG_MERGE_FRAMES
+from streamctl.sse import RAW_SEND_KEY, EventStream, SendWatch
+from streamctl.stats import Counters
+from streamctl.store import Store
+
+from .test_broadcast import Writer, expected_bytes, seqs_of
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """An outlet that keeps what the log wrote; ``accept`` False: each write is "under way"."""
+
+    def __init__(self, accept: bool = True) -> None:
+        self.written: list[bytes] = []
+        self.accept = accept
+
+    def write(self, data: bytes) -> bool:
+        self.written.append(data)
+        return self.accept
+
+
+async def pump(
+    stream: AsyncGenerator[bytes, Outlet | None], outlet: Outlet, out: list[bytes]
+) -> None:
+    """What ``EventStream`` does with a body: send it the outlet at every step."""
+    taken = stream.__anext__()
+    while True:
+        try:
+            out.append(await taken)
+        except StopAsyncIteration:
+            return
+        taken = stream.asend(outlet)
+
+
+def subscribe(store: Store, log: RunLog, counters: Counters, ping: float = 60.0) -> Any:
+    return follow(store, "r1", log, 0, ping_interval=ping, heartbeat=True, counters=counters)
+
+
+async def test_a_caught_up_stream_is_written_by_its_log_without_waking(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        counters, outlet, out = Counters(), Recorder(), list[bytes]()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump, subscribe(store, log, counters), outlet, out)
+                await anyio.wait_all_tasks_blocked()
+                assert log.parked == 1  # caught up after its first write: parked
+                for n in (1, 5, 3):
+                    writer.chunks(n)
+                    await store.flush()
+                    await anyio.wait_all_tasks_blocked()
+                # Three commits written by the log; the stream's task never ran for them.
+                assert len(outlet.written) == 3
+                assert len(out) == 1
+                assert counters.direct_writes == 3
+                writer.done()
+        expected = await expected_bytes(store, "r1", 0)
+    # The done was written by the log too; the task then ended the stream (one b"").
+    assert out[1:] == [b""]
+    assert b"".join(out + outlet.written) == expected
+    assert seqs_of(expected) == list(range(1, 12))
+    assert log.parked == 0
+    assert counters.writes == 5  # the task's first write, the log's four
+    assert counters.events_sent == 11
+
+
+async def test_a_write_left_under_way_hands_the_stream_back_each_time(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        counters, outlet, out = Counters(), Recorder(accept=False), list[bytes]()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump, subscribe(store, log, counters), outlet, out)
+                await anyio.wait_all_tasks_blocked()
+                for n in (2, 1, 4):
+                    writer.chunks(n)
+                    await store.flush()
+                    await anyio.wait_all_tasks_blocked()
+                    # Handed back (b"": its response ends the write), then parked again.
+                    assert out[-1] == b""
+                    assert log.parked == 1
+                writer.done()
+        expected = await expected_bytes(store, "r1", 0)
+    assert out.count(b"") == 4
+    assert b"".join(out + outlet.written) == expected
+
+
+async def test_a_parked_stream_that_lags_goes_back_to_its_task(db_path: Path) -> None:
+    def chunk(seq: int) -> Frame:
+        return Frame.encode(seq, MessageChunk(content=f"w{seq} ", message_id="m1"), 0.0)
+
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        log.add(chunk(1))
+        log.publish()
+        counters, outlet, out = Counters(), Recorder(), list[bytes]()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump, subscribe(store, log, counters), outlet, out)
+                await anyio.wait_all_tasks_blocked()
+                assert log.parked == 1
+                for seq in range(2, LAG_MERGE_FRAMES + 2):  # one commit of a lagging write
+                    log.add(chunk(seq))
+                log.publish()
+                await anyio.wait_all_tasks_blocked()
+                assert outlet.written == []  # the log did not write it: the task merged it
+                assert out[1] == b""
+                assert b'"content":"w2 w3 ' in out[2]
+                assert log.parked == 1  # and parked again once caught up
+                log.add(Frame.build(LAG_MERGE_FRAMES + 2, "done", b"{}", 0.0))
+                log.publish()
+    assert seqs_of(b"".join(out[1:] + outlet.written)) == [LAG_MERGE_FRAMES + 1] * 1 + [
+        LAG_MERGE_FRAMES + 2
+    ]
+
+
+async def test_a_parked_stream_sends_a_failure_and_ends(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        counters, outlet, out = Counters(), Recorder(), list[bytes]()
+        failure = b"event: error\ndata: {}\n\n"
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump, subscribe(store, log, counters), outlet, out)
+                await anyio.wait_all_tasks_blocked()
+                log.fail(failure)
+        assert out[-1] == failure
+        assert log.parked == 0 and log.subscribers == 0
+
+
+async def test_the_heartbeat_pings_a_parked_idle_stream(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        counters, outlet, out = Counters(), Recorder(), list[bytes]()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump, subscribe(store, log, counters, ping=0), outlet, out)
+                await anyio.wait_all_tasks_blocked()
+                pings = counters.pings
+                log.publish()  # the supervisor's heartbeat: nothing new, idle long enough
+                await anyio.wait_all_tasks_blocked()
+                assert outlet.written == [PING]
+                assert counters.pings == pings + 1
+                writer.done()
+    assert outlet.written[1].startswith(b"id: 2\nevent: done\n")  # after the ping
+
+
+async def test_many_parked_streams_get_every_commit_even_during_a_pass(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        count = WAKE_BATCH * 2 + 5
+        outlets = [Recorder() for _ in range(count)]
+        outs: list[list[bytes]] = [[] for _ in range(count)]
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for outlet, out in zip(outlets, outs, strict=True):
+                    tg.start_soon(pump, subscribe(store, log, Counters()), outlet, out)
+                await anyio.wait_all_tasks_blocked()
+                assert log.parked == count
+                for n in (1, 3, 2):  # each commit lands while the last pass is still going
+                    writer.chunks(n)
+                    await store.flush()
+                writer.done()
+        expected = await expected_bytes(store, "r1", 0)
+    for outlet, out in zip(outlets, outs, strict=True):
+        assert b"".join(out + outlet.written) == expected
+
+
+class Server:
+    """An ASGI server's send: keeps the body; while ``held``, a body write waits for it."""
+
+    def __init__(self) -> None:
+        self.body: list[bytes] = []
+        self.held: anyio.Event | None = None
+        self.ended = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] != "http.response.body":
+            return
+        if self.held is not None and message["body"]:
+            await self.held.wait()
+        self.body.append(message["body"])
+        self.ended = not message["more_body"]
+
+
+async def never_disconnect() -> Message:
+    await anyio.sleep_forever()
+    raise AssertionError
+
+
+async def test_a_send_the_log_began_is_ended_by_the_stream_in_order(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        counters, server = Counters(), Server()
+        response = EventStream(subscribe(store, log, counters), retry_ms=1000, watch=None)
+        scope = {"type": "http", RAW_SEND_KEY: server.send}
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(response, scope, never_disconnect, server.send)
+                await anyio.wait_all_tasks_blocked()
+                assert log.parked == 1
+                writer.chunks(1)  # written by the log: ends at once
+                await store.flush()
+                await anyio.wait_all_tasks_blocked()
+                server.held = anyio.Event()
+                writer.chunks(3)  # its send waits: the stream's task takes it over
+                await store.flush()
+                await anyio.wait_all_tasks_blocked()
+                assert log.parked == 0
+                writer.chunks(2)  # committed while that send is under way
+                await store.flush()
+                await anyio.wait_all_tasks_blocked()
+                assert counters.direct_writes == 2
+                server.held.set()
+                await anyio.wait_all_tasks_blocked()
+                writer.done()
+        expected = await expected_bytes(store, "r1", 0)
+    assert server.ended
+    assert b"".join(server.body) == b"retry: 1000\n" + expected
+
+
+async def test_a_send_under_way_that_never_ends_is_cut_off(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        server, slow, cut = Server(), list[Scope](), anyio.Event()
+
+        def on_slow(scope: Scope) -> None:
+            slow.append(scope)
+            cut.set()
+
+        watch = SendWatch(0.2)
+        response = EventStream(
+            subscribe(store, log, Counters()),
+            retry_ms=1000,
+            watch=watch,
+            on_slow=on_slow,
+        )
+        scope = {"type": "http", RAW_SEND_KEY: server.send}
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch.run)
+                tg.start_soon(response, scope, never_disconnect, server.send)
+                await anyio.wait_all_tasks_blocked()
+                server.held = anyio.Event()  # the client takes nothing from now on
+                writer.chunks(2)
+                await store.flush()
+                with anyio.fail_after(2):
+                    await cut.wait()
+                tg.cancel_scope.cancel()
+    assert slow == [scope]
+    assert not server.ended
+    assert log.subscribers == 0 and log.parked == 0
+
+
+class Broken(Recorder):
+    def write(self, data: bytes) -> bool:
+        raise RuntimeError("a broken outlet")
+
+
+async def test_a_broken_outlet_does_not_stop_the_other_streams(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        outlets: list[Recorder] = [Broken(), Recorder()]
+        outs: list[list[bytes]] = [[], []]
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for outlet, out in zip(outlets, outs, strict=True):
+                    tg.start_soon(pump, subscribe(store, log, Counters()), outlet, out)
+                await anyio.wait_all_tasks_blocked()
+                for n in (2, 3):
+                    writer.chunks(n)
+                    await store.flush()
+                    await anyio.wait_all_tasks_blocked()
+                writer.done()
+        expected = await expected_bytes(store, "r1", 0)
+    # The broken one went back to its task each time, which sent the frames itself.
+    assert b"".join(outs[0]) == expected
+    assert b"".join(outs[1] + outlets[1].written) == expected
+    assert len(outlets[1].written) == 3
+    assert "writing to a caught-up stream failed" in caplog.text
