@@ -132,7 +132,7 @@ class RunLog:
         wait for a client to have read, dropped and resumed: ``subscribers`` may pass 0 unseen)."""
         self.last_publish = time.monotonic()
         """When subscribers were last woken (the supervisor's heartbeat wakes idle logs)."""
-        self._groups: list[anyio.Event] = [anyio.Event()]
+        self._groups: list[anyio.Event] = []
         """The waiters of the next publish, in groups of ``WAKE_BATCH`` takers each."""
         self._filled = 0
         self._unpublished = 0
@@ -151,8 +151,8 @@ class RunLog:
     def changed(self) -> anyio.Event:
         """Set at the next publish. Take it *before* reading, so no wake-up is lost; keep it
         until it is set (each take counts a waiter: groups are filled in order of taking)."""
-        if self._filled >= WAKE_BATCH:
-            self._groups.append(anyio.Event())
+        if not self._groups or self._filled >= WAKE_BATCH:
+            self._groups.append(anyio.Event())  # none until taken: parked readers take none
             self._filled = 0
         self._filled += 1
         return self._groups[-1]
@@ -200,10 +200,12 @@ class RunLog:
         callbacks (``WAKE_BATCH`` per turn), so that the committer is not held up by them."""
         self.last_publish = time.monotonic()
         self._unpublished = 0
-        groups, self._groups, self._filled = self._groups, [anyio.Event()], 0
-        groups[0].set()
-        if len(groups) > 1:
-            asyncio.get_running_loop().call_soon(_wake, groups, 1)
+        groups = self._groups
+        if groups:
+            self._groups, self._filled = [], 0
+            groups[0].set()
+            if len(groups) > 1:
+                asyncio.get_running_loop().call_soon(_wake, groups, 1)
         if self._readers:
             if self._rewrite is None:
                 self._rewrite = False
@@ -297,6 +299,8 @@ class RunLog:
             return (b"", cursor, 0)
         if id_prefix:
             data = b"".join([reframe(f, id_prefix) for f in frames])
+        elif len(frames) == 1:
+            data = frames[0].sse  # a run's next token: nothing to join
         else:
             data = b"".join([f.sse for f in frames])
         found = (data, frames[-1].seq, len(frames))

@@ -276,9 +276,9 @@ async def test_a_send_under_way_that_never_ends_is_cut_off(db_path: Path) -> Non
         scope = {"type": "http", RAW_SEND_KEY: server.send}
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(watch.run)
                 tg.start_soon(response, scope, never_disconnect, server.send)
                 await anyio.wait_all_tasks_blocked()
+                tg.start_soon(watch.run)  # after: its timer would keep tasks from all blocking
                 server.held = anyio.Event()  # the client takes nothing from now on
                 writer.chunks(2)
                 await store.flush()
