@@ -46,9 +46,10 @@ _MAX_SHARED = 64
 class Outlet(Protocol):
     """Where a parked reader's bytes go: its response (``sse.EventStream``)."""
 
-    def write(self, data: bytes) -> bool:
-        """Send ``data`` now, from outside the stream's task. False: the stream's task must take
-        over (the send is still under way, or failed); ``data`` is the response's either way."""
+    def write(self, data: bytes) -> bool | None:
+        """Send ``data`` now, from outside the stream's task. True: sent. False: the stream's task
+        must take over (the send is still under way, or failed), ``data`` is the response's.
+        None: refused, nothing was sent (the response is over, or a send is still under way)."""
         ...
 
 
@@ -220,7 +221,12 @@ class RunLog:
 
     def park(self, reader: Reader) -> None:
         """From now on each publish writes what ``reader`` has not sent yet to its outlet, until
-        the log sets ``reader.woken``: the reader's task takes over again."""
+        the log sets ``reader.woken``: the reader's task takes over again. A reader that is not
+        caught up (the log moved on while it last wrote: a ping the client was slow to take) is
+        woken at once: no publish may come to write what it missed."""
+        if reader.cursor < self.committed_seq or self.closed or self.failure is not None:
+            reader.woken.set()
+            return
         self._readers[reader] = None
 
     def unpark(self, reader: Reader) -> None:
@@ -262,6 +268,9 @@ class RunLog:
         data, last, events = found
         if events:
             written = reader.outlet.write(data)
+            if written is None:  # refused, nothing sent: its task sends it
+                self._hand_back(reader)
+                return
             reader.cursor, reader.last_write = last, now
             counters = reader.counters
             counters.writes += 1
@@ -274,7 +283,7 @@ class RunLog:
         elif now - reader.last_write >= reader.ping_interval:  # the heartbeat's publish
             reader.counters.pings += 1
             reader.last_write = now
-            if not reader.outlet.write(PING):
+            if not reader.outlet.write(PING):  # under way, failed or refused
                 self._hand_back(reader)
 
     def _hand_back(self, reader: Reader) -> None:

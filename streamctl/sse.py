@@ -152,9 +152,9 @@ class SendOutlet:
         self.error: BaseException | None = None
         self.closed = False
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes) -> bool | None:
         if self.closed or self.pending is not None or self.error is not None:
-            return False  # the log hands the reader back: its task knows what to do
+            return None  # the log hands the reader back: its task knows what to do
         self.stream._written += len(data)
         message = {"type": "http.response.body", "body": data, "more_body": True}
         coro = self.send(message).__await__()
@@ -302,7 +302,14 @@ class EventStream(Response):
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                         break
                     if outlet is not None:
-                        await outlet.finish()
+                        if self.watch is not None:  # the watch times a send under way
+                            await outlet.finish()
+                        else:
+                            with anyio.move_on_after(self.send_timeout) as timer:
+                                await outlet.finish()
+                            if timer.cancelled_caught:
+                                self._slow = True
+                                break
                         taken = body.asend(outlet)  # type: ignore[attr-defined]
                     else:
                         taken = body.__anext__()

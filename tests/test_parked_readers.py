@@ -19,20 +19,22 @@ from streamctl.sse import RAW_SEND_KEY, EventStream, SendWatch
 from streamctl.stats import Counters
 from streamctl.store import Store
 
-from .test_broadcast import Writer, expected_bytes, seqs_of
+from .test_broadcast import Writer, expected_bytes, frame, seqs_of
 
 pytestmark = pytest.mark.anyio
 
 
 class Recorder:
-    """An outlet that keeps what the log wrote; ``accept`` False: each write is "under way"."""
+    """An outlet that keeps what the log wrote; ``accept`` False: each write is "under way";
+    None: each write is refused (nothing sent, nothing kept)."""
 
-    def __init__(self, accept: bool = True) -> None:
+    def __init__(self, accept: bool | None = True) -> None:
         self.written: list[bytes] = []
         self.accept = accept
 
-    def write(self, data: bytes) -> bool:
-        self.written.append(data)
+    def write(self, data: bytes) -> bool | None:
+        if self.accept is not None:
+            self.written.append(data)
         return self.accept
 
 
@@ -291,7 +293,7 @@ async def test_a_send_under_way_that_never_ends_is_cut_off(db_path: Path) -> Non
 
 
 class Broken(Recorder):
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes) -> bool | None:
         raise RuntimeError("a broken outlet")
 
 
@@ -321,3 +323,75 @@ async def test_a_broken_outlet_does_not_stop_the_other_streams(
     assert b"".join(outs[1] + outlets[1].written) == expected
     assert len(outlets[1].written) == 3
     assert "writing to a caught-up stream failed" in caplog.text
+
+
+async def test_a_refused_write_is_sent_by_the_stream_itself(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        counters, outlet, out = Counters(), Recorder(accept=None), list[bytes]()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump, subscribe(store, log, counters), outlet, out)
+                await anyio.wait_all_tasks_blocked()
+                for n in (2, 3):
+                    writer.chunks(n)
+                    await store.flush()
+                    await anyio.wait_all_tasks_blocked()
+                writer.done()
+        expected = await expected_bytes(store, "r1", 0)
+    assert b"".join(out) == expected  # nothing lost to the refusals, nothing twice
+    assert counters.direct_writes == 0
+
+
+async def test_a_commit_during_a_slow_ping_is_not_missed(db_path: Path) -> None:
+    """The log moves on while the stream's ping is being sent: the stream must not park behind
+    it (the commit's publish found no one to write to; none may follow: here, the run's end)."""
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        log.add(frame(1))
+        log.publish()
+        out = list[bytes]()
+        stream = subscribe(store, log, Counters(), ping=0)
+        outlet = Recorder()
+        with anyio.fail_after(5):
+            taken = stream.__anext__()
+            while True:
+                try:
+                    chunk = await taken
+                except StopAsyncIteration:
+                    break
+                out.append(chunk)
+                if chunk == PING and log.committed_seq == 1:
+                    log.add(Frame.build(2, "done", b"{}", 0.0))  # while the ping is sent
+                    log.publish()
+                taken = stream.asend(outlet)
+    assert seqs_of(b"".join(out + outlet.written).replace(PING, b"")) == [1, 2]
+    assert log.parked == 0 and log.subscribers == 0
+
+
+async def test_without_a_watch_a_send_under_way_is_timed_too(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        writer = Writer(store, log)
+        writer.chunks(1)
+        await store.flush()
+        server, slow = Server(), list[Scope]()
+        response = EventStream(
+            subscribe(store, log, Counters()),
+            retry_ms=1000,
+            send_timeout=0.2,
+            on_slow=slow.append,
+        )
+        scope = {"type": "http", RAW_SEND_KEY: server.send}
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(response, scope, never_disconnect, server.send)
+                await anyio.wait_all_tasks_blocked()
+                server.held = anyio.Event()  # the client takes nothing from now on
+                writer.chunks(2)
+                await store.flush()
+        assert slow == [scope]  # the response ended on its own, after send_timeout
+        assert not server.ended
