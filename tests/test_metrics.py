@@ -67,7 +67,8 @@ async def test_metrics_follow_a_run(serve: StartServer) -> None:
     assert after[("streamctl_commit_batch_events_sum", ())] == 7
     # The stream was caught up when the agent went on: its log wrote the rest to it directly.
     assert (
-        1 <= after[("streamctl_stream_writes_direct_total", ())]
+        1
+        <= after[("streamctl_stream_writes_direct_total", ())]
         < after[("streamctl_stream_writes_total", ())]
     )
     # A lone run's commits are small: made on the event loop's thread (the start's at least).
