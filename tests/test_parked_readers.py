@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,46 @@ async def pump(
         taken = stream.asend(outlet)
 
 
-def subscribe(store: Store, log: RunLog, counters: Counters, ping: float = 60.0) -> Any:
-    return follow(store, "r1", log, 0, ping_interval=ping, heartbeat=True, counters=counters)
-
-
-async def test_a_caught_up_stream_is_written_by_its_log_without_waking(db_path: Path) -> None:
+@asynccontextmanager
+async def one_run(db_path: Path) -> AsyncIterator[tuple[Store, RunLog, Writer]]:
+    """A store and a live run's log, its first event committed."""
     async with Store(db_path) as store:
         log = RunLog("r1", tail_events=10_000)
         writer = Writer(store, log)
         writer.chunks(1)
         await store.flush()
+        yield store, log, writer
+
+
+async def stream_commits(
+    store: Store,
+    log: RunLog,
+    writer: Writer,
+    outlet: Outlet,
+    sizes: tuple[int, ...],
+    counters: Counters,
+) -> list[bytes]:
+    """One stream of ``log`` through ``outlet`` while commits of ``sizes`` events and the run's
+    end land: what its task yielded."""
+    out = list[bytes]()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump, subscribe(store, log, counters), outlet, out)
+            await anyio.wait_all_tasks_blocked()
+            for n in sizes:
+                writer.chunks(n)
+                await store.flush()
+                await anyio.wait_all_tasks_blocked()
+            writer.done()
+    return out
+
+
+def subscribe(store: Store, log: RunLog, counters: Counters, ping: float = 60.0) -> Any:
+    return follow(store, "r1", log, 0, ping_interval=ping, heartbeat=True, counters=counters)
+
+
+async def test_a_caught_up_stream_is_written_by_its_log_without_waking(db_path: Path) -> None:
+    async with one_run(db_path) as (store, log, writer):
         counters, outlet, out = Counters(), Recorder(), list[bytes]()
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
@@ -87,11 +118,7 @@ async def test_a_caught_up_stream_is_written_by_its_log_without_waking(db_path: 
 
 
 async def test_a_write_left_under_way_hands_the_stream_back_each_time(db_path: Path) -> None:
-    async with Store(db_path) as store:
-        log = RunLog("r1", tail_events=10_000)
-        writer = Writer(store, log)
-        writer.chunks(1)
-        await store.flush()
+    async with one_run(db_path) as (store, log, writer):
         counters, outlet, out = Counters(), Recorder(accept=False), list[bytes]()
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
@@ -140,11 +167,7 @@ async def test_a_parked_stream_that_lags_goes_back_to_its_task(db_path: Path) ->
 
 
 async def test_a_parked_stream_sends_a_failure_and_ends(db_path: Path) -> None:
-    async with Store(db_path) as store:
-        log = RunLog("r1", tail_events=10_000)
-        writer = Writer(store, log)
-        writer.chunks(1)
-        await store.flush()
+    async with one_run(db_path) as (store, log, _writer):
         counters, outlet, out = Counters(), Recorder(), list[bytes]()
         failure = b"event: error\ndata: {}\n\n"
         with anyio.fail_after(5):
@@ -157,11 +180,7 @@ async def test_a_parked_stream_sends_a_failure_and_ends(db_path: Path) -> None:
 
 
 async def test_the_heartbeat_pings_a_parked_idle_stream(db_path: Path) -> None:
-    async with Store(db_path) as store:
-        log = RunLog("r1", tail_events=10_000)
-        writer = Writer(store, log)
-        writer.chunks(1)
-        await store.flush()
+    async with one_run(db_path) as (store, log, writer):
         counters, outlet, out = Counters(), Recorder(), list[bytes]()
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
@@ -177,11 +196,7 @@ async def test_the_heartbeat_pings_a_parked_idle_stream(db_path: Path) -> None:
 
 
 async def test_many_parked_streams_get_every_commit_even_during_a_pass(db_path: Path) -> None:
-    async with Store(db_path) as store:
-        log = RunLog("r1", tail_events=10_000)
-        writer = Writer(store, log)
-        writer.chunks(1)
-        await store.flush()
+    async with one_run(db_path) as (store, log, writer):
         count = WAKE_BATCH * 2 + 5
         outlets = [Recorder() for _ in range(count)]
         outs: list[list[bytes]] = [[] for _ in range(count)]
@@ -223,11 +238,7 @@ async def never_disconnect() -> Message:
 
 
 async def test_a_send_the_log_began_is_ended_by_the_stream_in_order(db_path: Path) -> None:
-    async with Store(db_path) as store:
-        log = RunLog("r1", tail_events=10_000)
-        writer = Writer(store, log)
-        writer.chunks(1)
-        await store.flush()
+    async with one_run(db_path) as (store, log, writer):
         counters, server = Counters(), Server()
         response = EventStream(subscribe(store, log, counters), retry_ms=1000, watch=None)
         scope = {"type": "http", RAW_SEND_KEY: server.send}
@@ -257,11 +268,7 @@ async def test_a_send_the_log_began_is_ended_by_the_stream_in_order(db_path: Pat
 
 
 async def test_a_send_under_way_that_never_ends_is_cut_off(db_path: Path) -> None:
-    async with Store(db_path) as store:
-        log = RunLog("r1", tail_events=10_000)
-        writer = Writer(store, log)
-        writer.chunks(1)
-        await store.flush()
+    async with one_run(db_path) as (store, log, writer):
         server, slow, cut = Server(), list[Scope](), anyio.Event()
 
         def on_slow(scope: Scope) -> None:
@@ -300,11 +307,7 @@ class Broken(Recorder):
 async def test_a_broken_outlet_does_not_stop_the_other_streams(
     db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with Store(db_path) as store:
-        log = RunLog("r1", tail_events=10_000)
-        writer = Writer(store, log)
-        writer.chunks(1)
-        await store.flush()
+    async with one_run(db_path) as (store, log, writer):
         outlets: list[Recorder] = [Broken(), Recorder()]
         outs: list[list[bytes]] = [[], []]
         with anyio.fail_after(5):
@@ -326,21 +329,9 @@ async def test_a_broken_outlet_does_not_stop_the_other_streams(
 
 
 async def test_a_refused_write_is_sent_by_the_stream_itself(db_path: Path) -> None:
-    async with Store(db_path) as store:
-        log = RunLog("r1", tail_events=10_000)
-        writer = Writer(store, log)
-        writer.chunks(1)
-        await store.flush()
-        counters, outlet, out = Counters(), Recorder(accept=None), list[bytes]()
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pump, subscribe(store, log, counters), outlet, out)
-                await anyio.wait_all_tasks_blocked()
-                for n in (2, 3):
-                    writer.chunks(n)
-                    await store.flush()
-                    await anyio.wait_all_tasks_blocked()
-                writer.done()
+    async with one_run(db_path) as (store, log, writer):
+        counters = Counters()
+        out = await stream_commits(store, log, writer, Recorder(accept=None), (2, 3), counters)
         expected = await expected_bytes(store, "r1", 0)
     assert b"".join(out) == expected  # nothing lost to the refusals, nothing twice
     assert counters.direct_writes == 0
@@ -373,11 +364,7 @@ async def test_a_commit_during_a_slow_ping_is_not_missed(db_path: Path) -> None:
 
 
 async def test_without_a_watch_a_send_under_way_is_timed_too(db_path: Path) -> None:
-    async with Store(db_path) as store:
-        log = RunLog("r1", tail_events=10_000)
-        writer = Writer(store, log)
-        writer.chunks(1)
-        await store.flush()
+    async with one_run(db_path) as (store, log, writer):
         server, slow = Server(), list[Scope]()
         response = EventStream(
             subscribe(store, log, Counters()),
