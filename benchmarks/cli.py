@@ -28,7 +28,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import charts, fanout, firehose, growth, idle, many, resume, stop, throughput, ttfe
+from benchmarks import (
+    charts,
+    fanout,
+    firehose,
+    growth,
+    growth_rows,
+    idle,
+    many,
+    resume,
+    stop,
+    throughput,
+    ttfe,
+)
 from benchmarks.baseline import serve_baseline
 from benchmarks.options import Options, Sizes
 from benchmarks.procfs import machine_busy, own_cpu
@@ -46,7 +58,7 @@ MEASUREMENTS: dict[str, tuple[Measure, Rows]] = {
     "idle": (idle.measure, idle.rows),
     "stop": (stop.measure, stop.rows),
     "resume": (resume.measure, resume.rows),
-    "growth": (growth.measure, growth.rows),
+    "growth": (growth.measure, growth_rows.rows),
     "firehose": (firehose.measure, firehose.rows),
 }
 DEFAULT = ("ttfe", "throughput", "fanout", "many", "idle", "stop", "resume", "growth")

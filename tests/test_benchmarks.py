@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import charts, growth, procfs, spy
+from benchmarks import charts, growth_rows, procfs, spy
 from benchmarks.growth import schedule_lags
 from benchmarks.report import Row, combine, render
 from benchmarks.response import HEAD_BYTES, Response
@@ -136,7 +136,7 @@ def _growth_result() -> dict[str, object]:
 
 
 def test_growth_rows_judge_each_size_and_report_failed_ones() -> None:
-    table = {row.measurement: row for row in growth.rows(_growth_result())}
+    table = {row.measurement: row for row in growth_rows.rows(_growth_result())}
     assert table["100 runs x 20 tok/s, rate (% of nominal, slowest run)"].met is True
     assert table["1,000 runs x 20 tok/s, rate (% of nominal, slowest run)"].met is False
     assert table["1,000 runs x 20 tok/s, memory per run (KiB)"].met is False
