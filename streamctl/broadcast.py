@@ -132,7 +132,7 @@ async def follow(
                     reader = Reader(cursor, id_prefix, outlet, counters, last_write, ping_interval)
                     log.park(reader)
                     try:
-                        await reader.woken.wait()
+                        await reader.woken
                     finally:
                         log.unpark(reader)
                     cursor, last_write = reader.cursor, reader.last_write

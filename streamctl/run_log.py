@@ -81,8 +81,9 @@ class Reader:
         self.counters = counters
         self.last_write = last_write
         self.ping_interval = ping_interval
-        self.woken = anyio.Event()
-        """Set when the log hands the reader back to its task."""
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done when the log hands the reader back to its task. A bare future, not an
+        ``anyio.Event`` (≈ 1.1 KiB with its waiters' deque): an idle stream stays parked."""
 
 
 class RunLog:
@@ -225,7 +226,7 @@ class RunLog:
         caught up (the log moved on while it last wrote: a ping the client was slow to take) is
         woken at once: no publish may come to write what it missed."""
         if reader.cursor < self.committed_seq or self.closed or self.failure is not None:
-            reader.woken.set()
+            reader.woken.set_result(None)
             return
         self._readers[reader] = None
 
@@ -288,7 +289,8 @@ class RunLog:
 
     def _hand_back(self, reader: Reader) -> None:
         del self._readers[reader]
-        reader.woken.set()
+        if not reader.woken.done():  # cancelled with its task, not unparked yet
+            reader.woken.set_result(None)
 
     def shared(self, cursor: int, id_prefix: bytes) -> tuple[bytes, int, int] | None:
         """What a ``low`` subscriber at ``cursor`` sends now from memory: its joined SSE bytes,
