@@ -127,7 +127,7 @@ async def follow(
                     counters.pings += 1
                     outlet = (yield PING) or outlet
                     last_write = time.monotonic()
-                if outlet is not None and share and log is not None:
+                if outlet is not None and outlet.direct and share and log is not None:
                     # Caught up: the log writes the next frames itself, until it hands back.
                     reader = Reader(cursor, id_prefix, outlet, counters, last_write, ping_interval)
                     log.park(reader)

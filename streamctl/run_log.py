@@ -46,10 +46,14 @@ _MAX_SHARED = 64
 class Outlet(Protocol):
     """Where a parked reader's bytes go: its response (``sse.EventStream``)."""
 
+    direct: bool
+    """Whether the log may write here now (a reader parks only then)."""
+
     def write(self, data: bytes) -> bool | None:
         """Send ``data`` now, from outside the stream's task. True: sent. False: the stream's task
         must take over (the send is still under way, or failed), ``data`` is the response's.
-        None: refused, nothing was sent (the response is over, or a send is still under way)."""
+        None: refused, nothing was sent (the response is over, a send is still under way, the
+        connection is gone, or the outlet is off)."""
         ...
 
 
@@ -154,7 +158,7 @@ class RunLog:
         """Set at the next publish. Take it *before* reading, so no wake-up is lost; keep it
         until it is set (each take counts a waiter: groups are filled in order of taking)."""
         if not self._groups or self._filled >= WAKE_BATCH:
-            self._groups.append(anyio.Event())  # none until taken: parked readers take none
+            self._groups.append(anyio.Event())  # none until taken: a parked reader takes none
             self._filled = 0
         self._filled += 1
         return self._groups[-1]
@@ -282,9 +286,11 @@ class RunLog:
         elif self.closed:
             self._hand_back(reader)
         elif now - reader.last_write >= reader.ping_interval:  # the heartbeat's publish
-            reader.counters.pings += 1
-            reader.last_write = now
-            if not reader.outlet.write(PING):  # under way, failed or refused
+            written = reader.outlet.write(PING)
+            if written is not None:
+                reader.counters.pings += 1
+                reader.last_write = now
+            if not written:  # under way or refused
                 self._hand_back(reader)
 
     def _hand_back(self, reader: Reader) -> None:

@@ -9,6 +9,7 @@ ends at once and never keeps the run (or anything else) alive.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
@@ -20,6 +21,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .errors import InvalidCursor
+
+logger = logging.getLogger("streamctl.api")
 
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -129,7 +132,7 @@ class _Rest:
                 try:
                     waiting = coro.throw(exc)
                 except StopIteration:
-                    return
+                    raise exc from None  # the send ended anyway: the cancellation still stands
                 continue
             try:
                 waiting = coro.send(value)
@@ -141,30 +144,44 @@ class SendOutlet:
     """An ``EventStream``'s writes made outside its task (``run_log.Outlet``): the log of a run
     writes a caught-up stream's next frames here as they are committed. A send that does not
     end at once (the client's socket is full, the server waits for it to drain) is left
-    ``pending`` and ended by the stream's task, under the send watch like any write."""
+    ``pending`` and ended by the stream's task, under the send watch like any write.
 
-    __slots__ = ("closed", "error", "pending", "send", "stream")
+    Driving the server's ``send`` outside a task suits uvicorn's (it awaits only its flow
+    control). A server whose ``send`` fails there with anything but ``OSError`` (one that needs
+    a current task) turns the outlet off: the stream's task sends everything itself."""
+
+    __slots__ = ("closed", "direct", "error", "pending", "send", "stream")
 
     def __init__(self, stream: EventStream, send: Send) -> None:
         self.stream = stream
         self.send = send
         self.pending: _Rest | None = None
-        self.error: BaseException | None = None
+        self.error: OSError | None = None
         self.closed = False
+        self.direct = True
+        """Whether the log may write here (False once closed, or turned off)."""
 
     def write(self, data: bytes) -> bool | None:
-        if self.closed or self.pending is not None or self.error is not None:
+        if not self.direct or self.pending is not None or self.error is not None:
             return None  # the log hands the reader back: its task knows what to do
-        self.stream._written += len(data)
         message = {"type": "http.response.body", "body": data, "more_body": True}
         coro = self.send(message).__await__()
         try:
             waiting = coro.send(None)
         except StopIteration:
+            self.stream._written += len(data)
             return True
-        except BaseException as exc:  # the server refused the write: the task raises it
+        except OSError as exc:  # the connection is gone: the stream's task raises it
             self.error = exc
-            return False
+            return None
+        except Exception:
+            logger.warning(
+                "the server's send fails outside its task: this stream's writes stay in it",
+                exc_info=True,
+            )
+            self.direct = False
+            return None
+        self.stream._written += len(data)
         self.pending = _Rest(coro, waiting)
         return False
 
@@ -186,6 +203,7 @@ class SendOutlet:
     def close(self) -> None:
         """The response is over: no more writes (a send left under way is dropped)."""
         self.closed = True
+        self.direct = False
         if self.pending is not None:
             self.pending.coro.close()
             self.pending = None

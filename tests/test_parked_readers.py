@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from starlette.types import Message, Scope
 
@@ -29,11 +31,15 @@ class Recorder:
     """An outlet that keeps what the log wrote; ``accept`` False: each write is "under way";
     None: each write is refused (nothing sent, nothing kept)."""
 
+    direct = True
+
     def __init__(self, accept: bool | None = True) -> None:
         self.written: list[bytes] = []
         self.accept = accept
+        self.calls = 0
 
     def write(self, data: bytes) -> bool | None:
+        self.calls += 1
         if self.accept is not None:
             self.written.append(data)
         return self.accept
@@ -174,6 +180,7 @@ async def test_a_parked_stream_sends_a_failure_and_ends(db_path: Path) -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(pump, subscribe(store, log, counters), outlet, out)
                 await anyio.wait_all_tasks_blocked()
+                assert log.parked == 1
                 log.fail(failure)
         assert out[-1] == failure
         assert log.parked == 0 and log.subscribers == 0
@@ -196,7 +203,10 @@ async def test_the_heartbeat_pings_a_parked_idle_stream(db_path: Path) -> None:
 
 
 async def test_many_parked_streams_get_every_commit_even_during_a_pass(db_path: Path) -> None:
-    async with one_run(db_path) as (store, log, writer):
+    async with Store(db_path) as store:
+        log = RunLog("r1", tail_events=10_000)
+        log.add(frame(1))
+        log.publish()
         count = WAKE_BATCH * 2 + 5
         outlets = [Recorder() for _ in range(count)]
         outs: list[list[bytes]] = [[] for _ in range(count)]
@@ -206,13 +216,27 @@ async def test_many_parked_streams_get_every_commit_even_during_a_pass(db_path: 
                     tg.start_soon(pump, subscribe(store, log, Counters()), outlet, out)
                 await anyio.wait_all_tasks_blocked()
                 assert log.parked == count
-                for n in (1, 3, 2):  # each commit lands while the last pass is still going
-                    writer.chunks(n)
-                    await store.flush()
-                writer.done()
-        expected = await expected_bytes(store, "r1", 0)
+                log.add(frame(2))
+                log.publish()
+                await anyio.lowlevel.checkpoint()  # the pass's first batch, not its others
+                assert outlets[0].written == [frame(2).sse]
+                assert outlets[-1].written == []
+                for seq in (3, 4):  # commits while that pass is still going
+                    log.add(frame(seq))
+                    log.publish()
+                    assert log._rewrite is True  # one more pass, once this one ends
+                    await anyio.lowlevel.checkpoint()
+                while log._rewrite is not None:  # the passes' batches, one per loop turn
+                    await anyio.lowlevel.checkpoint()
+                news = b"".join(frame(s).sse for s in (2, 3, 4))
+                for outlet in outlets:  # before the end: every one caught up by a pass
+                    assert b"".join(outlet.written) == news
+                log.add(Frame.build(5, "done", b"{}", 0.0))
+                log.publish()
+        expected = frame(1).sse + b"".join(frame(s).sse for s in (2, 3, 4))
     for outlet, out in zip(outlets, outs, strict=True):
-        assert b"".join(out + outlet.written) == expected
+        assert b"".join(out + outlet.written).startswith(expected)
+        assert seqs_of(b"".join(out + outlet.written)) == [1, 2, 3, 4, 5]
 
 
 class Server:
@@ -295,7 +319,6 @@ async def test_a_send_under_way_that_never_ends_is_cut_off(db_path: Path) -> Non
                     await cut.wait()
                 tg.cancel_scope.cancel()
     assert slow == [scope]
-    assert not server.ended
     assert log.subscribers == 0 and log.parked == 0
 
 
@@ -330,11 +353,12 @@ async def test_a_broken_outlet_does_not_stop_the_other_streams(
 
 async def test_a_refused_write_is_sent_by_the_stream_itself(db_path: Path) -> None:
     async with one_run(db_path) as (store, log, writer):
-        counters = Counters()
-        out = await stream_commits(store, log, writer, Recorder(accept=None), (2, 3), counters)
+        counters, outlet = Counters(), Recorder(accept=None)
+        out = await stream_commits(store, log, writer, outlet, (2, 3), counters)
         expected = await expected_bytes(store, "r1", 0)
     assert b"".join(out) == expected  # nothing lost to the refusals, nothing twice
     assert counters.direct_writes == 0
+    assert outlet.calls >= 3  # the log tried each commit and the end
 
 
 async def test_a_commit_during_a_slow_ping_is_not_missed(db_path: Path) -> None:
@@ -381,4 +405,64 @@ async def test_without_a_watch_a_send_under_way_is_timed_too(db_path: Path) -> N
                 writer.chunks(2)
                 await store.flush()
         assert slow == [scope]  # the response ended on its own, after send_timeout
-        assert not server.ended
+
+
+class TaskBound(Server):
+    """A server whose send works only inside a task (as one that times it with anyio would)."""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            asyncio.current_task().get_name()  # type: ignore[union-attr]
+        await super().send(message)
+
+
+async def test_a_send_that_needs_its_task_turns_the_outlet_off(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with one_run(db_path) as (store, log, writer):
+        counters, server = Counters(), TaskBound()
+        response = EventStream(subscribe(store, log, counters), retry_ms=1000)
+        scope = {"type": "http", RAW_SEND_KEY: server.send}
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(response, scope, never_disconnect, server.send)
+                await anyio.wait_all_tasks_blocked()
+                assert log.parked == 1
+                for n in (2, 3):
+                    writer.chunks(n)
+                    await store.flush()
+                    await anyio.wait_all_tasks_blocked()
+                    assert log.parked == 0  # off: the stream waits in its task from now on
+                writer.done()
+        expected = await expected_bytes(store, "r1", 0)
+    assert b"".join(server.body) == b"retry: 1000\n" + expected
+    assert counters.direct_writes == 0
+    assert "fails outside its task" in caplog.text
+
+
+class Gone(Server):
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and message["body"] and self.held:
+            raise ConnectionResetError("the client is gone")
+        await super().send(message)
+
+
+async def test_a_connection_lost_under_a_direct_write_ends_the_stream(db_path: Path) -> None:
+    async with one_run(db_path) as (store, log, writer):
+        counters, server, lost = Counters(), Gone(), list[bool]()
+        response = EventStream(
+            subscribe(store, log, counters),
+            retry_ms=1000,
+            on_disconnect=lambda: lost.append(True),
+        )
+        scope = {"type": "http", RAW_SEND_KEY: server.send}
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(response, scope, never_disconnect, server.send)
+                await anyio.wait_all_tasks_blocked()
+                server.held = anyio.Event()  # from now on each write fails
+                writer.chunks(2)
+                await store.flush()
+    assert lost == [True]  # ended as a disconnect, not a crash
+    assert counters.direct_writes == 0
+    assert log.parked == 0 and log.subscribers == 0

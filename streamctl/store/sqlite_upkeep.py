@@ -1,8 +1,9 @@
 """The SQLite store's upkeep: the runs whose owner is gone, retention, idempotency keys.
 
-Each of these writes through the store's one writer (``_execute_later``, in order with
-everything else it commits) and waits for it (``flush``); ``sqlite.py`` defines both and
-inherits these methods, as it inherits the reads.
+Retention and the keys write through the store's one writer (``_execute_later``, in order with
+everything else it commits) and wait for it (``flush``); ``sqlite.py`` defines both and inherits
+these methods, as it inherits the reads. ``claim_orphans`` reads the active runs and takes those
+this process did not start.
 """
 
 from __future__ import annotations
