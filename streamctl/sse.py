@@ -150,14 +150,13 @@ class SendOutlet:
     control). A server whose ``send`` fails there with anything but ``OSError`` (one that needs
     a current task) turns the outlet off: the stream's task sends everything itself."""
 
-    __slots__ = ("closed", "direct", "error", "pending", "send", "stream")
+    __slots__ = ("direct", "error", "pending", "send", "stream")
 
     def __init__(self, stream: EventStream, send: Send) -> None:
         self.stream = stream
         self.send = send
         self.pending: _Rest | None = None
         self.error: OSError | None = None
-        self.closed = False
         self.direct = True
         """Whether the log may write here (False once closed, or turned off)."""
 
@@ -202,7 +201,6 @@ class SendOutlet:
 
     def close(self) -> None:
         """The response is over: no more writes (a send left under way is dropped)."""
-        self.closed = True
         self.direct = False
         if self.pending is not None:
             self.pending.coro.close()
