@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -261,31 +261,49 @@ async def never_disconnect() -> Message:
     raise AssertionError
 
 
+@asynccontextmanager
+async def served(
+    response: EventStream, server: Server, *beside: Callable[[], Coroutine[Any, Any, None]]
+) -> AsyncIterator[Scope]:
+    """``response`` sending to ``server`` (its raw send in the scope) in a task, and ``beside``
+    started once every task blocks (a timer among them would keep them from all blocking); the
+    stream has ended when the block exits (5 s at most), and ``beside`` with it."""
+    scope = {"type": "http", RAW_SEND_KEY: server.send}
+
+    async def respond() -> None:
+        await response(scope, never_disconnect, server.send)
+        tg.cancel_scope.cancel()  # the tasks beside it end with it
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(respond)
+            await anyio.wait_all_tasks_blocked()
+            for task in beside:
+                tg.start_soon(task)
+            yield scope
+
+
 async def test_a_send_the_log_began_is_ended_by_the_stream_in_order(db_path: Path) -> None:
     async with one_run(db_path) as (store, log, writer):
         counters, server = Counters(), Server()
         response = EventStream(subscribe(store, log, counters), retry_ms=1000, watch=None)
-        scope = {"type": "http", RAW_SEND_KEY: server.send}
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(response, scope, never_disconnect, server.send)
-                await anyio.wait_all_tasks_blocked()
-                assert log.parked == 1
-                writer.chunks(1)  # written by the log: ends at once
-                await store.flush()
-                await anyio.wait_all_tasks_blocked()
-                server.held = anyio.Event()
-                writer.chunks(3)  # its send waits: the stream's task takes it over
-                await store.flush()
-                await anyio.wait_all_tasks_blocked()
-                assert log.parked == 0
-                writer.chunks(2)  # committed while that send is under way
-                await store.flush()
-                await anyio.wait_all_tasks_blocked()
-                assert counters.direct_writes == 2
-                server.held.set()
-                await anyio.wait_all_tasks_blocked()
-                writer.done()
+        async with served(response, server):
+            assert log.parked == 1
+            writer.chunks(1)  # written by the log: ends at once
+            await store.flush()
+            await anyio.wait_all_tasks_blocked()
+            server.held = anyio.Event()
+            writer.chunks(3)  # its send waits: the stream's task takes it over
+            await store.flush()
+            await anyio.wait_all_tasks_blocked()
+            assert log.parked == 0
+            writer.chunks(2)  # committed while that send is under way
+            await store.flush()
+            await anyio.wait_all_tasks_blocked()
+            assert counters.direct_writes == 2
+            server.held.set()
+            await anyio.wait_all_tasks_blocked()
+            writer.done()
         expected = await expected_bytes(store, "r1", 0)
     assert server.ended
     assert b"".join(server.body) == b"retry: 1000\n" + expected
@@ -306,18 +324,12 @@ async def test_a_send_under_way_that_never_ends_is_cut_off(db_path: Path) -> Non
             watch=watch,
             on_slow=on_slow,
         )
-        scope = {"type": "http", RAW_SEND_KEY: server.send}
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(response, scope, never_disconnect, server.send)
-                await anyio.wait_all_tasks_blocked()
-                tg.start_soon(watch.run)  # after: its timer would keep tasks from all blocking
-                server.held = anyio.Event()  # the client takes nothing from now on
-                writer.chunks(2)
-                await store.flush()
-                with anyio.fail_after(2):
-                    await cut.wait()
-                tg.cancel_scope.cancel()
+        async with served(response, server, watch.run) as scope:
+            server.held = anyio.Event()  # the client takes nothing from now on
+            writer.chunks(2)
+            await store.flush()
+            with anyio.fail_after(2):
+                await cut.wait()
     assert slow == [scope]
     assert log.subscribers == 0 and log.parked == 0
 
@@ -396,14 +408,10 @@ async def test_without_a_watch_a_send_under_way_is_timed_too(db_path: Path) -> N
             send_timeout=0.2,
             on_slow=slow.append,
         )
-        scope = {"type": "http", RAW_SEND_KEY: server.send}
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(response, scope, never_disconnect, server.send)
-                await anyio.wait_all_tasks_blocked()
-                server.held = anyio.Event()  # the client takes nothing from now on
-                writer.chunks(2)
-                await store.flush()
+        async with served(response, server) as scope:
+            server.held = anyio.Event()  # the client takes nothing from now on
+            writer.chunks(2)
+            await store.flush()
         assert slow == [scope]  # the response ended on its own, after send_timeout
 
 
@@ -422,18 +430,14 @@ async def test_a_send_that_needs_its_task_turns_the_outlet_off(
     async with one_run(db_path) as (store, log, writer):
         counters, server = Counters(), TaskBound()
         response = EventStream(subscribe(store, log, counters), retry_ms=1000)
-        scope = {"type": "http", RAW_SEND_KEY: server.send}
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(response, scope, never_disconnect, server.send)
+        async with served(response, server):
+            assert log.parked == 1
+            for n in (2, 3):
+                writer.chunks(n)
+                await store.flush()
                 await anyio.wait_all_tasks_blocked()
-                assert log.parked == 1
-                for n in (2, 3):
-                    writer.chunks(n)
-                    await store.flush()
-                    await anyio.wait_all_tasks_blocked()
-                    assert log.parked == 0  # off: the stream waits in its task from now on
-                writer.done()
+                assert log.parked == 0  # off: the stream waits in its task from now on
+            writer.done()
         expected = await expected_bytes(store, "r1", 0)
     assert b"".join(server.body) == b"retry: 1000\n" + expected
     assert counters.direct_writes == 0
@@ -455,14 +459,10 @@ async def test_a_connection_lost_under_a_direct_write_ends_the_stream(db_path: P
             retry_ms=1000,
             on_disconnect=lambda: lost.append(True),
         )
-        scope = {"type": "http", RAW_SEND_KEY: server.send}
-        with anyio.fail_after(5):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(response, scope, never_disconnect, server.send)
-                await anyio.wait_all_tasks_blocked()
-                server.held = anyio.Event()  # from now on each write fails
-                writer.chunks(2)
-                await store.flush()
+        async with served(response, server):
+            server.held = anyio.Event()  # from now on each write fails
+            writer.chunks(2)
+            await store.flush()
     assert lost == [True]  # ended as a disconnect, not a crash
     assert counters.direct_writes == 0
     assert log.parked == 0 and log.subscribers == 0
