@@ -174,13 +174,17 @@ _NAMES = {name: name.encode("ascii") for name in ("run", "message_chunk", "reaso
                                                   "error", "done")}  # fmt: skip
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Frame:
     """One committed-or-about-to-be-committed event of a run, encoded once.
 
     A frame holds its bytes once, as the SSE block; ``data`` is cut from it when asked for (the
     store's row, a protocol's translation). A run's in-memory tail is frames, so their size is
     the memory of a live run: about 200 bytes for a token.
+
+    Never changed once made (shared by the store, the log and every stream), though not
+    ``frozen``: a frozen dataclass sets each field through ``object.__setattr__``, which made
+    the frame's creation 0.87 µs instead of 0.21, on every event.
     """
 
     seq: int
@@ -211,7 +215,10 @@ class Frame:
 
     @classmethod
     def encode(cls, seq: int, event: _Event, created_at: float) -> Frame:
-        return cls.build(seq, event.type, orjson.dumps(event.payload()), created_at)
+        type = event.type  # `build`, inline: this runs for every event a run emits
+        name = _NAMES.get(type) or type.encode("ascii")
+        data = orjson.dumps(event.payload())
+        return cls(seq, type, created_at, b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name, data))
 
     def as_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "type": self.type, "data": orjson.loads(self.data)}
