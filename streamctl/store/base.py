@@ -136,7 +136,8 @@ class RunStore(Protocol):
     # -- writing: queued synchronously, committed by the next group commit -----------------------
 
     def append(self, run_id: str, frame: Frame, event: object, sink: CommitSink) -> None:
-        """Queue one event; once committed it goes to ``sink.committed``, then ``sink.publish``
+        """Queue one event; once committed it goes to ``sink.committed`` (with ``event`` as given
+        here: the store never reads it; a ``Run`` passes its event's fields), then ``sink.publish``
         (once per batch). If the batch is lost, a sink with ``failed`` is told, and that run's
         later events still queued are dropped (its ids must stay dense)."""
         ...

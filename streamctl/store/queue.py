@@ -38,7 +38,8 @@ from .base import CommitSink
 from .chunks import Chunking
 
 Pending = tuple[str, Frame, object, CommitSink]
-"""An event waiting for its commit: run id, frame, event, the sink told once it is durable."""
+"""An event waiting for its commit: run id, frame, what the sink is given back with the frame
+(a ``Run`` queues its event's fields, ``event.__dict__``), the sink told once it is durable."""
 
 SHORT_LANE = 16
 """A lane with at most this many items waiting is short: beside a long one, it is served first
@@ -70,7 +71,8 @@ Item = Pending | Statement
 
 
 def size_of(item: Item) -> int:
-    """What an item weighs against the byte caps."""
+    """What an item weighs against the byte caps. ``WriteQueue.put`` and ``take`` compute the
+    same inline (they run once per event): change all three together."""
     if isinstance(item, Statement):
         return item.size
     return len(item[1].sse) + EVENT_OVERHEAD

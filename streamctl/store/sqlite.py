@@ -240,11 +240,9 @@ class SqliteStore(SqliteUpkeep):
         several: each lane's count says when. A run waits for its own writes only, not behind
         the backlog of a firehose in another lane."""
         marks = self._queue.marks(run_id)
-        while True:
-            progress = self._queue.progress  # taken before checking: no batch end is missed
-            if all(mark.reached for mark in marks):
-                break
-            await progress.wait()
+        # No await between a check and taking the event: no batch end falls between them.
+        while not all(mark.reached for mark in marks):
+            await self._queue.progress.wait()
         for mark in marks:
             lost = mark.loss()
             if lost is not None:
