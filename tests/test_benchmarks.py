@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import charts, growth_rows, procfs, spy
+from benchmarks import charts, growth_rows, pipeline, procfs, spy
 from benchmarks.growth import schedule_lags
 from benchmarks.report import Row, combine, render
 from benchmarks.response import HEAD_BYTES, Response
@@ -182,3 +182,15 @@ def test_a_size_stopped_at_the_time_cap_charts_only_its_rate() -> None:
     assert math.isnan(charts.value(capped, "lag_ms.p99"))
     assert charts.value(capped, "rate_min_pct_of_nominal") == 0.0
     assert charts.value({**capped, "stopped_at_time_cap": False}, "lag_ms.p99") == 0.0
+
+
+@pytest.mark.anyio
+async def test_the_pipeline_measure_runs_the_demo_agent_through_a_real_store() -> None:
+    results = await pipeline.measure(runs=2, tokens=300, follow=True)
+    assert len(results) == 2
+    for loop_us, process_us, rate in results:
+        assert 0 < loop_us <= process_us  # the loop's thread is part of the process
+        assert rate > 0
+    line = pipeline.summary([(10.0, 16.0, 50_000.0), (12.0, 18.0, 40_000.0), (11.0, 17.0, 45_000)])
+    assert line.startswith("event loop thread 11.00 (10.00..12.00) µs/event")
+    assert "45,000 (40,000..50,000) events/s" in line and "of 3 runs" in line
