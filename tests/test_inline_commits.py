@@ -5,6 +5,7 @@ next ones."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 import streamctl.store.chunks
 import streamctl.store.sqlite
+import streamctl.store.sqlite_checkpoint
 import streamctl.store.sqlite_commit
 from streamctl.agents import ScriptedAgent
 from streamctl.events import Frame, MessageChunk
@@ -92,12 +94,47 @@ async def test_inline_commits_keep_the_wal_bounded(db_path: Path) -> None:
 async def test_the_wal_grows_without_the_threads_checkpoints(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The bound above is the streak's doing: with every commit inline, nothing checkpoints
-    and the same 3,000 commits grow the WAL past it."""
+    """The bound above is the streak's doing: with every commit inline and no checkpointer,
+    nothing checkpoints and the same 3,000 commits grow the WAL past it."""
     monkeypatch.setattr(streamctl.store.sqlite, "INLINE_STREAK", 10**9)
+    monkeypatch.setattr(streamctl.store.sqlite_checkpoint, "CHECKPOINT_EVERY", 3600.0)
     async with Store(db_path) as store:
         await commit_one_by_one(store, runs=10, per_run=300)
         assert wal_pages(db_path) > BOUND
+
+
+def rows_in_database_file_alone(db_path: Path, copy: Path) -> int:
+    """The frames a copy of the database file holds without its WAL: what was checkpointed."""
+    shutil.copyfile(db_path, copy)
+    try:
+        return sum(len(frames) for frames in frames_in_file(copy).values())
+    except sqlite3.Error:  # copied while a checkpoint wrote to it: not all there yet
+        return -1
+    finally:
+        copy.unlink()
+
+
+@pytest.mark.usefixtures("no_chunking")
+@pytest.mark.parametrize("every", [0.01, 3600.0], ids=["checkpointer", "none"])
+async def test_the_checkpointer_copies_the_wal_into_the_database_beside_the_commits(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: float
+) -> None:
+    """With every commit inline the writer never checkpoints (``INLINE_MODE``); what the WAL
+    holds reaches the database file only through the checkpointer's connection. Without it
+    (the control case) the file alone does not hold the rows."""
+    monkeypatch.setattr(streamctl.store.sqlite, "INLINE_STREAK", 10**9)
+    monkeypatch.setattr(streamctl.store.sqlite_checkpoint, "CHECKPOINT_EVERY", every)
+    copy = tmp_path / "alone.db"
+    async with Store(db_path) as store:
+        await commit_one_by_one(store, runs=2, per_run=100)
+        stored = 0
+        with anyio.move_on_after(3):
+            while (stored := rows_in_database_file_alone(db_path, copy)) < 200:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        if every < 1:
+            assert stored == 200 and store.checkpointer.checkpoints >= 1
+        else:
+            assert stored < 200 and store.checkpointer.checkpoints == 0
 
 
 async def test_a_lock_held_elsewhere_sends_a_small_commit_to_the_thread(db_path: Path) -> None:

@@ -46,6 +46,7 @@ from .chunks import Unchunked, recover
 from .lock import DatabaseLock
 from .migrate import connect, in_thread, migrate
 from .queue import Batch, Statement, WriteQueue
+from .sqlite_checkpoint import Checkpointer
 from .sqlite_commit import (
     INLINE_MODE,
     INLINE_STREAK,
@@ -109,6 +110,8 @@ class SqliteStore(SqliteUpkeep):
         """Runs this store created and has not finished: their owner is alive."""
         self.lock = DatabaseLock(self.path)
         """One process owns the file (``lock.py``): taken before anything is read."""
+        self.checkpointer = Checkpointer()
+        """Checkpoints the WAL beside the commits (``sqlite_checkpoint.py``)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -120,6 +123,7 @@ class SqliteStore(SqliteUpkeep):
             await migrate(self._writer)
             await in_thread(self._writer, recover)
             self._reader = await connect(self.path)
+            self.checkpointer.conn = await connect(self.path)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._close_connections()
@@ -130,6 +134,7 @@ class SqliteStore(SqliteUpkeep):
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._write_loop, name="streamctl store writer")
+        self._tg.start_soon(self.checkpointer.run, name="streamctl store checkpointer")
         return self
 
     async def __aexit__(
@@ -147,6 +152,7 @@ class SqliteStore(SqliteUpkeep):
                 logger.exception("last batch could not be committed at shutdown")
         self._closing = True
         self._wake.set()
+        self.checkpointer.stop()
         if bound.cancelled_caught:
             logger.error("the store did not commit within %g s; closing anyway", self.close_timeout)
             self._abandoned = True
@@ -161,10 +167,10 @@ class SqliteStore(SqliteUpkeep):
         self.lock.release()
 
     async def _close_connections(self) -> None:
-        for conn in (self._reader, self._writer):
+        for conn in (self.checkpointer.conn, self._reader, self._writer):
             if conn is not None:
                 await conn.close()
-        self._reader = self._writer = None
+        self._reader = self._writer = self.checkpointer.conn = None
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -292,6 +298,7 @@ class SqliteStore(SqliteUpkeep):
                 self._inflight = None
             if error is None:
                 self._count(batch, time.perf_counter() - began)
+                self.checkpointer.dirty = True
                 queue.settle(batch, None)
                 self._journaled(batch)
                 deliver(batch.events)
@@ -381,4 +388,5 @@ class SqliteStore(SqliteUpkeep):
             return
         finally:
             self._commit_scope = None
+        self.checkpointer.dirty = True
         self._unchunked.settle(chunking)
