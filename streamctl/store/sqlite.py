@@ -10,8 +10,8 @@ log), which is what lets subscribers see them: commit before send (docs/architec
 invariant 3).
 
 Reads go through a second connection (``sqlite_reads.py``); in WAL mode they never block the
-writer. One process holds the file, so the runs it finds active that it did not create have lost
-their owner.
+writer. A third checkpoints the WAL beside the commits (``sqlite_checkpoint.py``). One process
+holds the file, so the runs it finds active that it did not create have lost their owner.
 ``sqlite3`` errors are translated into ``StoreError`` in this package and nowhere else.
 """
 
