@@ -58,7 +58,7 @@ class Checkpointer:
         self._stopped = True
         if self._scope is not None:
             self._scope.cancel()
-        if self.conn is not None and self.conn._conn is not None:
+        if self.conn is not None:  # set only while open: its sqlite3 connection is there
             self.conn._conn.interrupt()
 
     async def _checkpoint(self, conn: aiosqlite.Connection) -> None:
