@@ -17,7 +17,9 @@ import streamctl.store.migrate
 from streamctl.errors import StoreError
 from streamctl.events import Done, Frame, MessageChunk, RunStarted, ToolEnd
 from streamctl.store import FinalState, NewRun, Store, migrate_file
+from streamctl.store import statements as sql
 from streamctl.store.chunks import Chunking, Unchunked, decode_chunk, encode_chunk
+from streamctl.store.sqlite_commit import ROWS_PER_INSERT, insert_rows
 
 from .support.migrations import migrate_below
 from .support.stored import frames_in_file
@@ -305,6 +307,50 @@ def test_small_commits_leave_chunking_to_the_idle_writer_unless_overdue() -> Non
     assert idle is not None and sorted(r for r, _ in idle.runs) == ["r1", "r2"]
     unchunked.settle(idle)
     assert unchunked.frames("r3") == [frame(1)] and unchunked.frames("r1") == []
+
+
+def test_a_commit_chunks_a_bounded_share_of_the_runs_due_and_the_rest_follow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Runs started together come due together: one commit chunks runs until it holds
+    ``CHUNK_COMMIT_EVENTS`` of their events, oldest first, and deletes only the journal rows
+    below the first run it leaves; the next commits take the rest. Closing takes everything."""
+    monkeypatch.setattr(streamctl.store.chunks, "CHUNK_COMMIT_EVENTS", 10)
+    unchunked = Unchunked()
+    journal_id = 0
+    for seq in range(1, 5):  # 6 runs of 4 events, interleaved as a group commit journals them
+        for run in range(6):
+            journal_id += 1
+            unchunked.add(f"r{run}", frame(seq), journal_id, now=0.0)
+    age = streamctl.store.chunks.CHUNK_AGE
+    taken: list[str] = []
+    while (chunking := unchunked.take(due_by=age)) is not None:
+        taken += [run_id for run_id, _ in chunking.runs]
+        assert sum(len(frames) for _, frames in chunking.runs) == 12  # 3 runs: 12 >= 10
+        left = len(taken)  # the first run left for later is r{left}: its first journal id,
+        assert chunking.delete_upto == (24 if left == 6 else left)  # left + 1, stays
+        unchunked.settle(chunking)
+    assert taken == ["r0", "r1", "r2", "r3", "r4", "r5"]
+    for run in range(6):
+        unchunked.add(f"r{run}", frame(5), journal_id + run + 1, now=0.0)
+    everything = unchunked.take(None, everything=True)
+    assert everything is not None and len(everything.runs) == 6
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, 17, 127, 128, 129, 300, 500])
+def test_a_commits_rows_go_in_order_in_few_statements(count: int) -> None:
+    """``insert_rows``: every row, in order, in at most ``count // ROWS_PER_INSERT`` + 2
+    statements (each statement hands the GIL over and back)."""
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.execute("CREATE TABLE event_journal (id INTEGER PRIMARY KEY, run_id, created_at, frame)")
+        statements: list[str] = []
+        db.set_trace_callback(statements.append)
+        expected = [(n, f"r{n % 7}", n / 10, b"x" * n) for n in range(1, count + 1)]
+        insert_rows(db, sql.INSERT_JOURNAL, expected)
+        db.set_trace_callback(None)
+        assert db.execute("SELECT * FROM event_journal ORDER BY rowid").fetchall() == expected
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    assert len(inserts) <= count // ROWS_PER_INSERT + 2
 
 
 async def test_a_seq_taken_again_after_its_run_was_chunked_fails_its_batch(
