@@ -309,19 +309,25 @@ def test_small_commits_leave_chunking_to_the_idle_writer_unless_overdue() -> Non
     assert unchunked.frames("r3") == [frame(1)] and unchunked.frames("r1") == []
 
 
+@pytest.mark.parametrize("bound", ["events", "bytes"])
 def test_a_commit_chunks_a_bounded_share_of_the_runs_due_and_the_rest_follow(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, bound: str
 ) -> None:
     """Runs started together come due together: one commit chunks runs until it holds
-    ``CHUNK_COMMIT_EVENTS`` of their events, oldest first, and deletes only the journal rows
-    below the first run it leaves; the next commits take the rest. Closing takes everything."""
-    monkeypatch.setattr(streamctl.store.chunks, "CHUNK_COMMIT_EVENTS", 10)
+    ``CHUNK_COMMIT_EVENTS`` of their events or ``CHUNK_COMMIT_BYTES`` of their bytes, oldest
+    first, and deletes only the journal rows below the first run it leaves; the next commits
+    take the rest. Closing takes everything."""
     unchunked = Unchunked()
     journal_id = 0
     for seq in range(1, 5):  # 6 runs of 4 events, interleaved as a group commit journals them
         for run in range(6):
             journal_id += 1
             unchunked.add(f"r{run}", frame(seq), journal_id, now=0.0)
+    run_bytes = sum(len(frame(seq).sse) for seq in range(1, 5))
+    if bound == "events":
+        monkeypatch.setattr(streamctl.store.chunks, "CHUNK_COMMIT_EVENTS", 10)  # 3 runs: 12
+    else:
+        monkeypatch.setattr(streamctl.store.chunks, "CHUNK_COMMIT_BYTES", 2 * run_bytes + 1)
     age = streamctl.store.chunks.CHUNK_AGE
     taken: list[str] = []
     while (chunking := unchunked.take(due_by=age)) is not None:

@@ -37,10 +37,13 @@ smaller one only the full runs and those overdue (twice ``CHUNK_AGE``), and the 
 chunks the rest in groups: a run's first event is not committed behind chunking it does not need
 (a light load's commits stay short)."""
 CHUNK_COMMIT_EVENTS = 1024
-"""A commit chunks runs until it holds this many of their events (at least one run; all when
-the store closes); the runs due beyond it wait for the next commits. Runs started together come
-due together: 500 runs' second of events (10,000) in one commit took 35-42 ms, and every event
-queued meanwhile waited for it (the lag's p99 at 500 runs, docs/benchmarks.md)."""
+"""A commit chunks runs until it holds this many of their events, or ``CHUNK_COMMIT_BYTES`` of
+their SSE blocks (at least one run; all when the store closes); the runs due beyond it wait for
+the next commits. Runs started together come due together: 500 runs' second of events (10,000)
+in one commit took 35-42 ms, and every event queued meanwhile waited for it (the lag's p99 at
+500 runs, docs/benchmarks.md)."""
+CHUNK_COMMIT_BYTES = 1024 * 1024
+"""See ``CHUNK_COMMIT_EVENTS``."""
 
 _TYPES = {b"run": "run", b"message_chunk": "message_chunk", b"done": "done"}
 
@@ -211,25 +214,29 @@ class Unchunked:
 
     def take(self, due_by: float | None, everything: bool = False) -> Chunking | None:
         """The full runs and those due by ``due_by`` (None: none; all, with ``everything``), as
-        one chunking of at most about ``CHUNK_COMMIT_EVENTS`` events (unbounded with
-        ``everything``), or None."""
+        one chunking of about ``CHUNK_COMMIT_EVENTS`` events or ``CHUNK_COMMIT_BYTES`` at most
+        (unbounded with ``everything``), or None."""
         runs, purging = self._runs, self._purging
         chosen: dict[str, list[Frame]] = {}
-        events = 0
+        events = size = 0
         for run_id in self._full:
-            if not everything and events >= CHUNK_COMMIT_EVENTS:
+            if not everything and (events >= CHUNK_COMMIT_EVENTS or size >= CHUNK_COMMIT_BYTES):
                 break
             if run_id not in purging:
-                chosen[run_id] = frames = runs[run_id].frames
-                events += len(frames)
+                entry = runs[run_id]
+                chosen[run_id] = entry.frames
+                events, size = events + len(entry.frames), size + entry.bytes
         for run_id, entry in runs.items():  # in the order of their first frame: a prefix is due
             if not everything and (
-                due_by is None or entry.since + CHUNK_AGE > due_by or events >= CHUNK_COMMIT_EVENTS
+                due_by is None
+                or entry.since + CHUNK_AGE > due_by
+                or events >= CHUNK_COMMIT_EVENTS
+                or size >= CHUNK_COMMIT_BYTES
             ):
                 break
             if run_id not in purging and run_id not in chosen:
                 chosen[run_id] = entry.frames
-                events += len(entry.frames)
+                events, size = events + len(entry.frames), size + entry.bytes
         if not chosen:
             return None
         kept = (entry.first_id for run_id, entry in runs.items() if run_id not in chosen)
