@@ -5,8 +5,8 @@
 Starts a server with the sweep's paced agent, puts ``N`` runs on it as ``growth.py`` does, and
 while they go reads each thread's CPU time from ``/proc`` twice, 4 s apart (after 4 s of
 warm-up), then the store's commit counters from ``/metrics``. Prints each thread's share of a
-core, the commits, their events and seconds (with the histogram of their durations), and the
-load's own figures.
+core, the commits, their events and seconds (with the histograms of their durations and of
+their events' waits, ``streamctl_commit_wait_seconds``), and the load's own figures.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ COMMIT_METRICS = (
     "streamctl_commit_seconds_sum",
     "streamctl_commit_seconds_count",
     "streamctl_commit_batch_events_sum",
+    "streamctl_commit_wait_seconds",
 )
 
 

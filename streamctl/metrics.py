@@ -123,6 +123,12 @@ class Collector:
             "Duration of one group commit, in seconds.",
             store.commit_seconds,
         )
+        yield histogram(
+            "streamctl_commit_wait_seconds",
+            "Longest wait of a group commit's events, from their emit to the commit's end, in"
+            " seconds.",
+            store.commit_wait_seconds,
+        )
         yield CounterMetricFamily(
             "streamctl_commits_failed",
             "Group commits that failed (their runs end failed, store_error).",

@@ -138,6 +138,24 @@ async def test_each_sink_is_published_once_per_batch(backend: Backend) -> None:
     assert [f.seq for f in a.frames] == [f.seq for f in b.frames] == [1, 2, 3]
 
 
+async def test_a_commits_wait_counts_from_its_oldest_events_emit(backend: Backend) -> None:
+    """``commit_wait_seconds``: per commit, the longest wait of its events from their emit
+    (``created_at``) to the commit's end; the queue's wait, which a commit's duration misses."""
+    async with backend.open() as store:
+        store.create_run(new_run("r1"))
+        await store.flush()
+        waits = store.stats.commit_wait_seconds
+        assert waits.counts == [0] * len(waits.counts)  # no events yet
+        batches, now = store.stats.batches, time.time()
+        for seq, age in ((1, 0.2), (2, 2.0), (3, 0.0)):  # emitted 0.2 s, 2 s and 0 s ago
+            frame = Frame.encode(seq, MessageChunk(content="w", message_id="m1"), now - age)
+            store.append("r1", frame, None, RecordingSink())
+        await store.flush()
+        assert 1 <= sum(waits.counts) <= store.stats.batches - batches  # at most one a commit
+        assert 2.0 <= waits.sum < 2.0 + 0.2 * sum(waits.counts) + 5  # the 2-s-old event's
+        assert waits.counts[-1] == 1  # past the last bound (1 s): the commit that held it
+
+
 async def test_flush_with_nothing_pending_returns_at_once(backend: Backend) -> None:
     async with backend.open() as store:
         with anyio.fail_after(5):

@@ -163,6 +163,9 @@ class RoundWriter:
                 progress, self._progress = self._progress, anyio.Event()
                 progress.set()
             self.stats.commit_seconds.observe(time.perf_counter() - began)
+            queued = [op.frame.created_at for op in ops if isinstance(op, _Append)]
+            if queued:
+                self.stats.commit_wait_seconds.observe(max(0.0, time.time() - min(queued)))
 
     def _take(self) -> list[_Append | _Call]:
         """The next round: queued ops in order, up to ``ROUND_EVENTS`` events."""

@@ -316,6 +316,9 @@ class SqliteStore(SqliteUpkeep):
         stats.committed_events += events
         stats.batch_sizes.observe(events)
         stats.commit_seconds.observe(seconds)
+        if batch.events:
+            oldest = min([frame.created_at for _, frame, _, _ in batch.events])
+            stats.commit_wait_seconds.observe(max(0.0, time.time() - oldest))
         stats.max_batch_rows = max(stats.max_batch_rows, batch.rows)
         stats.max_batch_bytes = max(stats.max_batch_bytes, batch.bytes)
 
