@@ -82,9 +82,9 @@ class StoreStats:
     commit_wait_seconds: Buckets = field(
         default_factory=lambda: Buckets((0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
     )
-    """Per commit, the longest an event of it waited: from its emit (its ``created_at``, when it
-    was queued) to the commit's end. A commit's own duration misses the queue: the wait for the
-    batch in flight, and for the writer's turn on a busy loop."""
+    """Per commit that stored events, the longest an event of it waited: from its emit (its
+    ``created_at``, wall-clock time, when it was queued) to the commit's end. A commit's own
+    duration misses the queue: the commits ahead of it, and the writer's turn on a busy loop."""
     failed_batches: int = 0
     """Transactions that failed (their events were lost; their runs end ``failed``)."""
     max_batch_rows: int = 0

@@ -343,20 +343,66 @@ def test_a_commit_chunks_a_bounded_share_of_the_runs_due_and_the_rest_follow(
     assert everything is not None and len(everything.runs) == 6
 
 
+def test_the_runs_due_go_first_and_a_run_past_the_bound_goes_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The oldest run due is chunked whatever the full runs hold (a firehose whose chunk alone
+    passes the bound at every commit must not keep the others in the journal); a run being
+    purged is skipped and holds the watermark; a run bigger than the bound goes alone."""
+    monkeypatch.setattr(streamctl.store.chunks, "CHUNK_COMMIT_EVENTS", 10)
+    monkeypatch.setattr(streamctl.store.chunks, "CHUNK_EVENTS", 20)
+    age = streamctl.store.chunks.CHUNK_AGE
+    unchunked = Unchunked()
+    unchunked.add("old", frame(1), 1, now=0.0)
+    unchunked.add("purged", frame(1), 2, now=0.0)
+    for seq in range(1, 26):  # full: 25 events, more than the bound, not due yet
+        unchunked.add("fire", frame(seq), 2 + seq, now=0.5)
+    unchunked.purging(["purged"])
+    first = unchunked.take(due_by=age)
+    assert first is not None and [r for r, _ in first.runs] == ["old", "fire"]
+    assert first.delete_upto == 1  # "purged"'s row (id 2) stays
+    unchunked.settle(first)
+    for seq in range(26, 51):  # full again
+        unchunked.add("fire", frame(seq), 2 + seq, now=1.0)
+    unchunked.add("later", frame(1), 53, now=1.0)
+    assert [r for r, _ in unchunked.take(due_by=None).runs] == ["fire"]  # type: ignore[union-attr]
+    unchunked.purged(["purged"], deleted=True)
+    big = Unchunked()
+    for seq in range(1, 16):  # 15 events: past the bound, not full
+        big.add("big", frame(seq), seq, now=0.0)
+    big.add("small", frame(1), 16, now=0.0)
+    alone = big.take(due_by=age)
+    assert alone is not None and [r for r, _ in alone.runs] == ["big"]
+    assert alone.delete_upto == 15
+    big.settle(alone)
+    rest = big.take(due_by=age)
+    assert rest is not None and [r for r, _ in rest.runs] == ["small"] and rest.delete_upto == 16
+
+
 @pytest.mark.parametrize("count", [1, 15, 16, 17, 127, 128, 129, 300, 500])
-def test_a_commits_rows_go_in_order_in_few_statements(count: int) -> None:
+@pytest.mark.parametrize("table", ["event_journal", "event_chunks"])
+def test_a_commits_rows_go_in_order_in_few_statements(count: int, table: str) -> None:
     """``insert_rows``: every row, in order, in at most ``count // ROWS_PER_INSERT`` + 2
-    statements (each statement hands the GIL over and back)."""
+    statements of at most ``ROWS_PER_INSERT`` rows each (each statement hands the GIL over and
+    back)."""
+    if table == "event_journal":
+        statement, columns = sql.INSERT_JOURNAL, "id, run_id, created_at, frame"
+        expected: list[tuple[object, ...]] = [
+            (n, f"r{n % 7}", n / 10, b"x" * n) for n in range(count, 0, -1)
+        ]
+    else:
+        statement, columns = sql.INSERT_EVENT_CHUNK, "run_id, first_seq, last_seq, times, frames"
+        expected = [(f"r{n}", n, n + 1, b"t" * n, b"f" * n) for n in range(count, 0, -1)]
     with closing(sqlite3.connect(":memory:")) as db:
-        db.execute("CREATE TABLE event_journal (id INTEGER PRIMARY KEY, run_id, created_at, frame)")
+        db.execute(f"CREATE TABLE {table} ({columns})")  # no key: rowid is the insertion order
         statements: list[str] = []
         db.set_trace_callback(statements.append)
-        expected = [(n, f"r{n % 7}", n / 10, b"x" * n) for n in range(1, count + 1)]
-        insert_rows(db, sql.INSERT_JOURNAL, expected)
+        insert_rows(db, statement, expected)
         db.set_trace_callback(None)
-        assert db.execute("SELECT * FROM event_journal ORDER BY rowid").fetchall() == expected
+        assert db.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall() == expected
     inserts = [s for s in statements if s.startswith("INSERT")]
     assert len(inserts) <= count // ROWS_PER_INSERT + 2
+    assert all(s.count("), (") < ROWS_PER_INSERT for s in inserts)  # at most 128 rows each
 
 
 async def test_a_seq_taken_again_after_its_run_was_chunked_fails_its_batch(

@@ -38,10 +38,10 @@ chunks the rest in groups: a run's first event is not committed behind chunking 
 (a light load's commits stay short)."""
 CHUNK_COMMIT_EVENTS = 1024
 """A commit chunks runs until it holds this many of their events, or ``CHUNK_COMMIT_BYTES`` of
-their SSE blocks (at least one run; all when the store closes); the runs due beyond it wait for
-the next commits. Runs started together come due together: 500 runs' second of events (10,000)
-in one commit took 35-42 ms, and every event queued meanwhile waited for it (the lag's p99 at
-500 runs, docs/benchmarks.md)."""
+their SSE blocks: the runs due, oldest first, then the full ones (at least the oldest run due;
+all when the store closes); the runs beyond it wait for the next commits. Runs started together
+come due together: 500 runs' second of events (10,000) in one commit took 35-42 ms, and every
+event queued meanwhile waited for it (the lag's p99 at 500 runs, docs/benchmarks.md)."""
 CHUNK_COMMIT_BYTES = 1024 * 1024
 """See ``CHUNK_COMMIT_EVENTS``."""
 
@@ -146,7 +146,8 @@ class Unchunked:
         self._purging: set[str] = set()
         """Runs whose events are being deleted: never chunked, but their journal rows stay (they
         hold the watermark back) until the delete is committed, or failed."""
-        self._full: set[str] = set()
+        self._full: dict[str, None] = {}
+        """Runs with ``CHUNK_EVENTS`` or ``CHUNK_BYTES`` journaled, in the order they filled."""
         self.last_id = 0
         """The newest journal id of a committed frame."""
 
@@ -161,7 +162,7 @@ class Unchunked:
         entry.bytes += len(frame.sse)
         self._last[run_id] = frame.seq
         if len(entry.frames) >= CHUNK_EVENTS or entry.bytes >= CHUNK_BYTES:
-            self._full.add(run_id)
+            self._full[run_id] = None
         self.last_id = journal_id
 
     def frames(self, run_id: str) -> list[Frame]:
@@ -213,19 +214,14 @@ class Unchunked:
         return self.take(now + CHUNK_AGE / 2)
 
     def take(self, due_by: float | None, everything: bool = False) -> Chunking | None:
-        """The full runs and those due by ``due_by`` (None: none; all, with ``everything``), as
-        one chunking of about ``CHUNK_COMMIT_EVENTS`` events or ``CHUNK_COMMIT_BYTES`` at most
-        (unbounded with ``everything``), or None."""
+        """The runs due by ``due_by`` (None: none; all, with ``everything``), oldest first, then
+        the full runs in the order they filled, as one chunking, or None. Bounded (unless
+        ``everything``): runs are added until it holds ``CHUNK_COMMIT_EVENTS`` events or
+        ``CHUNK_COMMIT_BYTES``, and it holds at least the oldest run due, so a full run that
+        alone passes the bound at every commit does not keep the others in the journal."""
         runs, purging = self._runs, self._purging
         chosen: dict[str, list[Frame]] = {}
         events = size = 0
-        for run_id in self._full:
-            if not everything and (events >= CHUNK_COMMIT_EVENTS or size >= CHUNK_COMMIT_BYTES):
-                break
-            if run_id not in purging:
-                entry = runs[run_id]
-                chosen[run_id] = entry.frames
-                events, size = events + len(entry.frames), size + entry.bytes
         for run_id, entry in runs.items():  # in the order of their first frame: a prefix is due
             if not everything and (
                 due_by is None
@@ -234,7 +230,14 @@ class Unchunked:
                 or size >= CHUNK_COMMIT_BYTES
             ):
                 break
+            if run_id not in purging:
+                chosen[run_id] = entry.frames
+                events, size = events + len(entry.frames), size + entry.bytes
+        for run_id in self._full:
+            if events >= CHUNK_COMMIT_EVENTS or size >= CHUNK_COMMIT_BYTES:
+                break
             if run_id not in purging and run_id not in chosen:
+                entry = runs[run_id]
                 chosen[run_id] = entry.frames
                 events, size = events + len(entry.frames), size + entry.bytes
         if not chosen:
@@ -248,7 +251,7 @@ class Unchunked:
         """The chunking was committed: its runs' frames are in ``event_chunks`` now."""
         for run_id, _ in chunking.runs:
             self._runs.pop(run_id, None)
-            self._full.discard(run_id)
+            self._full.pop(run_id, None)
 
     def ended(self, run_id: str) -> None:
         """The run's final row is committed: nothing follows its last event."""
@@ -265,7 +268,7 @@ class Unchunked:
             self._purging.discard(run_id)
             if deleted:
                 self._runs.pop(run_id, None)
-                self._full.discard(run_id)
+                self._full.pop(run_id, None)
                 self._last.pop(run_id, None)
 
 

@@ -11,6 +11,7 @@ their ``CommitSink`` only after the round's reply says they are stored: commit b
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -163,9 +164,6 @@ class RoundWriter:
                 progress, self._progress = self._progress, anyio.Event()
                 progress.set()
             self.stats.commit_seconds.observe(time.perf_counter() - began)
-            queued = [op.frame.created_at for op in ops if isinstance(op, _Append)]
-            if queued:
-                self.stats.commit_wait_seconds.observe(max(0.0, time.time() - min(queued)))
 
     def _take(self) -> list[_Append | _Call]:
         """The next round: queued ops in order, up to ``ROUND_EVENTS`` events."""
@@ -236,6 +234,8 @@ class RoundWriter:
         delivered: dict[int, CommitSink] = {}
         failed: set[str] = set()
         then: list[Call] = []
+        oldest = math.inf
+        """The emit time of the round's oldest stored event."""
         for index, ((run_id, stored), reply) in enumerate(zip(sent, replies, strict=True)):
             if isinstance(reply, Exception):
                 error = errors[run_id] = refusal(run_id, reply)
@@ -256,6 +256,7 @@ class RoundWriter:
             self.stats.batches += 1
             self.stats.committed_events += len(stored)
             self.stats.batch_sizes.observe(len(stored))
+            oldest = min(oldest, *[op.frame.created_at for op in stored])
             for op in stored:
                 try:
                     op.sink.committed(op.frame, op.event)
@@ -263,6 +264,8 @@ class RoundWriter:
                     logger.exception("run %s: delivering event %d failed", run_id, op.frame.seq)
                 delivered[id(op.sink)] = op.sink
             self._on_stored(run_id, stored[0].sink)
+        if oldest != math.inf:  # as SQLite's: the stored events' wait, to their reply
+            self.stats.commit_wait_seconds.observe(max(0.0, time.time() - oldest))
         for sink in delivered.values():
             try:
                 sink.publish()
