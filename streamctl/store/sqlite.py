@@ -279,6 +279,7 @@ class SqliteStore(SqliteUpkeep):
             out_of_order = self._unchunked.out_of_order(batch.events)
             began = time.perf_counter()
             error: BaseException | None = None
+            threaded = False
             try:
                 if out_of_order is not None:  # as a key on (run_id, seq) would refuse it
                     raise sqlite3.IntegrityError(out_of_order)
@@ -286,7 +287,7 @@ class SqliteStore(SqliteUpkeep):
                 # the store cancels it (``__aexit__``, past its bound).
                 with anyio.CancelScope(shield=True) as scope:
                     self._commit_scope = scope
-                    await self._commit(conn, batch)
+                    threaded = await self._commit(conn, batch)
                 if scope.cancelled_caught:
                     raise sqlite3.OperationalError("the store closed before the commit ended")
             except sqlite3.Error as exc:
@@ -306,8 +307,11 @@ class SqliteStore(SqliteUpkeep):
                 dropped = queue.settle(batch, error)
                 tell_failed(batch.events + dropped, error)
             # One batch per turn of the loop: with a firehose queued, the event loop (other
-            # runs, their streams, stops) gets a turn between two transactions.
-            await anyio.lowlevel.checkpoint()
+            # runs, their streams, stops) gets a turn between two transactions. A commit in the
+            # thread gave it one already: the next batch goes at once, not after another turn
+            # (at 800 runs a turn is many callbacks, and events waited a turn per commit).
+            if not threaded:
+                await anyio.lowlevel.checkpoint()
 
     def _count(self, batch: Batch, seconds: float) -> None:
         stats = self.stats
@@ -342,10 +346,11 @@ class SqliteStore(SqliteUpkeep):
             if statement.ends_run is not None:
                 unchunked.ended(statement.ends_run)
 
-    async def _commit(self, conn: aiosqlite.Connection, batch: Batch) -> None:
+    async def _commit(self, conn: aiosqlite.Connection, batch: Batch) -> bool:
         """Commit ``batch``: a small one on the event loop's thread (``inline``), any other in
         the connection's thread. Only the writer task uses the writer's connection once open, one
-        commit at a time, so the thread is idle while an inline commit runs."""
+        commit at a time, so the thread is idle while an inline commit runs. Returns whether it
+        went to the thread (the loop had its turns meanwhile)."""
         if inline(batch) and self._inline_streak < INLINE_STREAK:
             db = conn._conn
             if self._mode is not INLINE_MODE:
@@ -360,11 +365,12 @@ class SqliteStore(SqliteUpkeep):
             else:
                 self._inline_streak += 1
                 self.stats.inline_batches += 1
-                return
+                return False
         self._inline_streak = 0
         switch = self._mode is not THREAD_MODE
         self._mode = THREAD_MODE
         await in_thread(conn, partial(commit_in_thread, batch, switch))
+        return True
 
     async def _chunk_only(self, conn: aiosqlite.Connection, everything: bool) -> None:
         """A commit of chunks alone (the queue is empty); a failure is logged, and the frames
