@@ -80,9 +80,9 @@ async def test_a_slow_writer_holds_the_agent_not_memory(db_path: Path) -> None:
         run = await sup.control.start(request(), USER)
         commit = store._commit
 
-        async def held(conn: Any, batch: Batch) -> None:
+        async def held(conn: Any, batch: Batch) -> bool:
             await gate.wait()
-            await commit(conn, batch)
+            return await commit(conn, batch)
 
         store._commit = held  # type: ignore[method-assign]
         go.set()
@@ -203,14 +203,14 @@ async def test_a_runs_statements_keep_their_order_with_its_events(db_path: Path)
     async with Store(db_path, max_batch_events=7) as store:
         commit = store._commit
 
-        async def recording(conn: Any, batch: Batch) -> None:
+        async def recording(conn: Any, batch: Batch) -> bool:
             seen.append(
                 (
                     [s.sql.split()[0] for s in batch.statements],
                     [f.seq for _, f, _, _ in batch.events],
                 )
             )
-            await commit(conn, batch)
+            return await commit(conn, batch)
 
         store._commit = recording  # type: ignore[method-assign]
         store.create_run(NewRun("r", "t", USER, "running", {"messages": []}, {}, 0.0, 0.0))
@@ -239,9 +239,9 @@ async def test_a_short_lane_beside_a_backlog_goes_in_a_small_batch(db_path: Path
     async with Store(db_path, max_batch_events=400) as store:
         commit = store._commit
 
-        async def recording(conn: Any, batch: Batch) -> None:
+        async def recording(conn: Any, batch: Batch) -> bool:
             sizes.append((batch.rows, any(run == "other" for run, _, _, _ in batch.events)))
-            await commit(conn, batch)
+            return await commit(conn, batch)
 
         store._commit = recording  # type: ignore[method-assign]
         for seq in range(1, 5001):

@@ -186,11 +186,11 @@ async def test_a_runs_first_event_is_committed_before_its_next_ones(db_path: Pat
     async with Store(db_path) as store:
         commit = store._commit
 
-        async def record(conn: Any, batch: Any) -> None:
+        async def record(conn: Any, batch: Any) -> bool:
             seqs = [f.seq for _, f, _, _ in batch.events if f.type == "message_chunk"]
             if seqs:
                 batches.append(seqs)
-            await commit(conn, batch)
+            return await commit(conn, batch)
 
         store._commit = record  # type: ignore[method-assign]
         settings = Settings.from_env({}, db=db_path)

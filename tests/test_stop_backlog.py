@@ -41,11 +41,11 @@ class Gate:
         self.holding = anyio.Event()
         self.closed = False
 
-    async def _commit(self, conn: Any, batch: Batch) -> None:
+    async def _commit(self, conn: Any, batch: Batch) -> bool:
         if self.closed:
             self.holding.set()
             await self.opened.wait()
-        await self.commit(conn, batch)
+        return await self.commit(conn, batch)
 
     def close(self) -> None:
         self.closed = True
@@ -67,10 +67,11 @@ async def test_flush_of_one_run_does_not_wait_for_another_runs_backlog(db_path: 
             store.append("hose", *chunk_frame(seq), hose)
         store.append("other", *chunk_frame(1), other)
 
-        async def hold_after_other(conn: Any, batch: Batch) -> None:
-            await gate.commit(conn, batch)
+        async def hold_after_other(conn: Any, batch: Batch) -> bool:
+            threaded = await gate.commit(conn, batch)
             if any(run_id == "other" for run_id, _, _, _ in batch.events):
                 gate.close()  # every later batch waits
+            return threaded
 
         store._commit = hold_after_other  # type: ignore[method-assign]
         try:

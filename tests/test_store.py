@@ -336,8 +336,9 @@ async def test_closing_gives_up_a_commit_that_never_ends(db_path: Path) -> None:
     never = anyio.Event()
     store = Store(db_path, close_timeout=0.05)
 
-    async def hang(conn: object, batch: object) -> None:
+    async def hang(conn: object, batch: object) -> bool:
         await never.wait()
+        return True
 
     outcome: list[BaseException | None] = []
 

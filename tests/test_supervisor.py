@@ -497,12 +497,12 @@ async def test_a_failed_final_commit_is_contained_and_retried(db_path: Path) -> 
         commit = store._commit
         failing = True
 
-        async def fail_the_done(conn: Any, batch: Any) -> None:
+        async def fail_the_done(conn: Any, batch: Any) -> bool:
             nonlocal failing
             if failing and any(frame.type == "done" for _, frame, _, _ in batch.events):
                 failing = False
                 raise sqlite3.OperationalError("disk I/O error (simulated)")
-            await commit(conn, batch)
+            return await commit(conn, batch)
 
         store._commit = fail_the_done  # type: ignore[method-assign]
         doomed = await sup.control.start(request(), USER)
@@ -534,12 +534,12 @@ async def test_a_lost_final_row_after_a_stored_done_is_retried_alone(db_path: Pa
     async with Store(db_path, max_batch_events=1) as store:  # one item per batch
         commit = store._commit
 
-        async def fail_the_final_row(conn: Any, batch: Any) -> None:
+        async def fail_the_final_row(conn: Any, batch: Any) -> bool:
             nonlocal failing
             if failing and any(statement.ends_run for statement in batch.statements):
                 failing = False
                 raise sqlite3.OperationalError("disk I/O error (simulated)")
-            await commit(conn, batch)
+            return await commit(conn, batch)
 
         store._commit = fail_the_final_row  # type: ignore[method-assign]
         async with Supervisor(store, agent, Settings.from_env({}, db=db_path)) as sup:
@@ -566,14 +566,14 @@ async def test_a_lost_batch_ends_its_run_with_dense_ids(db_path: Path) -> None:
         commit = store._commit
         failing = True
 
-        async def fail_once(conn: Any, batch: Any) -> None:
+        async def fail_once(conn: Any, batch: Any) -> bool:
             nonlocal failing
             if failing and any(
                 frame.type == "message_chunk" and frame.seq > 3 for _, frame, _, _ in batch.events
             ):
                 failing = False
                 raise sqlite3.OperationalError("disk I/O error (simulated)")
-            await commit(conn, batch)
+            return await commit(conn, batch)
 
         store._commit = fail_once  # type: ignore[method-assign]
         run = await sup.control.start(request(), USER)
