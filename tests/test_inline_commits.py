@@ -199,3 +199,33 @@ async def test_a_runs_first_event_is_committed_before_its_next_ones(db_path: Pat
             await finish(run)
     assert batches[0] == [2]
     assert sorted(seq for seqs in batches for seq in seqs) == list(range(2, 42))
+
+
+async def test_after_a_commit_in_its_thread_the_writer_takes_the_next_batch_at_once(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit in the writer's thread lets the event loop turn while it runs, so the writer
+    goes on to its next batch without yielding another turn (at 800 runs a turn is many
+    callbacks); after an inline commit, which never awaits, it yields one."""
+    turns = 0
+    checkpoint = anyio.lowlevel.checkpoint
+
+    async def counted() -> None:
+        nonlocal turns
+        turns += 1
+        await checkpoint()
+
+    monkeypatch.setattr(anyio.lowlevel, "checkpoint", counted)
+    # No checkpoint on the side: its lock could send an inline commit to the thread.
+    monkeypatch.setattr(streamctl.store.sqlite_checkpoint, "CHECKPOINT_EVERY", 3600.0)
+    sink = Sink()
+    async with Store(db_path, max_batch_events=100) as store:
+        for seq in range(1, 301):  # three batches of 100 rows: each goes to the thread
+            store.append("r1", *event(seq), sink)
+        await store.flush()
+        assert (store.stats.batches, store.stats.inline_batches, turns) == (3, 0, 0)
+        for seq in range(301, 304):  # three lone events: each committed inline
+            store.append("r1", *event(seq), sink)
+            await store.flush()
+        assert (store.stats.batches, store.stats.inline_batches, turns) == (6, 3, 3)
+    assert sink.seqs == list(range(1, 304))
