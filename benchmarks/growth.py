@@ -38,7 +38,7 @@ from benchmarks.client import Conn, check, request, start_run
 from benchmarks.fanout import _subscribe_worker
 from benchmarks.growth_rows import KINDS
 from benchmarks.options import Options
-from benchmarks.procfs import CpuSampler, RssSampler
+from benchmarks.procfs import CpuSampler, RssSampler, connections
 from benchmarks.response import Response
 from benchmarks.servers import STREAMCTL_ENV, Server, demo_body, running
 from benchmarks.stats import dist_ms, pct
@@ -96,6 +96,8 @@ async def _runs(server: Server, n: int, steady: float) -> dict[str, Any]:
 
     await asyncio.gather(*(connect() for _ in range(n)))
     await asyncio.sleep(0.5)
+    # ``--workers N``: how many of the streams each worker holds (a run lives where it started).
+    split = connections(server.pid, server.port) if server.workers > 1 else []
     rss0 = server.rss_kib()
     sampler = CpuSampler(server.pid, every=0.1, read=server.cpu)
     sampler.start()
@@ -147,6 +149,8 @@ async def _runs(server: Server, n: int, steady: float) -> dict[str, Any]:
         server_cpu_pct=round(server_pct, 1),
         stopped_at_time_cap=capped,
     )
+    if split:
+        out["connections_by_worker"] = split
     return out
 
 

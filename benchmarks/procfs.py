@@ -58,6 +58,27 @@ def tree(pid: int) -> list[int]:
     return pids
 
 
+def connections(pid: int, port: int) -> list[int]:
+    """The established connections to ``port`` that each child of ``pid`` holds (``serve
+    --workers N``: how the workers split the streams), from /proc/net/tcp and their fds."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(f"socket:[{fields[9]}]")
+    held = []
+    for child in tree(pid)[1:]:
+        count = 0
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{child}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    count += os.readlink(fd) in inodes
+        held.append(count)
+    return held
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds of a process and its children."""
     return sum(proc_cpu(p) for p in tree(pid) if _alive(p))

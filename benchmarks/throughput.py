@@ -132,7 +132,7 @@ async def profile(opts: Options, path: Path) -> dict[str, Any]:
 def rows(result: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     base = result["baseline_low"]
-    targets = {"low": (50_000, 20.0), "batched": (300_000, None)}
+    targets = {"low": (50_000, 10.0), "batched": (200_000, None)}
     for gran in ("low", "batched"):
         ours = result[f"streamctl_{gran}"]
         rate, cpu = targets[gran]

@@ -1,11 +1,18 @@
 """``streamctl serve --workers N``: N server processes on one port, for a shared store.
 
-The parent binds the port once, then starts N ordinary ``streamctl serve`` processes with the
-same settings (passed as ``STREAMCTL_*`` variables) and that listening socket, and waits for
-them. The workers accept from the one socket: a worker waiting in its event loop takes the next
-connections, a busy one does not (with ``SO_REUSEPORT``, one socket each, the kernel hashed
-connections over them: a burst of 96 was spread 41 / 55); and a port already in use is the
-parent's error, before any worker starts.
+The parent checks that the port is free, binds one listening socket per worker on it with
+``SO_REUSEPORT`` (Linux), starts N ordinary ``streamctl serve`` processes with the same settings
+(passed as ``STREAMCTL_*`` variables), gives each its socket, and waits for them.
+
+The kernel spreads new connections evenly over the workers' sockets (a hash of each connection's
+addresses). Streams live long, so what matters is how many each worker holds: one socket that
+all the workers accept from instead gives a burst of connections to whichever worker wakes
+first (1,300 connections opened as the runs sweep opens them were split 387 / 913 and 467 / 833;
+``docs/redis.md``). The check first makes a port already in use the parent's error, before any
+worker starts, also when its holder uses ``SO_REUSEPORT`` (a second ``--workers`` server on the
+same port is refused, not joined). Elsewhere than Linux, where ``SO_REUSEPORT`` does not spread
+connections, the workers share one socket.
+
 A run lives in the process that started it; any other one reads, streams and stops it through
 the store, as another node would (docs/redis.md). That needs a store several processes share:
 SQLite is one process's file, so it is refused.
@@ -42,15 +49,35 @@ def worker_socket() -> list[socket.socket] | None:
     return [sock]
 
 
-def listen(settings: Settings) -> socket.socket:
-    """Bind the port the workers share (``OSError`` if it is in use)."""
+def _socket(settings: Settings) -> socket.socket:
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
+
+
+def listen(settings: Settings, count: int) -> list[socket.socket]:
+    """The workers' listening sockets on the port: one each with ``SO_REUSEPORT`` on Linux, else
+    one they share (``OSError`` if the port is in use)."""
+    if sys.platform != "linux":
+        count = 1
+    with _socket(settings) as probe:  # a plain bind fails on any listener, SO_REUSEPORT or not
+        probe.bind((settings.host, settings.port))
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = _socket(settings)
+            socks.append(sock)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((settings.host, settings.port))
+            sock.listen(2048)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def serve_workers(settings: Settings) -> int:
@@ -68,15 +95,16 @@ def serve_workers(settings: Settings) -> int:
             text = value if isinstance(value, str) else json.dumps(value)
             env[ENV_PREFIX + name.upper()] = text
     try:
-        sock = listen(settings)
+        socks = listen(settings, settings.workers)
     except OSError as exc:
         raise SettingsError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
     env[ENV_PREFIX + "WORKERS"] = "1"
-    env[LISTEN_FD] = str(sock.fileno())
     command = [sys.executable, "-m", "streamctl", "serve"]
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        for _ in range(settings.workers):
+        for i in range(settings.workers):
+            sock = socks[i % len(socks)]
+            env[LISTEN_FD] = str(sock.fileno())
             workers.append(subprocess.Popen(command, env=env, pass_fds=(sock.fileno(),)))
     except OSError:
         for worker in workers:  # none is left serving the port without its parent
@@ -84,7 +112,8 @@ def serve_workers(settings: Settings) -> int:
             worker.wait()
         raise
     finally:
-        sock.close()  # the workers hold it now
+        for sock in socks:
+            sock.close()  # the workers hold them now
 
     def forward(sig: int, frame: FrameType | None) -> None:
         for worker in workers:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,23 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def established(pid: int, port: int) -> int:
+    """How many established connections to ``port`` process ``pid`` holds (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.add(f"socket:[{fields[9]}]")
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            held += os.readlink(fd) in inodes
+        except OSError:
+            continue  # closed meanwhile
+    return held
+
+
 def test_workers_need_a_shared_store(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "streamctl", "serve", "--workers", "2", "--port", "8999"]
     done = subprocess.run([*cmd, "--db", str(tmp_path / "x.db")], capture_output=True, timeout=30)
@@ -50,6 +69,48 @@ def test_a_port_in_use_is_the_parents_error_before_any_worker_starts() -> None:
     assert done.returncode == 2, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}".encode() in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_a_second_workers_server_on_the_same_port_is_refused(
+    spawn_server: Callable[..., ServerProcess], redis_url: str
+) -> None:
+    """Each worker's socket allows others on its port (``SO_REUSEPORT``): a second server of the
+    same user must still not join them and take a share of the connections."""
+    server = spawn_server("--backend", "redis", "--redis-url", redis_url, "--workers", "2")
+    port = server.url.rsplit(":", 1)[1]
+    cmd = [sys.executable, "-m", "streamctl", "serve", "--workers", "2", "--port", port]
+    cmd += ["--backend", "redis", "--redis-url", redis_url]
+    done = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in done.stderr
+    assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_the_workers_take_even_shares_of_a_burst_of_connections(
+    spawn_server: Callable[..., ServerProcess], redis_url: str
+) -> None:
+    """Streams live long: each worker must hold about half of them, however they arrive. From
+    one socket shared by both, a burst went mostly to whichever worker woke first (up to 70 %)."""
+    server = spawn_server("--backend", "redis", "--redis-url", redis_url, "--workers", "2")
+    port = int(server.url.rsplit(":", 1)[1])
+    workers = children(server.process.pid)
+    assert len(workers) == 2
+    clients = []
+    try:
+        for _ in range(400):  # a burst: every connect under way before any is accepted
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            clients.append(client)
+        held = [established(pid, port) for pid in workers]
+        while sum(held) < len(clients):  # until both have accepted every connection
+            time.sleep(0.01)
+            held = [established(pid, port) for pid in workers]
+        # Hashed over two sockets, a worker's share is binomial: 200 ± 10 (one deviation).
+        assert min(held) >= 140, held
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_two_workers_share_one_port_and_every_run(
