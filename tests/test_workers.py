@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,6 +13,8 @@ from typing import Any
 
 import httpx
 from httpx_sse import connect_sse
+
+from benchmarks.procfs import connections
 
 from .support import ServerProcess
 from .support.redis_server import RedisServer, redis_server, redis_url
@@ -32,23 +33,6 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
-
-
-def established(pid: int, port: int) -> int:
-    """How many established connections to ``port`` process ``pid`` holds (from /proc)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                inodes.add(f"socket:[{fields[9]}]")
-    held = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            held += os.readlink(fd) in inodes
-        except OSError:
-            continue  # closed meanwhile
-    return held
 
 
 def test_workers_need_a_shared_store(tmp_path: Path) -> None:
@@ -93,8 +77,6 @@ def test_the_workers_take_even_shares_of_a_burst_of_connections(
     one socket shared by both, a burst went mostly to whichever worker woke first (up to 70 %)."""
     server = spawn_server("--backend", "redis", "--redis-url", redis_url, "--workers", "2")
     port = int(server.url.rsplit(":", 1)[1])
-    workers = children(server.process.pid)
-    assert len(workers) == 2
     clients = []
     try:
         for _ in range(400):  # a burst: every connect under way before any is accepted
@@ -102,10 +84,10 @@ def test_the_workers_take_even_shares_of_a_burst_of_connections(
             client.setblocking(False)
             client.connect_ex(("127.0.0.1", port))
             clients.append(client)
-        held = [established(pid, port) for pid in workers]
-        while sum(held) < len(clients):  # until both have accepted every connection
+        held = connections(server.process.pid, port)  # each worker's established connections
+        while len(held) != 2 or sum(held) < len(clients):  # until both have accepted them all
             time.sleep(0.01)
-            held = [established(pid, port) for pid in workers]
+            held = connections(server.process.pid, port)
         # Hashed over two sockets, a worker's share is binomial: 200 ± 10 (one deviation).
         assert min(held) >= 140, held
     finally:
