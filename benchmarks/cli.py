@@ -19,8 +19,10 @@ The method of each measurement is the docstring of its module (``benchmarks/<nam
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -148,7 +150,20 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.redis_workers:
+        missing = redis_missing()
+        if missing:
+            parser.error(f"--redis-workers needs {missing}")
     return args
+
+
+def redis_missing() -> str:
+    """What a Redis sweep lacks here, found before minutes of SQLite sizes run ("" if nothing)."""
+    if importlib.util.find_spec("redis") is None:
+        return "the redis package: pip install -e '.[bench]' (scripts/bench installs it)"
+    if shutil.which("redis-server") is None:
+        return "redis-server on PATH (Debian: apt-get install redis-server)"
+    return ""
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -317,4 +317,6 @@ async def _on(
             result: dict[str, Any] = await what(server, *args)
             return result
     except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        text = f"{type(exc).__name__}: {exc}"
+        # A server's exit carries its log's tail, whose last line is the cause: keep both ends.
+        return {"error": text if len(text) <= 500 else f"{text[:200]} … {text[-300:]}"}

@@ -11,8 +11,14 @@ KINDS = ("streamctl", "baseline")
 
 
 def _failed(sweep: str, n: str, pair: dict[str, Any]) -> list[Row]:
-    errors = [f"{kind}: {pair[kind]['error']}" for kind in KINDS if "error" in pair[kind]]
-    return [Row(f"{sweep} {int(n):,}: failed", "; ".join(errors)[:120])] if errors else []
+    errors = [f"{kind}: {_cause(pair[kind]['error'])}" for kind in KINDS if "error" in pair[kind]]
+    return [Row(f"{sweep} {int(n):,}: failed", "; ".join(errors)[:160])] if errors else []
+
+
+def _cause(error: str) -> str:
+    """The last line of an error (a server's traceback ends with its exception); whole if one."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return lines[-1] if len(lines) > 1 else error
 
 
 def rows(result: dict[str, Any]) -> list[Row]:

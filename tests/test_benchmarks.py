@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import charts, growth_rows, pipeline, procfs, spy
+from benchmarks import charts, cli, growth_rows, pipeline, procfs, spy
 from benchmarks.growth import schedule_lags
 from benchmarks.report import Row, combine, render
 from benchmarks.response import HEAD_BYTES, Response
@@ -128,8 +128,11 @@ def _growth_result() -> dict[str, object]:
     ok = {"streamctl": _growth_point(40, 96, 90), "baseline": _growth_point(5, 100, 20)}
     slow = {"streamctl": _growth_point(400, 70, 150), "baseline": _growth_point(9, 99, 20)}
     failed = {"streamctl": {"error": "OSError: too many open files"}, "baseline": ok["baseline"]}
+    exited = "RuntimeError: streamctl server exited:\nTraceback (most recent call last):\n"
+    exited += '  File "x.py", line 1\n' * 40 + "ModuleNotFoundError: No module named 'redis'\n"
+    crashed = {"streamctl": {"error": exited}, "baseline": ok["baseline"]}
     return {
-        "runs": {"100": ok, "1000": slow},
+        "runs": {"100": ok, "1000": slow, "2000": crashed},
         "fanout": {"100": ok},
         "idle": {"1000": ok, "10000": failed},
     }
@@ -143,6 +146,10 @@ def test_growth_rows_judge_each_size_and_report_failed_ones() -> None:
     assert table["1 run → 100 subs at 50 ev/s, lag p50 / p99 (ms)"].met is True
     assert table["1,000 idle streams, memory per stream (KiB)"].met is False  # 90 > 20
     assert "too many open files" in str(table["idle 10,000: failed"].streamctl)
+    # A server that exited is reported by its traceback's last line: the cause, not the header.
+    assert str(table["runs 2,000: failed"].streamctl) == (
+        "streamctl: ModuleNotFoundError: No module named 'redis'"
+    )
     assert not any(name.startswith("10,000 idle") for name in table)
 
 
@@ -194,3 +201,14 @@ async def test_the_pipeline_measure_runs_the_demo_agent_through_a_real_store() -
     line = pipeline.summary([(10.0, 16.0, 50_000.0), (12.0, 18.0, 40_000.0), (11.0, 17.0, 45_000)])
     assert line.startswith("event loop thread 11.00 (10.00..12.00) µs/event")
     assert "45,000 (40,000..50,000) events/s" in line and "of 3 runs" in line
+
+
+def test_a_redis_sweep_without_redis_fails_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(SystemExit) as exited:
+        cli.parse(["--only", "growth", "--redis-workers", "2"])
+    assert exited.value.code == 2
+    assert "--redis-workers needs" in capsys.readouterr().err
+    assert cli.parse(["--only", "growth"]).redis_workers == 0  # SQLite needs neither
