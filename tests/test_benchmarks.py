@@ -154,7 +154,6 @@ def test_growth_rows_judge_each_size_and_report_failed_ones() -> None:
 
 
 def test_growth_charts_are_drawn_for_each_sweep(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="the bench extra draws the charts")
     result = _growth_result()
     written = charts.draw(result, [result, result], tmp_path)
     assert [p.name for p in written] == ["growth-runs.png", "growth-fanout.png", "growth-idle.png"]
